@@ -1,0 +1,87 @@
+"""The one composition root: ``create_app(config)``.
+
+Resources are made and closed by ``cleanup_ctx`` in order: the I/O threads, the store, the
+sink, then the upload service (which recovers interrupted work before serving), then the
+expiry sweeper. Nothing is created at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway.config import FsyncPolicy, GatewayConfig
+from gateway.cors import setup_cors
+from gateway.keys import CONFIG, RUNTIME, Runtime
+from gateway.middleware import tus_errors
+from gateway.routes import setup_routes
+from gateway.sinks import DirectorySink
+from gateway.state.disk import DiskStore, IoPool
+from gateway.state.memlock import MemoryLocker
+from gateway.uploads import Uploads
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: GatewayConfig) -> web.Application:
+    config.validate()
+    app = web.Application(middlewares=[tus_errors])
+    app[CONFIG] = config
+    app[RUNTIME] = Runtime()
+    app.cleanup_ctx.append(_uploads)
+    app.cleanup_ctx.append(_sweeper)
+    app.on_shutdown.append(_interrupt_receivers)
+    setup_cors(app, config, setup_routes(app, config))
+    return app
+
+
+async def _uploads(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    pool = IoPool(config.io_threads)
+    durable = config.fsync is FsyncPolicy.ACK
+    store = DiskStore(config.data_dir, pool, fsync=config.fsync,
+                      write_buffer_bytes=config.write_buffer_bytes,
+                      commit_interval_bytes=config.commit_interval_bytes)
+    sink = DirectorySink(config.data_dir / "complete", pool, durable=durable)
+    try:
+        await store.open()
+        await sink.open()
+        uploads = Uploads(config, store, MemoryLocker(), sink)
+        await uploads.recover()
+        app[RUNTIME].uploads = uploads
+        yield
+    finally:
+        await store.close()
+        await asyncio.get_running_loop().run_in_executor(None, pool.close)
+
+
+async def _sweeper(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    uploads = app[RUNTIME].require()
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(config.sweep_interval_s)
+            try:
+                removed = await uploads.sweep(time.time())
+                if removed:
+                    log.info("removed %d expired uploads", removed)
+            except Exception:
+                log.exception("expiry sweep failed; trying again next interval")
+
+    task = asyncio.create_task(loop(), name="tus-expiry-sweeper")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _interrupt_receivers(app: web.Application) -> None:
+    uploads = app[RUNTIME].uploads
+    if uploads is not None:
+        uploads.interrupt_all()

@@ -1,0 +1,122 @@
+"""``tus-gateway``: the command line.
+
+Every setting of ``GatewayConfig`` is a flag of ``serve`` and an environment variable
+(``--max-size`` / ``TUS_MAX_SIZE``); flags win over the environment, the environment over the
+defaults. The help text of each flag is the field's documentation in ``config.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import itertools
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from gateway import config as config_module
+from gateway.app import create_app
+from gateway.config import GatewayConfig, env_name, option_name, parse_field
+
+
+def _field_docs() -> dict[str, str]:
+    """The docstring under each field of GatewayConfig, read from its source."""
+    tree = ast.parse(inspect.getsource(config_module))
+    docs: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == "GatewayConfig":
+            body = node.body
+            for stmt, nxt in itertools.pairwise(body):
+                if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                        and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                        and isinstance(nxt.value.value, str)):
+                    docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _default_text(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def _metavar(name: str) -> str:
+    if name.endswith("_bytes"):
+        return "SIZE"
+    if name.endswith("_s"):
+        return "DURATION"
+    return option_name(name).upper().replace("-", "_")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tus-gateway",
+        description="A resumable upload gateway speaking tus 1.0.0 with every extension.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve", help="run the gateway",
+        description="Run the gateway. Sizes take binary units (512MiB, 5GiB); durations take "
+                    "s, m, h or d (30s, 24h). Every flag can also be set by the environment "
+                    "variable named after it.",
+    )
+    docs = _field_docs()
+    for f in dataclasses.fields(GatewayConfig):
+        flag = "--" + option_name(f.name)
+        help_text = f"{docs.get(f.name, '')} [env {env_name(f.name)}; default " \
+                    f"{_default_text(f.default)}]".replace("%", "%%")
+        if isinstance(f.default, bool):
+            serve.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=None, help=help_text)
+        else:
+            serve.add_argument(flag, dest=f.name, default=None, metavar=_metavar(f.name),
+                               help=help_text)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> GatewayConfig:
+    overrides: dict[str, Any] = {}
+    for f in dataclasses.fields(GatewayConfig):
+        raw = getattr(args, f.name, None)
+        if raw is None:
+            continue
+        overrides[f.name] = raw if isinstance(raw, bool) else parse_field(f.name, raw)
+    return GatewayConfig.from_env(environ, **overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args, dict(os.environ))
+    except ValueError as exc:
+        print(f"tus-gateway: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(config)
+    log = logging.getLogger("gateway")
+    try:
+        web.run_app(
+            app, host=config.host, port=config.port,
+            shutdown_timeout=config.shutdown_timeout_s,
+            access_log=logging.getLogger("gateway.access") if config.access_log else None,
+            print=lambda _msg: log.info(
+                "serving tus on http://%s:%d%s (data in %s)", config.host, config.port,
+                config.base_path, config.data_dir.resolve()),
+        )
+    except RuntimeError as exc:
+        print(f"tus-gateway: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

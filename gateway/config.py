@@ -1,0 +1,210 @@
+"""One frozen settings object, read from flags and environment, checked at start.
+
+``GatewayConfig.from_env`` is the only place that reads the environment; the CLI layers its
+flags on top; tests build configs directly. ``validate`` refuses impossible values so a typo
+fails at start, not at the first upload.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protocol.decisions import ALL_EXTENSIONS, ProtocolSettings
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+
+class FsyncPolicy(enum.StrEnum):
+    """When bytes are forced to stable storage.
+
+    ``ack`` (default): data is fdatasync'ed before any response acknowledges it, at every
+    ``commit_interval_bytes`` inside a long PATCH, and before HEAD reports an offset that was
+    not yet synced; state files are written with temp file, fsync, rename and a directory
+    fsync. An acknowledged byte survives a process crash, a kernel crash and a power cut.
+    ``off``: no fsync at all. Acknowledged bytes survive a crash of the gateway process (the
+    page cache keeps them) but not a kernel crash or power cut. For scratch deployments only.
+    """
+
+    ACK = "ack"
+    OFF = "off"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    """Listen address; loopback by default so nothing is exposed by accident."""
+    port: int = 1080
+    """Listen port; 1080 is the port tus servers conventionally use."""
+    base_path: str = "/files/"
+    """URL prefix of the upload collection; upload URLs are <base_path><id>."""
+    data_dir: Path = Path("./data")
+    """Upload state, data and the directory sink's output all live below this folder."""
+    max_size_bytes: int = 0
+    """Largest upload accepted (413 above it, announced as Tus-Max-Size); 0 means no limit."""
+    expire_after_s: float = 86400.0
+    """Unfinished uploads are removed this long after their last byte arrived (sliding), so a
+    laptop closed overnight can still resume; 0 disables expiration."""
+    sweep_interval_s: float = 60.0
+    """How often the background sweeper looks for expired uploads and old tombstones."""
+    tombstone_ttl_s: float = 7 * 86400.0
+    """How long a removed upload keeps answering 410 instead of 404."""
+    cors_origins: tuple[str, ...] = ("*",)
+    """Origins allowed to upload from a browser; '*' allows any (no credentials then)."""
+    behind_proxy: bool = False
+    """Trust Forwarded / X-Forwarded-Host / X-Forwarded-Proto when building Location. Only
+    turn this on behind a proxy that sets them, or clients can steer the Location host."""
+    fsync: FsyncPolicy = FsyncPolicy.ACK
+    """Durability policy, see FsyncPolicy; the default never loses an acknowledged byte."""
+    commit_interval_bytes: int = 64 * MiB
+    """Inside one long PATCH, sync at least this often so a pre-empted or interrupted
+    request can commit within about a second instead of flushing gigabytes at once."""
+    stall_timeout_s: float = 30.0
+    """A PATCH whose body sends nothing for this long is ended and its bytes kept
+    (TUS-PATCH-07); the lock is free again for the client's retry."""
+    lock_wait_s: float = 10.0
+    """How long a request waits for the holder of an upload to let go before 423."""
+    max_metadata_bytes: int = 4 * KiB
+    """Upper bound for the Upload-Metadata header."""
+    write_buffer_bytes: int = 256 * KiB
+    """Body bytes gathered before one write; two buffers per upload bound its memory."""
+    io_threads: int = 16
+    """Worker threads for file I/O and hashing, which never run on the event loop."""
+    shutdown_timeout_s: float = 10.0
+    """On SIGTERM/SIGINT, in-flight requests get this long to commit and answer."""
+    max_concat_parts: int = 1000
+    """Most partial uploads one final concatenation may name."""
+    extensions: tuple[str, ...] = ALL_EXTENSIONS
+    """tus extensions offered; OPTIONS announces exactly these."""
+    access_log: bool = False
+    """Log one line per request (off: a busy gateway's log is its errors)."""
+
+    def protocol_settings(self) -> ProtocolSettings:
+        return ProtocolSettings(
+            base_path=self.base_path,
+            max_size=self.max_size_bytes or None,
+            max_metadata_bytes=self.max_metadata_bytes,
+            expire_after_s=self.expire_after_s or None,
+            max_concat_parts=self.max_concat_parts,
+            extensions=self.extensions,
+        )
+
+    def validate(self) -> GatewayConfig:
+        problems = []
+        if not (self.base_path.startswith("/") and self.base_path.endswith("/")):
+            problems.append("base_path must start and end with '/'")
+        if not 0 <= self.port <= 65535:
+            problems.append("port must be 0..65535")
+        for name in ("max_size_bytes", "expire_after_s", "sweep_interval_s", "tombstone_ttl_s"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must not be negative")
+        for name in ("stall_timeout_s", "lock_wait_s", "shutdown_timeout_s", "io_threads",
+                     "max_metadata_bytes", "max_concat_parts", "sweep_interval_s"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive")
+        if not 4 * KiB <= self.write_buffer_bytes <= 16 * MiB:
+            problems.append("write_buffer_bytes must be between 4 KiB and 16 MiB")
+        if self.commit_interval_bytes < self.write_buffer_bytes:
+            problems.append("commit_interval_bytes must be at least write_buffer_bytes")
+        unknown = set(self.extensions) - set(ALL_EXTENSIONS)
+        if unknown:
+            problems.append(f"unknown extensions: {', '.join(sorted(unknown))}")
+        needs = {"creation-with-upload": "creation", "creation-defer-length": "creation",
+                 "concatenation-unfinished": "concatenation"}
+        for ext, required in needs.items():
+            if ext in self.extensions and required not in self.extensions:
+                problems.append(f"{ext} needs {required}")
+        if not self.cors_origins:
+            problems.append("cors_origins must name at least one origin (or '*')")
+        if problems:
+            raise ValueError("invalid configuration: " + "; ".join(problems))
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> GatewayConfig:
+        """Defaults, then ``TUS_*`` environment variables, then explicit overrides."""
+        env = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(env_name(f.name))
+            if raw is not None:
+                values[f.name] = parse_field(f.name, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values).validate()
+
+
+ENV_PREFIX = "TUS_"
+
+
+def option_name(field_name: str) -> str:
+    """``max_size_bytes`` → ``max-size``: units live in the field name, not in the flag,
+    because the flag takes a unit of its own (``--max-size 5GiB``)."""
+    for unit in ("_bytes", "_s"):
+        if field_name.endswith(unit):
+            field_name = field_name.removesuffix(unit)
+            break
+    return field_name.replace("_", "-")
+
+
+def env_name(field_name: str) -> str:
+    """``max_size_bytes`` → ``TUS_MAX_SIZE``, matching the flag."""
+    return ENV_PREFIX + option_name(field_name).upper().replace("-", "_")
+
+
+def parse_field(name: str, raw: str) -> Any:
+    """Turn one textual setting (env var or flag) into the field's type."""
+    default = GatewayConfig.__dataclass_fields__[name].default
+    if isinstance(default, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{name}: {raw!r} is not a boolean")
+    if isinstance(default, FsyncPolicy):
+        return FsyncPolicy(raw.lower())
+    if isinstance(default, Path):
+        return Path(raw)
+    if isinstance(default, tuple):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if isinstance(default, int):
+        return parse_size(raw) if name.endswith("_bytes") else int(raw)
+    if isinstance(default, float):
+        return parse_duration(raw)
+    return raw
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": KiB, "kb": KiB, "kib": KiB, "m": MiB, "mb": MiB, "mib": MiB,
+               "g": GiB, "gb": GiB, "gib": GiB, "t": 1024 * GiB, "tb": 1024 * GiB,
+               "tib": 1024 * GiB}
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _split_unit(raw: str) -> tuple[str, str]:
+    text = raw.strip().lower()
+    i = len(text)
+    while i > 0 and text[i - 1].isalpha():
+        i -= 1
+    return text[:i].strip(), text[i:]
+
+
+def parse_size(raw: str) -> int:
+    """``5368709120``, ``5GiB``, ``512M``: binary units, since disks and tus count bytes."""
+    number, unit = _split_unit(raw)
+    if unit not in _SIZE_UNITS or not number:
+        raise ValueError(f"{raw!r} is not a size (try 512MiB or 5GiB)")
+    return int(float(number) * _SIZE_UNITS[unit])
+
+
+def parse_duration(raw: str) -> float:
+    """``30``, ``30s``, ``15m``, ``24h``, ``7d``."""
+    number, unit = _split_unit(raw)
+    if unit not in _DURATION_UNITS or not number:
+        raise ValueError(f"{raw!r} is not a duration (try 30s, 15m, 24h or 7d)")
+    return float(number) * _DURATION_UNITS[unit]

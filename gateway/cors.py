@@ -1,0 +1,42 @@
+"""CORS through aiohttp-cors, with the tus headers a browser client needs.
+
+A browser can only read response headers that are exposed; a missing Upload-Offset or
+Location in the expose list is the most common "cannot resume in the browser" bug.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import aiohttp_cors
+from aiohttp import web
+
+from gateway.config import GatewayConfig
+
+ALLOW_HEADERS = (
+    "Authorization", "Content-Type", "Origin", "X-Requested-With", "X-HTTP-Method-Override",
+    "Tus-Resumable", "Upload-Length", "Upload-Offset", "Upload-Metadata", "Upload-Defer-Length",
+    "Upload-Concat", "Upload-Checksum", "Upload-Complete", "Upload-Draft-Interop-Version",
+)
+EXPOSE_HEADERS = (
+    "Location", "Upload-Offset", "Upload-Length", "Upload-Metadata", "Upload-Defer-Length",
+    "Upload-Concat", "Upload-Expires", "Tus-Version", "Tus-Resumable", "Tus-Max-Size",
+    "Tus-Extension", "Tus-Checksum-Algorithm", "Content-Disposition", "Retry-After",
+)
+ALLOW_METHODS = ("POST", "HEAD", "PATCH", "DELETE", "OPTIONS", "GET")
+# Browsers cap this (Chrome at 2 hours); a day means "as long as you allow".
+MAX_AGE_S = 86400
+
+
+def setup_cors(app: web.Application, config: GatewayConfig,
+               routes: Iterable[web.AbstractRoute]) -> None:
+    options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
+        allow_credentials=False,
+        expose_headers=EXPOSE_HEADERS,
+        allow_headers=ALLOW_HEADERS,
+        allow_methods=ALLOW_METHODS,
+        max_age=MAX_AGE_S,
+    )
+    cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(config.cors_origins, options))
+    for route in routes:
+        cors.add(route, webview=True)

@@ -1,0 +1,105 @@
+"""One thin handler per tus method: parse, ask ``protocol``, perform, answer.
+
+Each handler is called by ``routes.TusView`` after the method override and the Tus-Resumable
+check; every ``TusError`` they raise becomes a response in ``middleware.tus_errors``.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.http import body_facts, location, send_continue, uploads_of
+from gateway.uploads import checked_id
+from protocol import decisions, errors
+from protocol.headers import ConcatFinal, Headers
+from protocol.state import UploadStatus
+
+TUS_RESUMABLE = {"Tus-Resumable": errors.TUS_VERSION}
+
+
+async def options(request: web.Request, headers: Headers) -> web.Response:
+    return web.Response(status=204, headers=decisions.options_headers(uploads_of(request).settings))
+
+
+async def post(request: web.Request, headers: Headers) -> web.Response:
+    uploads = uploads_of(request)
+    facts = body_facts(request)
+    plan = decisions.plan_create(headers, facts, uploads.settings)
+    if isinstance(plan.concat, ConcatFinal):
+        state = await uploads.create_final(plan.concat, plan.length, plan.metadata)
+    else:
+        state = await uploads.create(plan.length, plan.metadata, plan.concat)
+    upload_id = state.info.upload_id
+    where = location(request, upload_id)
+    try:
+        async with uploads.locked(upload_id, request.content):
+            if plan.body is not None:
+                await send_continue(request)
+                state = await uploads.append(state, 0, request.content, plan.body.max_bytes,
+                                             plan.body.checksum)
+            elif state.status is UploadStatus.COMPLETE and not state.info.is_final:
+                state = await uploads.finish(state)  # Upload-Length: 0 (TUS-CRE-06)
+    except errors.TusError as exc:
+        # The upload exists now; whatever went wrong with its first bytes, say where it is
+        # so the client can resume (TUS-CWU-05).
+        exc.extra_headers["Location"] = where
+        raise
+    answer = decisions.upload_headers(state, uploads.settings)
+    answer = {k: v for k, v in answer.items()
+              if k in ("Tus-Resumable", "Upload-Offset", "Upload-Expires")}
+    answer["Location"] = where
+    return web.Response(status=201, headers=answer)
+
+
+async def head(request: web.Request, headers: Headers) -> web.Response:
+    uploads = uploads_of(request)
+    upload_id = checked_id(request.match_info["upload_id"])
+    async with uploads.locked(upload_id):
+        state = await uploads.live(upload_id)
+    return web.Response(status=200, headers=decisions.upload_headers(state, uploads.settings))
+
+
+async def patch(request: web.Request, headers: Headers) -> web.Response:
+    uploads = uploads_of(request)
+    upload_id = checked_id(request.match_info["upload_id"])
+    facts = body_facts(request)
+    async with uploads.locked(upload_id, request.content):
+        state = await uploads.live(upload_id)
+        plan = decisions.plan_patch(headers, facts, state, uploads.settings)
+        if plan.new_length is not None:
+            state = await uploads.declare_length(state, plan.new_length)
+        if facts.present or plan.checksum is not None:
+            await send_continue(request)
+            state = await uploads.append(state, plan.offset, request.content, plan.max_bytes,
+                                         plan.checksum)
+        elif state.status is UploadStatus.COMPLETE:
+            # The length was declared equal to the offset (TUS-DEF-05), or a retried final
+            # PATCH finds a delivery that failed before: finish now, exactly once.
+            state = await uploads.finish(state)
+    answer = decisions.upload_headers(state, uploads.settings)
+    answer = {k: v for k, v in answer.items()
+              if k in ("Tus-Resumable", "Upload-Offset", "Upload-Expires")}
+    return web.Response(status=204, headers=answer)
+
+
+async def delete(request: web.Request, headers: Headers) -> web.Response:
+    uploads = uploads_of(request)
+    upload_id = checked_id(request.match_info["upload_id"])
+    async with uploads.locked(upload_id):
+        await uploads.live(upload_id)
+        await uploads.terminate(upload_id, "terminated")
+    return web.Response(status=204, headers=TUS_RESUMABLE)
+
+
+async def get(request: web.Request, headers: Headers) -> web.StreamResponse:
+    """Download a finished upload. Finished uploads never change, so no lock is taken."""
+    uploads = uploads_of(request)
+    upload_id = checked_id(request.match_info["upload_id"])
+    state = await uploads.live(upload_id)
+    plan = decisions.plan_download(state)
+    return web.FileResponse(uploads.store.data_path(upload_id), headers={
+        "Content-Type": plan.content_type,
+        "Content-Disposition": plan.disposition,
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "no-store",
+    })

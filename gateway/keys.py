@@ -1,0 +1,29 @@
+"""Every typed application key, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from gateway.config import GatewayConfig
+
+if TYPE_CHECKING:
+    from gateway.uploads import Uploads
+
+
+@dataclass
+class Runtime:
+    """Resources made at start-up by ``cleanup_ctx``; filled in before the first request."""
+
+    uploads: Uploads | None = field(default=None)
+
+    def require(self) -> Uploads:
+        if self.uploads is None:
+            raise RuntimeError("the gateway has not started")
+        return self.uploads
+
+
+CONFIG = web.AppKey("config", GatewayConfig)
+RUNTIME = web.AppKey("runtime", Runtime)

@@ -1,0 +1,63 @@
+"""Map the tus methods on the two URLs to their handlers.
+
+Both URLs are served by a view so that X-HTTP-Method-Override can pick the handler (tus:
+"the Server MUST interpret the request as if the value of the header was the method") and so
+that aiohttp-cors can answer browser preflights on the same resources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+import aiohttp_cors
+from aiohttp import web
+
+from gateway import handlers
+from gateway.config import GatewayConfig
+from gateway.http import defer_continue, headers_of
+from protocol import decisions, errors
+from protocol.headers import Headers
+
+Handler = Callable[[web.Request, Headers], Awaitable[web.StreamResponse]]
+
+
+class _TusView(aiohttp_cors.CorsViewMixin, web.View):
+    METHODS: Mapping[str, Handler] = {}
+
+    async def _dispatch(self) -> web.StreamResponse:
+        request = self.request
+        headers = headers_of(request)
+        method = decisions.effective_method(request.method, headers)
+        decisions.check_version(method, headers)
+        handler = self.METHODS.get(method)
+        if handler is None:
+            raise errors.MethodNotAllowed(
+                headers={"Allow": ", ".join(sorted(self.METHODS))})
+        return await handler(request, headers)
+
+    async def options(self) -> web.StreamResponse:
+        if ("Origin" in self.request.headers
+                and "Access-Control-Request-Method" in self.request.headers):
+            response: web.StreamResponse = await super().options()  # type: ignore[no-untyped-call]
+            return response
+        return await self._dispatch()
+
+    get = head = post = put = patch = delete = _dispatch
+
+
+class CollectionView(_TusView):
+    METHODS = {"OPTIONS": handlers.options, "POST": handlers.post}
+
+
+class UploadView(_TusView):
+    METHODS = {"OPTIONS": handlers.options, "HEAD": handlers.head, "PATCH": handlers.patch,
+               "DELETE": handlers.delete, "GET": handlers.get}
+
+
+def setup_routes(app: web.Application, config: GatewayConfig) -> list[web.AbstractRoute]:
+    base = config.base_path
+    return [
+        app.router.add_route("*", base, CollectionView, expect_handler=defer_continue),
+        app.router.add_route("*", base + "{upload_id}", UploadView,
+                             expect_handler=defer_continue),
+    ]

@@ -1,0 +1,72 @@
+"""The storage and locking contracts, as small Protocols.
+
+``UploadStore`` keeps upload records and their bytes; the offset it reports is always what it
+has durably stored, never what a client claimed. ``Locker`` hands out per-upload locks that a
+newcomer can ask to let go. A disk implementation lives in ``disk.py`` and ``memlock.py``;
+any other backend passes the same contract tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Protocol
+
+from protocol.headers import Checksum
+from protocol.model import UploadInfo, UploadState
+
+
+class ReleaseRequested(Exception):
+    """Raised into a PATCH body read when another request asked for the upload."""
+
+
+class UploadStore(Protocol):
+    async def create(self, info: UploadInfo) -> UploadState:
+        """Persist a new, empty upload. Raises nothing for a fresh id."""
+
+    async def get(self, upload_id: str) -> UploadState:
+        """The current snapshot; raises ``errors.NotFound`` or ``errors.Gone``."""
+
+    async def append(self, upload_id: str, offset: int, chunks: AsyncIterator[bytes], *,
+                     max_bytes: int | None, checksum: Checksum | None) -> int:
+        """Store the chunks at ``offset`` and return the new durable offset.
+
+        If ``chunks`` raises, every byte received so far is stored and committed before the
+        exception propagates, unless the request carried a checksum: an unverifiable body is
+        discarded whole. ``max_bytes`` exceeded raises ``errors.SizeExceeded`` and a checksum
+        mismatch ``errors.ChecksumMismatch``; both leave the upload as it was.
+        """
+
+    async def save_info(self, info: UploadInfo) -> None:
+        """Replace the record atomically (declared length, sink progress, assembly)."""
+
+    async def assemble(self, final: UploadInfo, partial_ids: tuple[str, ...]) -> int:
+        """Fill a final upload with its partials' bytes, in order; returns the length."""
+
+    async def terminate(self, upload_id: str, reason: str) -> None:
+        """Remove the upload's bytes and record; a tombstone answers 410 afterwards."""
+
+    def data_path(self, upload_id: str) -> Path:
+        """Where the bytes of an upload live (for downloads and sinks)."""
+
+    async def upload_ids(self) -> list[str]:
+        """Every live upload id, for recovery and the expiry sweeper."""
+
+    async def purge_tombstones(self, older_than: float) -> int:
+        """Forget tombstones written before ``older_than``; returns how many."""
+
+
+class Lock(Protocol):
+    async def acquire(self, timeout_s: float, on_release_requested: Callable[[], None]) -> None:
+        """Take the lock, asking a current holder to let go; ``errors.UploadLocked`` on timeout.
+
+        ``on_release_requested`` is called (at most once) when a later request wants the lock.
+        """
+
+    async def release(self) -> None:
+        """Give the lock back; waiting requests may proceed."""
+
+
+class Locker(Protocol):
+    def new_lock(self, upload_id: str) -> Lock:
+        """A lock object for one request on one upload."""

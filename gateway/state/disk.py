@@ -1,0 +1,389 @@
+"""Upload state and bytes on local disk: the embedded default, nothing to install.
+
+Theory of operation
+-------------------
+Layout below the data directory::
+
+    uploads/<id>.info    the record (JSON), replaced atomically: temp file, fsync, rename
+    uploads/<id>.bin     the bytes; the upload's offset IS this file's size
+    uploads/<id>.stage   present while a checksummed body is unverified: the offset before it
+    tombstones/<id>      a removed upload (reason, time): 410 instead of 404
+    .lock                held exclusively by the one gateway process using this directory
+
+Invariants:
+- The offset is the data file's size (style rule 7), so bytes and offset can never disagree
+  after a crash. With the ``ack`` fsync policy the size is fdatasync'ed before it is reported
+  or acknowledged; a per-process cache remembers which sizes are already synced.
+- A checksummed body lands past the committed offset with a ``.stage`` marker written first.
+  Only a verified body loses its marker; a mismatch, an interruption or a crash (found at
+  start-up) truncates the file back to the marker. Thus a 460 changes nothing.
+- Every write and stat runs in a worker thread; the event loop only moves buffers.
+- Memory per upload is two write buffers at most: one being filled, one being written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.config import FsyncPolicy
+from protocol import errors
+from protocol.headers import UPLOAD_ID, Checksum
+from protocol.model import UploadInfo, UploadState
+
+T = TypeVar("T")
+
+
+class IoPool:
+    """The worker threads that do every blocking file operation (design invariant 7)."""
+
+    def __init__(self, threads: int) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tus-io")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, durable: bool) -> None:
+    """Write a whole file so that readers see the old or the new content, never a mix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if durable:
+        _fsync_dir(path.parent)
+
+
+def _pwrite_all(fd: int, buffers: list[bytes], offset: int, hasher: Any) -> int:
+    """Write every buffer at ``offset`` (looping over short writes); feed the hasher too."""
+    total = 0
+    if hasher is not None:
+        for buf in buffers:
+            hasher.update(buf)
+    pending: list[bytes | memoryview] = list(buffers)
+    while pending:
+        written = os.pwritev(fd, pending, offset + total)
+        if written == 0:
+            raise OSError(errno.EIO, "short write")
+        total += written
+        while pending and written >= len(pending[0]):
+            written -= len(pending[0])
+            pending.pop(0)
+        if pending and written:
+            pending[0] = memoryview(pending[0])[written:]
+    return total
+
+
+def _sync(fd: int) -> int:
+    os.fdatasync(fd)
+    return 0
+
+
+class DiskStore:
+    """``UploadStore`` on a local directory (see the module docstring for the layout)."""
+
+    def __init__(self, root: Path, pool: IoPool, *, fsync: FsyncPolicy,
+                 write_buffer_bytes: int, commit_interval_bytes: int) -> None:
+        self.root = root
+        self.uploads = root / "uploads"
+        self.tombstones = root / "tombstones"
+        self._pool = pool
+        self._durable = fsync is FsyncPolicy.ACK
+        self._buffer_bytes = write_buffer_bytes
+        self._commit_interval = commit_interval_bytes
+        self._synced: dict[str, int] = {}  # upload id -> size known to be on stable storage
+        self._dir_lock_fd: int | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def open(self) -> None:
+        await self._pool.run(self._open_sync)
+
+    def _open_sync(self) -> None:
+        for folder in (self.root, self.uploads, self.tombstones):
+            folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(
+                f"another gateway process is using {self.root}; the disk backend allows one "
+                "process per data directory") from None
+        self._dir_lock_fd = fd
+        for leftover in self.uploads.glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
+        for marker in self.uploads.glob("*.stage"):
+            self._rollback_stage(marker.name.removesuffix(".stage"))
+
+    async def close(self) -> None:
+        if self._dir_lock_fd is not None:
+            os.close(self._dir_lock_fd)
+            self._dir_lock_fd = None
+
+    # --- paths -------------------------------------------------------------------------------
+    def _path(self, upload_id: str, suffix: str) -> Path:
+        # Ids are validated at the HTTP edge; this assert keeps any caller from escaping.
+        if not UPLOAD_ID.fullmatch(upload_id):
+            raise errors.NotFound()
+        return self.uploads / f"{upload_id}{suffix}"
+
+    def data_path(self, upload_id: str) -> Path:
+        return self._path(upload_id, ".bin")
+
+    # --- records -----------------------------------------------------------------------------
+    async def create(self, info: UploadInfo) -> UploadState:
+        await self._pool.run(self._create_sync, info)
+        return UploadState(info, 0, info.created_at)
+
+    def _create_sync(self, info: UploadInfo) -> None:
+        data = self.data_path(info.upload_id)
+        fd = os.open(data, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        os.close(fd)
+        # The record is written last: an upload without a record is not visible, so a crash
+        # in between leaves only an empty orphan that the sweeper removes.
+        atomic_write(self._path(info.upload_id, ".info"), _encode(info), self._durable)
+        self._synced[info.upload_id] = 0
+
+    async def get(self, upload_id: str) -> UploadState:
+        return await self._pool.run(self._get_sync, upload_id)
+
+    def _get_sync(self, upload_id: str) -> UploadState:
+        info_path = self._path(upload_id, ".info")
+        try:
+            raw = info_path.read_bytes()
+            st = os.stat(self.data_path(upload_id))
+        except FileNotFoundError:
+            if (self.tombstones / upload_id).exists():
+                raise errors.Gone() from None
+            raise errors.NotFound() from None
+        info = UploadInfo.from_json(json.loads(raw))
+        offset = st.st_size
+        stage = self._path(upload_id, ".stage")
+        with contextlib.suppress(FileNotFoundError):
+            offset = min(offset, int(stage.read_text()))
+        if self._durable and self._synced.get(upload_id) != offset:
+            # Bytes written by an earlier process (or an unsynced interruption) are synced
+            # before their offset is ever reported (design invariant 1).
+            fd = os.open(self.data_path(upload_id), os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            self._synced[upload_id] = offset
+        if info.is_final and info.assembled and info.length is not None:
+            offset = info.length
+        return UploadState(info, offset, max(info.created_at, st.st_mtime))
+
+    async def save_info(self, info: UploadInfo) -> None:
+        path = self._path(info.upload_id, ".info")
+        await self._pool.run(atomic_write, path, _encode(info), self._durable)
+
+    async def upload_ids(self) -> list[str]:
+        def scan() -> list[str]:
+            return sorted(p.name.removesuffix(".info") for p in self.uploads.glob("*.info")
+                          if UPLOAD_ID.fullmatch(p.name.removesuffix(".info")))
+        return await self._pool.run(scan)
+
+    # --- bytes -------------------------------------------------------------------------------
+    async def append(self, upload_id: str, offset: int, chunks: AsyncIterator[bytes], *,
+                     max_bytes: int | None, checksum: Checksum | None) -> int:
+        pool = self._pool
+        fd = await pool.run(self._open_for_append, upload_id, offset, checksum is not None)
+        hasher = hashlib.new(checksum.algorithm) if checksum is not None else None
+        buffers: list[bytes] = []
+        buffered = 0
+        submitted = 0  # bytes handed to a writer thread
+        synced_at = 0
+        pending: asyncio.Future[int] | None = None
+        keep = True
+        try:
+            try:
+                async for chunk in chunks:
+                    if max_bytes is not None and submitted + buffered + len(chunk) > max_bytes:
+                        raise errors.SizeExceeded(
+                            f"the body would pass the upload's length at {offset + max_bytes}")
+                    buffers.append(chunk)
+                    buffered += len(chunk)
+                    if buffered < self._buffer_bytes:
+                        continue
+                    if pending is not None:
+                        await pending
+                    pending = pool.submit(_pwrite_all, fd, buffers, offset + submitted, hasher)
+                    submitted += buffered
+                    buffers, buffered = [], 0
+                    if self._durable and submitted - synced_at >= self._commit_interval:
+                        await pending
+                        pending = pool.submit(_sync, fd)
+                        synced_at = submitted
+            except BaseException as exc:
+                # Stalls, disconnects, lock release and shutdown keep the bytes that arrived
+                # (TUS-PATCH-06) unless they are unverifiable or over the limit.
+                keep = checksum is None and not isinstance(exc, errors.SizeExceeded)
+                raise
+            finally:
+                # Shielded: a cancelled handler (client gone, shutdown) must still commit.
+                await asyncio.shield(self._drain(pending, fd, buffers, offset + submitted, hasher,
+                                                 keep))
+            if checksum is not None:
+                assert hasher is not None
+                if hasher.digest() != checksum.digest:
+                    keep = False
+                    raise errors.ChecksumMismatch()
+            return offset + submitted + buffered
+        finally:
+            await asyncio.shield(pool.run(self._finish_append, upload_id, fd, offset, checksum
+                                          is not None, keep))
+
+    async def _drain(self, pending: asyncio.Future[int] | None, fd: int, buffers: list[bytes],
+                     at: int, hasher: Any, keep: bool) -> None:
+        if pending is not None:
+            await pending
+        if buffers and keep:
+            await self._pool.run(_pwrite_all, fd, buffers, at, hasher)
+
+    def _open_for_append(self, upload_id: str, offset: int, staged: bool) -> int:
+        path = self.data_path(upload_id)
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            size = os.fstat(fd).st_size
+            if size != offset:
+                # The record and the bytes are checked under the upload's lock just before;
+                # a difference here means a stale stage marker or a race with termination.
+                raise errors.MismatchedOffset(headers={"Upload-Offset": str(size)})
+            if staged:
+                atomic_write(self._path(upload_id, ".stage"), str(offset).encode(),
+                             self._durable)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _finish_append(self, upload_id: str, fd: int, offset: int, staged: bool,
+                       keep: bool) -> None:
+        try:
+            if not keep:
+                os.ftruncate(fd, offset)
+            if self._durable:
+                os.fdatasync(fd)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        if staged:
+            self._path(upload_id, ".stage").unlink(missing_ok=True)
+            if self._durable:
+                _fsync_dir(self.uploads)
+        if self._durable:
+            self._synced[upload_id] = size
+
+    def _rollback_stage(self, upload_id: str) -> None:
+        marker = self._path(upload_id, ".stage")
+        try:
+            offset = int(marker.read_text())
+            os.truncate(self.data_path(upload_id), offset)
+        except (FileNotFoundError, ValueError):
+            pass
+        marker.unlink(missing_ok=True)
+
+    async def assemble(self, final: UploadInfo, partial_ids: tuple[str, ...]) -> int:
+        return await self._pool.run(self._assemble_sync, final.upload_id, partial_ids)
+
+    def _assemble_sync(self, final_id: str, partial_ids: tuple[str, ...]) -> int:
+        target = os.open(self.data_path(final_id), os.O_WRONLY | os.O_TRUNC)
+        try:
+            total = 0
+            for partial_id in partial_ids:
+                source = os.open(self.data_path(partial_id), os.O_RDONLY)
+                try:
+                    size = os.fstat(source).st_size
+                    copied = 0
+                    while copied < size:
+                        # copy_file_range stays in the kernel (and may share extents).
+                        n = os.copy_file_range(source, target, size - copied, copied,
+                                               total + copied)
+                        if n == 0:
+                            raise OSError(errno.EIO, "partial upload shrank while copying")
+                        copied += n
+                    total += size
+                finally:
+                    os.close(source)
+            if self._durable:
+                os.fdatasync(target)
+        finally:
+            os.close(target)
+        self._synced[final_id] = total
+        return total
+
+    # --- removal -----------------------------------------------------------------------------
+    async def terminate(self, upload_id: str, reason: str) -> None:
+        await self._pool.run(self._terminate_sync, upload_id, reason)
+
+    def _terminate_sync(self, upload_id: str, reason: str) -> None:
+        # The tombstone goes first: after a crash in between, the upload answers 410 and the
+        # leftovers are removed again by the next termination or sweep.
+        tomb = json.dumps({"reason": reason, "at": time.time()}).encode()
+        atomic_write(self.tombstones / upload_id, tomb, self._durable)
+        for suffix in (".info", ".stage", ".bin"):
+            self._path(upload_id, suffix).unlink(missing_ok=True)
+        if self._durable:
+            _fsync_dir(self.uploads)
+        self._synced.pop(upload_id, None)
+
+    async def purge_tombstones(self, older_than: float) -> int:
+        def purge() -> int:
+            count = 0
+            for tomb in self.tombstones.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    if tomb.stat().st_mtime < older_than:
+                        tomb.unlink()
+                        count += 1
+            return count
+        return await self._pool.run(purge)
+
+    async def orphans(self) -> list[str]:
+        """Data files without a record (a crash between the two steps of ``create``)."""
+        def scan() -> list[str]:
+            found = []
+            for data in self.uploads.glob("*.bin"):
+                upload_id = data.name.removesuffix(".bin")
+                if not (self.uploads / f"{upload_id}.info").exists():
+                    found.append(upload_id)
+            return found
+        return await self._pool.run(scan)
+
+    async def remove_orphan(self, upload_id: str) -> None:
+        await self._pool.run(self.data_path(upload_id).unlink, True)
+
+
+def _encode(info: UploadInfo) -> bytes:
+    return json.dumps(info.to_json(), separators=(",", ":")).encode()

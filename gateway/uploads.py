@@ -1,0 +1,247 @@
+"""The upload operations the handlers share: locking, loading, finishing, concatenation.
+
+Handlers stay thin: they parse a request, ask ``protocol`` for a plan and call one of these.
+Everything here runs under the upload's lock when it touches one upload's bytes or record;
+finishing (sink delivery, assembling finals that waited for a partial) happens exactly once,
+under that lock, and its outcome is recorded so a retried final request replays it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+
+from aiohttp import StreamReader
+
+from gateway.config import GatewayConfig
+from gateway.sinks import Sink
+from gateway.state.base import Locker, ReleaseRequested, UploadStore
+from protocol import errors
+from protocol.decisions import is_expired, plan_final_length
+from protocol.headers import UPLOAD_ID, Checksum, Concat, ConcatFinal
+from protocol.model import UploadInfo, UploadState
+from protocol.state import UploadStatus
+
+log = logging.getLogger(__name__)
+
+
+def new_upload_id() -> str:
+    """128 random bits, hex: unguessable and safe in URLs and file names (TUS-GEN-06)."""
+    return secrets.token_hex(16)
+
+
+def checked_id(raw: str) -> str:
+    """Ids come from URLs; anything that is not one of ours is simply not found."""
+    if not UPLOAD_ID.fullmatch(raw):
+        raise errors.NotFound()
+    return raw
+
+
+async def body_chunks(content: StreamReader, stall_timeout_s: float) -> AsyncIterator[bytes]:
+    """The request body in the pieces the transport delivers, with a per-read stall timer.
+
+    The timer restarts on every read (TUS-PATCH-07), so a slow but live client is never cut
+    off, and a dead one is noticed after ``stall_timeout_s``.
+    """
+    while True:
+        try:
+            async with asyncio.timeout(stall_timeout_s):
+                chunk = await content.readany()
+        except TimeoutError:
+            raise errors.RequestTimeout() from None
+        if not chunk:
+            return
+        yield chunk
+
+
+class Uploads:
+    def __init__(self, config: GatewayConfig, store: UploadStore, locker: Locker,
+                 sink: Sink) -> None:
+        self.config = config
+        self.settings = config.protocol_settings()
+        self.store = store
+        self.locker = locker
+        self.sink = sink
+        # Finals waiting for partials (concatenation-unfinished), rebuilt at start-up.
+        self.pending_finals: dict[str, tuple[str, ...]] = {}
+        # Requests currently reading a body, so shutdown can make them commit and answer.
+        self._receiving: dict[int, StreamReader] = {}
+        self.shutting_down = False
+
+    # --- locking -----------------------------------------------------------------------------
+    @asynccontextmanager
+    async def locked(self, upload_id: str,
+                     content: StreamReader | None = None) -> AsyncIterator[None]:
+        """Hold the upload's lock; a later request makes our body read raise and let go."""
+        on_release: Callable[[], None] = _nothing
+        if content is not None:
+            reader = content
+
+            def on_release() -> None:
+                reader.set_exception(ReleaseRequested())
+        lock = self.locker.new_lock(upload_id)
+        await lock.acquire(self.config.lock_wait_s, on_release)
+        try:
+            yield
+        finally:
+            await asyncio.shield(lock.release())
+
+    @asynccontextmanager
+    async def receiving(self, content: StreamReader) -> AsyncIterator[None]:
+        if self.shutting_down:
+            raise errors.ServerShutdown()
+        self._receiving[id(content)] = content
+        try:
+            yield
+        finally:
+            self._receiving.pop(id(content), None)
+
+    def interrupt_all(self) -> None:
+        """Shutdown: every body read raises, the bytes so far are committed, clients get 503."""
+        self.shutting_down = True
+        for content in list(self._receiving.values()):
+            content.set_exception(errors.ServerShutdown())
+
+    # --- reading -----------------------------------------------------------------------------
+    async def live(self, upload_id: str) -> UploadState:
+        """The upload's state, or 404/410; an expired upload is gone even before the sweep."""
+        state = await self.store.get(upload_id)
+        if is_expired(state, self.settings, time.time()):
+            raise errors.Gone("the upload has expired")
+        return state
+
+    # --- writing -----------------------------------------------------------------------------
+    async def create(self, length: int | None, metadata: dict[str, bytes],
+                     concat: Concat | None) -> UploadState:
+        info = UploadInfo(upload_id=new_upload_id(), length=length, metadata=metadata,
+                          concat=concat, created_at=time.time())
+        return await self.store.create(info)
+
+    async def append(self, state: UploadState, offset: int, content: StreamReader,
+                     max_bytes: int | None, checksum: Checksum | None) -> UploadState:
+        """Stream the body into the store; returns the new state (finished if complete)."""
+        upload_id = state.info.upload_id
+        async with self.receiving(content):
+            try:
+                await self.store.append(
+                    upload_id, offset, body_chunks(content, self.config.stall_timeout_s),
+                    max_bytes=max_bytes, checksum=checksum)
+            except ReleaseRequested:
+                raise errors.UploadInterrupted() from None
+            except (ConnectionError, OSError) as exc:
+                if isinstance(exc, errors.TusError):
+                    raise
+                # The client went away; its bytes are committed. Nobody reads this answer.
+                raise errors.RequestTimeout("the connection was lost") from None
+        new_state = await self.store.get(upload_id)
+        if new_state.status is UploadStatus.COMPLETE:
+            new_state = await self.finish(new_state)
+        return new_state
+
+    async def finish(self, state: UploadState) -> UploadState:
+        """Run once the last byte is stored (under the lock): deliver, then wake finals."""
+        if state.status is UploadStatus.COMPLETE:
+            try:
+                sink_state = await self.sink.deliver(state, self.store.data_path(
+                    state.info.upload_id))
+            except OSError as exc:
+                # Delivery is retried at the next start; the upload itself is complete and safe.
+                log.error("sink could not deliver %s: %s", state.info.upload_id, exc)
+            else:
+                info = state.info.replace(sink=sink_state)
+                await self.store.save_info(info)
+                state = UploadState(info, state.offset, state.last_activity)
+        if state.info.is_partial:
+            await self._wake_finals(state.info.upload_id)
+        return state
+
+    async def declare_length(self, state: UploadState, length: int) -> UploadState:
+        info = state.info.replace(length=length)
+        await self.store.save_info(info)
+        return UploadState(info, state.offset, state.last_activity)
+
+    async def terminate(self, upload_id: str, reason: str) -> None:
+        await self.store.terminate(upload_id, reason)
+        self.pending_finals.pop(upload_id, None)
+
+    # --- concatenation -----------------------------------------------------------------------
+    async def create_final(self, concat: ConcatFinal, declared_length: int | None,
+                           metadata: dict[str, bytes]) -> UploadState:
+        partials = [await self.live(upload_id) for upload_id in concat.upload_ids]
+        length = plan_final_length(concat, partials, declared_length, self.settings)
+        info = UploadInfo(upload_id=new_upload_id(), length=length, metadata=metadata,
+                          concat=concat, created_at=time.time())
+        state = await self.store.create(info)
+        async with self.locked(info.upload_id):
+            if all(p.finished for p in partials):
+                return await self._assemble(state)
+            self.pending_finals[info.upload_id] = concat.upload_ids
+            return state
+
+    async def _wake_finals(self, partial_id: str) -> None:
+        for final_id, parts in list(self.pending_finals.items()):
+            if partial_id not in parts:
+                continue
+            try:
+                states = [await self.store.get(p) for p in parts]
+            except (errors.NotFound, errors.Gone):
+                log.warning("final upload %s lost a partial; it cannot be assembled", final_id)
+                continue
+            if all(s.finished for s in states):
+                async with self.locked(final_id):
+                    with suppress(errors.NotFound, errors.Gone):
+                        await self._assemble(await self.store.get(final_id))
+
+    async def _assemble(self, state: UploadState) -> UploadState:
+        info = state.info
+        if info.assembled or not isinstance(info.concat, ConcatFinal):
+            return state
+        length = await self.store.assemble(info, info.concat.upload_ids)
+        info = info.replace(assembled=True, length=length)
+        await self.store.save_info(info)
+        self.pending_finals.pop(info.upload_id, None)
+        return await self.finish(UploadState(info, length, time.time()))
+
+    # --- start-up recovery and expiry --------------------------------------------------------
+    async def recover(self) -> None:
+        """Finish what a crash interrupted: deliveries, and finals whose partials are done."""
+        for upload_id in await self.store.upload_ids():
+            try:
+                state = await self.store.get(upload_id)
+            except (errors.NotFound, errors.Gone):
+                continue
+            info = state.info
+            if isinstance(info.concat, ConcatFinal) and not info.assembled:
+                self.pending_finals[upload_id] = info.concat.upload_ids
+            elif state.status is UploadStatus.COMPLETE:
+                async with self.locked(upload_id):
+                    await self.finish(state)
+        for parts in list(self.pending_finals.values()):
+            if parts:
+                await self._wake_finals(parts[0])
+
+    async def sweep(self, now: float) -> int:
+        """Remove expired unfinished uploads (tombstoned: they answer 410) and old tombstones."""
+        removed = 0
+        for upload_id in await self.store.upload_ids():
+            try:
+                state = await self.store.get(upload_id)
+                if not is_expired(state, self.settings, now):
+                    continue
+                async with self.locked(upload_id):
+                    state = await self.store.get(upload_id)  # bytes may have arrived meanwhile
+                    if is_expired(state, self.settings, time.time()):
+                        await self.terminate(upload_id, "expired")
+                        removed += 1
+            except (errors.NotFound, errors.Gone, errors.UploadLocked):
+                continue
+        await self.store.purge_tombstones(now - self.config.tombstone_ttl_s)
+        return removed
+
+
+def _nothing() -> None:
+    return None

@@ -1,0 +1,123 @@
+"""Every error the gateway can answer with, in one table.
+
+Each error carries its own HTTP mapping: a stable machine code (clients and logs match on it,
+so it never changes once released), the status, a human message and any headers the status
+requires. The gateway's error middleware is the only place that turns these into responses.
+
+Status choices cite the tus 1.0.0 text ("tus" below) or the checklist item in the project's
+conformance notes where the spec leaves room.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+TUS_VERSION = "1.0.0"
+
+
+class TusError(Exception):
+    """A protocol error with its HTTP mapping."""
+
+    code: str = "ERR_INTERNAL"
+    status: int = 500
+    message: str = "internal server error"
+    headers: Mapping[str, str] = MappingProxyType({})
+
+    def __init__(self, detail: str | None = None, *, headers: Mapping[str, str] | None = None):
+        self.detail = detail or self.message
+        self.extra_headers: dict[str, str] = dict(self.headers)
+        if headers:
+            self.extra_headers.update(headers)
+        super().__init__(f"{self.code}: {self.detail}")
+
+    def body(self) -> str:
+        return f"{self.code}: {self.detail}\n"
+
+
+def _error(code: str, status: int, message: str, **headers: str) -> type[TusError]:
+    """Declare one row of the table as a subclass, so handlers can raise and tests can catch."""
+    name = "".join(part.title() for part in code.removeprefix("ERR_").split("_"))
+    fixed = MappingProxyType({k.replace("_", "-"): v for k, v in headers.items()})
+    return type(name, (TusError,), {"code": code, "status": status, "message": message,
+                                     "headers": fixed})
+
+
+# --- the table ---------------------------------------------------------------------------------
+# tus "Tus-Resumable": a request with an unsupported version MUST get 412 and the server MUST
+# include Tus-Version; we treat a missing header the same way (TUS-GEN-02).
+UnsupportedVersion = _error("ERR_UNSUPPORTED_VERSION", 412,
+                            "Tus-Resumable is missing or names an unsupported version",
+                            Tus_Version=TUS_VERSION)
+# TUS-GEN-04: integers and other header values are parsed strictly; anything else is a 400.
+InvalidOffset = _error("ERR_INVALID_OFFSET", 400, "Upload-Offset must be a non-negative integer")
+InvalidLength = _error("ERR_INVALID_LENGTH", 400, "Upload-Length must be a non-negative integer")
+InvalidDeferLength = _error("ERR_INVALID_DEFER_LENGTH", 400, "Upload-Defer-Length must be 1")
+MissingLength = _error("ERR_MISSING_LENGTH", 400,
+                       "Upload-Length or Upload-Defer-Length: 1 is required")
+AmbiguousLength = _error("ERR_AMBIGUOUS_LENGTH", 400,
+                         "Upload-Length and Upload-Defer-Length must not both be sent")
+LengthAlreadySet = _error("ERR_LENGTH_ALREADY_SET", 400,
+                          "Upload-Length is already known and cannot change")
+LengthBelowOffset = _error("ERR_LENGTH_BELOW_OFFSET", 400,
+                           "Upload-Length is smaller than the bytes already stored")
+InvalidMetadata = _error("ERR_INVALID_METADATA", 400, "Upload-Metadata is malformed")
+MetadataTooLarge = _error("ERR_METADATA_TOO_LARGE", 400, "Upload-Metadata is too large")
+InvalidConcat = _error("ERR_INVALID_CONCAT", 400, "Upload-Concat is malformed")
+ConcatNotPartial = _error("ERR_CONCAT_NOT_PARTIAL", 400,
+                          "Upload-Concat: final may only name partial uploads")
+ConcatLengthMismatch = _error("ERR_CONCAT_LENGTH_MISMATCH", 400,
+                              "Upload-Length differs from the sum of the partial uploads")
+InvalidChecksum = _error("ERR_INVALID_CHECKSUM", 400,
+                         "Upload-Checksum must be '<algorithm> <base64 digest>'")
+# tus checksum: "The Server MAY respond with ... 400 Bad Request if the checksum algorithm is
+# not supported by the server".
+UnsupportedChecksum = _error("ERR_UNSUPPORTED_CHECKSUM", 400,
+                             "the checksum algorithm is not supported")
+InvalidHeader = _error("ERR_INVALID_HEADER", 400, "a request header is malformed")
+BodyNotAllowed = _error("ERR_BODY_NOT_ALLOWED", 400, "this request must not carry a body")
+# tus concatenation: "the Server MUST respond with the 403 Forbidden status to PATCH requests
+# against a final upload URL".
+ModifyFinal = _error("ERR_MODIFY_FINAL", 403, "a final upload cannot be modified")
+# TUS-GEN-05: unknown ids are 404, ids we know were removed are 410.
+NotFound = _error("ERR_UPLOAD_NOT_FOUND", 404, "no upload with this id")
+MethodNotAllowed = _error("ERR_METHOD_NOT_ALLOWED", 405, "method not allowed on this URL",
+                          Allow="OPTIONS, POST, HEAD, PATCH, DELETE, GET")
+# tus core: "If the offsets do not match, the Server MUST respond with the 409 Conflict status
+# without modifying the upload resource." The current offset rides along so clients can
+# recover without another HEAD.
+MismatchedOffset = _error("ERR_MISMATCHED_OFFSET", 409, "Upload-Offset does not match the upload")
+UploadNotFinished = _error("ERR_UPLOAD_NOT_FINISHED", 409, "the upload is not finished yet")
+Gone = _error("ERR_UPLOAD_GONE", 410, "the upload was terminated or has expired")
+# TUS-CRE-04 / TUS-PATCH-08.
+TooLarge = _error("ERR_UPLOAD_TOO_LARGE", 413, "the upload exceeds the maximum size")
+SizeExceeded = _error("ERR_UPLOAD_SIZE_EXCEEDED", 413,
+                      "the body would take the upload past its Upload-Length")
+# tus core: "the Server SHOULD respond with the 415 Unsupported Media Type status" when the
+# PATCH Content-Type is not application/offset+octet-stream.
+InvalidContentType = _error("ERR_INVALID_CONTENT_TYPE", 415,
+                            "Content-Type must be application/offset+octet-stream")
+# A newer request took over the upload (lock release). 423 because tus clients retry it,
+# HEAD, and resume from the saved offset; 400 (what tusd sends) would make them give up.
+UploadInterrupted = _error("ERR_UPLOAD_INTERRUPTED", 423,
+                           "another request took over this upload; resume from HEAD",
+                           Retry_After="1")
+UploadLocked = _error("ERR_UPLOAD_LOCKED", 423,
+                      "the upload is busy and its holder did not let go in time",
+                      Retry_After="1")
+# tus checksum: "460 Checksum Mismatch" — the chunk is discarded, the offset does not move.
+ChecksumMismatch = _error("ERR_CHECKSUM_MISMATCH", 460, "the checksum does not match the body")
+# The stall timer ended a PATCH whose client stopped sending. The connection is closed, so
+# the client rarely sees this; the bytes that arrived are kept.
+RequestTimeout = _error("ERR_READ_TIMEOUT", 408, "the client stopped sending the body")
+Internal = _error("ERR_INTERNAL", 500, "internal server error")
+# TUS-ROB-06: in-flight requests save their bytes and get 503 so clients retry elsewhere.
+ServerShutdown = _error("ERR_SERVER_SHUTDOWN", 503, "the server is shutting down; retry",
+                        Retry_After="1")
+InsufficientStorage = _error("ERR_INSUFFICIENT_STORAGE", 507,
+                             "the server has no room to store this upload")
+
+ALL_ERRORS: tuple[type[TusError], ...] = tuple(
+    cls for cls in list(globals().values())
+    if isinstance(cls, type) and issubclass(cls, TusError) and cls is not TusError
+)

@@ -1,0 +1,112 @@
+"""The upload model: what is stored about an upload, and a snapshot of it with its offset.
+
+``UploadInfo`` is the durable record (written atomically by the store). The offset is not in
+it: the store reports the offset from what it has durably stored (style rule 7), and
+``UploadState`` pairs the two for a decision.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol.headers import Concat, ConcatFinal, ConcatPartial
+from protocol.state import FINISHED, UploadStatus
+
+
+@dataclass(frozen=True, slots=True)
+class SinkState:
+    """What the sink did with a finished upload; ``status`` is one of the sink statuses."""
+
+    status: UploadStatus
+    ref: str | None = None  # where the sink put it (a path, a remote id)
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UploadInfo:
+    upload_id: str
+    length: int | None  # None while the length is deferred (or a final is not assembled)
+    metadata: dict[str, bytes] = field(default_factory=dict)
+    concat: Concat | None = None
+    created_at: float = 0.0
+    sink: SinkState | None = None
+    # A final concatenation is complete once assembled; its bytes were never PATCHed.
+    assembled: bool = False
+
+    @property
+    def is_final(self) -> bool:
+        return isinstance(self.concat, ConcatFinal)
+
+    @property
+    def is_partial(self) -> bool:
+        return isinstance(self.concat, ConcatPartial)
+
+    def replace(self, **changes: Any) -> UploadInfo:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        concat: Any = None
+        if isinstance(self.concat, ConcatPartial):
+            concat = "partial"
+        elif isinstance(self.concat, ConcatFinal):
+            concat = list(self.concat.upload_ids)
+        return {
+            "id": self.upload_id,
+            "length": self.length,
+            "metadata": [[k, base64.b64encode(v).decode("ascii")]
+                         for k, v in self.metadata.items()],
+            "concat": concat,
+            "created_at": self.created_at,
+            "sink": None if self.sink is None else {
+                "status": str(self.sink.status), "ref": self.sink.ref, "error": self.sink.error},
+            "assembled": self.assembled,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> UploadInfo:
+        raw_concat = data.get("concat")
+        concat: Concat | None = None
+        if raw_concat == "partial":
+            concat = ConcatPartial()
+        elif isinstance(raw_concat, list):
+            concat = ConcatFinal(tuple(str(x) for x in raw_concat))
+        raw_sink = data.get("sink")
+        sink = None
+        if raw_sink is not None:
+            sink = SinkState(UploadStatus(raw_sink["status"]), raw_sink.get("ref"),
+                             raw_sink.get("error"))
+        return cls(
+            upload_id=str(data["id"]),
+            length=None if data.get("length") is None else int(data["length"]),
+            metadata={str(k): base64.b64decode(v) for k, v in data.get("metadata", [])},
+            concat=concat,
+            created_at=float(data.get("created_at", 0.0)),
+            sink=sink,
+            assembled=bool(data.get("assembled", False)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UploadState:
+    """A snapshot: the record, the durable offset and when bytes last arrived."""
+
+    info: UploadInfo
+    offset: int
+    last_activity: float
+
+    @property
+    def status(self) -> UploadStatus:
+        if self.info.sink is not None:
+            return self.info.sink.status
+        if self.info.is_final:
+            return UploadStatus.COMPLETE if self.info.assembled else UploadStatus.CREATED
+        if self.info.length is not None and self.offset >= self.info.length:
+            return UploadStatus.COMPLETE
+        return UploadStatus.RECEIVING if self.offset > 0 else UploadStatus.CREATED
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
