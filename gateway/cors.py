@@ -39,4 +39,4 @@ def setup_cors(app: web.Application, config: GatewayConfig,
     )
     cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(config.cors_origins, options))
     for route in routes:
-        cors.add(route, webview=True)
+        cors.add(route)
