@@ -271,7 +271,9 @@ async def amain(args: argparse.Namespace) -> Result:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base-url", required=True, help="creation URL, e.g. http://127.0.0.1:8080/files/")
+    parser.add_argument(
+        "--base-url", required=True, help="creation URL, e.g. http://127.0.0.1:8080/files/"
+    )
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), required=True)
     parser.add_argument("--size", type=int, required=True, help="bytes per upload")
     parser.add_argument("--count", type=int, default=1)

@@ -43,9 +43,7 @@ async def create(request: web.Request) -> web.Response:
     path = request.app[DATA_DIR] / upload_id
     path.touch()
     request.app[UPLOADS][upload_id] = Upload(path=path, length=int(length_header))
-    return web.Response(
-        status=201, headers={**TUS_HEADERS, "Location": f"/files/{upload_id}"}
-    )
+    return web.Response(status=201, headers={**TUS_HEADERS, "Location": f"/files/{upload_id}"})
 
 
 def _lookup(request: web.Request) -> Upload:
@@ -71,18 +69,14 @@ async def head(request: web.Request) -> web.Response:
 async def patch(request: web.Request) -> web.Response:
     upload = _lookup(request)
     if request.headers.get("Upload-Offset") != str(upload.offset):
-        raise web.HTTPConflict(
-            headers={**TUS_HEADERS, "Upload-Offset": str(upload.offset)}
-        )
+        raise web.HTTPConflict(headers={**TUS_HEADERS, "Upload-Offset": str(upload.offset)})
     loop = asyncio.get_running_loop()
     with open(upload.path, "r+b") as fh:
         fh.seek(upload.offset)
         async for chunk in request.content.iter_chunked(CHUNK):
             await loop.run_in_executor(None, fh.write, chunk)
             upload.offset += len(chunk)
-    return web.Response(
-        status=204, headers={**TUS_HEADERS, "Upload-Offset": str(upload.offset)}
-    )
+    return web.Response(status=204, headers={**TUS_HEADERS, "Upload-Offset": str(upload.offset)})
 
 
 def make_app(data_dir: Path) -> web.Application:

@@ -1,0 +1,945 @@
+"""Side-by-side tus upload benchmark: our gateway against peer servers on loopback.
+
+Each (scenario, repetition, server) triple gets a fresh server process on a free
+127.0.0.1 port with a fresh temporary data directory; bench/loadgen.py drives it
+from a separate process. After each run the server's peak RSS (VmHWM, summed
+over the server process and any live descendants) and CPU time are read from
+/proc, the uploads are verified, the server is stopped and its data directory
+deleted. Results go to bench/RESULTS.md and are printed.
+
+    bash bench/setup.sh && .venv/bin/python bench/run.py
+    .venv/bin/python bench/run.py --quick                   # small sizes, ~1 minute
+    .venv/bin/python bench/run.py --servers ours,tus-node --scenarios a,c --reps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import loadgen
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+PEERS_DIR = BENCH / "peers"
+INSTALL_DIR = BENCH / ".peers"
+SCRATCH = BENCH / ".scratch"
+OURS_BIN = REPO / ".venv" / "bin" / "tus-gateway"
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    label: str
+    argv: Callable[[int, Path], list[str]]
+    env: Callable[[Path], dict[str, str]] = lambda _d: {}
+    installed: Callable[[], str | None] = lambda: None  # None = ok, else the reason
+    # False when the server forgets an upload once it is complete (HEAD -> 404);
+    # then completed uploads are verified by their size on disk instead.
+    head_after_finish: bool = True
+    # Largest body this server can take in one PATCH without buffering it all in
+    # memory beyond what the machine can afford; bigger single PATCHes are skipped.
+    max_single_patch: int | None = None
+    note: str = ""
+
+
+def _need(*paths: Path) -> Callable[[], str | None]:
+    def check() -> str | None:
+        for path in paths:
+            if not path.exists():
+                return f"not installed: {path} missing (run bash bench/setup.sh)"
+        return None
+
+    return check
+
+
+def _need_node() -> str | None:
+    if shutil.which("node") is None:
+        return "node not found on PATH"
+    return _need(INSTALL_DIR / "node" / "node_modules" / "@tus" / "server")()
+
+
+def _ours_check() -> str | None:
+    if not OURS_BIN.exists():
+        return f"not installed: {OURS_BIN} missing"
+    return None
+
+
+SERVERS: dict[str, ServerSpec] = {
+    spec.name: spec
+    for spec in (
+        ServerSpec(
+            name="ours",
+            label="ours (tus-gateway)",
+            argv=lambda port, data: [
+                str(OURS_BIN),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data),
+                "--base-path",
+                "/files/",
+            ],
+            installed=_ours_check,
+            note="default (durable) fsync policy",
+        ),
+        ServerSpec(
+            name="tus-node",
+            label="@tus/server",
+            argv=lambda port, data: [
+                shutil.which("node") or "node",
+                str(PEERS_DIR / "tus_node_server.mjs"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data),
+                "--modules",
+                str(INSTALL_DIR / "node" / "node_modules"),
+            ],
+            installed=_need_node,
+            note="@tus/server + @tus/file-store, one Node process, no fsync",
+        ),
+        ServerSpec(
+            name="tuspyserver",
+            label="tuspyserver",
+            argv=lambda port, data: [
+                str(INSTALL_DIR / "tuspyserver" / "bin" / "uvicorn"),
+                "tuspyserver_app:app",
+                "--app-dir",
+                str(PEERS_DIR),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            env=lambda data: {"BENCH_DATA_DIR": str(data)},
+            installed=_need(INSTALL_DIR / "tuspyserver" / "bin" / "uvicorn"),
+            note="FastAPI router under uvicorn[standard] (uvloop, httptools), 1 worker, no fork",
+        ),
+        ServerSpec(
+            name="aiohttp-tus",
+            label="aiohttp-tus",
+            argv=lambda port, data: [
+                str(INSTALL_DIR / "aiohttp-tus" / "bin" / "python"),
+                str(PEERS_DIR / "aiohttp_tus_app.py"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data),
+                "--max-body",
+                str(2 * GIB),
+            ],
+            installed=_need(INSTALL_DIR / "aiohttp-tus" / "bin" / "python"),
+            head_after_finish=False,
+            max_single_patch=2 * GIB,
+            note=(
+                "client_max_size raised to 2 GiB; reads each PATCH body whole into memory; "
+                "forgets finished uploads (HEAD 404), so those are checked on disk"
+            ),
+        ),
+        ServerSpec(
+            name="bare",
+            label="bare aiohttp",
+            argv=lambda port, data: [
+                sys.executable,
+                str(PEERS_DIR / "bare_aiohttp.py"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data),
+            ],
+            note="receive-and-write ceiling: iter_chunked + writes in a thread, no fsync",
+        ),
+    )
+}
+
+
+# ------------------------------------------------------------------------- scenarios
+
+
+@dataclass(frozen=True)
+class ScenarioSpec:
+    key: str
+    title: str
+    mode: str  # loadgen scenario
+    size: int
+    count: int
+    concurrency: int
+    metric: str  # Result field reported
+    unit: str
+
+    def describe(self) -> str:
+        if self.mode == "single":
+            return f"{_size(self.size)} in one PATCH"
+        if self.mode == "concurrent":
+            return f"{self.count} concurrent uploads of {_size(self.size)}"
+        return f"{self.count} uploads of {_size(self.size)}, {self.concurrency} in flight"
+
+
+def scenarios(quick: bool) -> dict[str, ScenarioSpec]:
+    if quick:
+        a, c_n, c_s, d_n, e = 64 * MIB, 8, 4 * MIB, 200, 256 * MIB
+    else:
+        a, c_n, c_s, d_n, e = GIB, 32, 32 * MIB, 2000, 8 * GIB
+    return {
+        "a": ScenarioSpec("a", "single PATCH", "single", a, 1, 1, "mib_per_s", "MiB/s"),
+        "c": ScenarioSpec("c", "concurrent", "concurrent", c_s, c_n, c_n, "mib_per_s", "MiB/s"),
+        "d": ScenarioSpec(
+            "d", "small uploads", "small", 4096, d_n, 16, "uploads_per_s", "uploads/s"
+        ),
+        "e": ScenarioSpec("e", "big single PATCH", "single", e, 1, 1, "mib_per_s", "MiB/s"),
+    }
+
+
+def _size(n: int) -> str:
+    for unit, div in (("GiB", GIB), ("MiB", MIB), ("KiB", 1024)):
+        if n >= div and n % div == 0:
+            return f"{n // div} {unit}"
+    return f"{n} B"
+
+
+# ----------------------------------------------------------------------------- /proc
+
+
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+def process_tree(pid: int) -> list[int]:
+    kids = _children_map()
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def vm_hwm_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # fields[11], fields[12] are utime, stime (fields 14 and 15 of stat(5))
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+# --------------------------------------------------------------------- process control
+
+LIVE: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_server(
+    spec: ServerSpec, port: int, data_dir: Path, log_path: Path
+) -> subprocess.Popen[bytes]:
+    # Servers run with their defaults: drop PYTHONPATH and any TUS_* setting
+    # (our gateway reads every flag from TUS_<FLAG> too, e.g. TUS_FSYNC).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUS_")}
+    env.pop("PYTHONPATH", None)
+    env.update(spec.env(data_dir))
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            spec.argv(port, data_dir),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(data_dir.parent),
+            start_new_session=True,
+        )
+    LIVE[proc.pid] = proc
+    return proc
+
+
+def wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float) -> str | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"exited with code {proc.returncode} before listening"
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return None
+        time.sleep(0.1)
+    return f"not listening on port {port} after {timeout:.0f} s"
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the server's process group: SIGTERM, then SIGKILL after 10 s."""
+    try:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        else:
+            # the leader is gone; make sure nothing it forked lingers
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        LIVE.pop(proc.pid, None)
+
+
+def stop_all() -> None:
+    for proc in list(LIVE.values()):
+        with contextlib.suppress(Exception):
+            stop_server(proc)
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def log_tail(path: Path, lines: int = 8) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])[-600:]
+
+
+# ---------------------------------------------------------------------- verification
+
+
+def files_of_size(root: Path, size: int) -> list[Path]:
+    """Regular files of exactly ``size`` bytes under ``root``, skipping dot dirs."""
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()  # hard links count once
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            path = Path(dirpath) / name
+            with contextlib.suppress(OSError):
+                st = path.lstat()
+                key = (st.st_dev, st.st_ino)
+                if path.is_file() and not path.is_symlink() and st.st_size == size:
+                    if key not in seen:
+                        seen.add(key)
+                        found.append(path)
+    return found
+
+
+_SHA_CACHE: dict[int, str] = {}
+
+
+def sha_check(data_dir: Path, size: int) -> tuple[bool, str]:
+    """Compare every stored file of the upload's size with the expected SHA-256."""
+    if size not in _SHA_CACHE:
+        _SHA_CACHE[size] = loadgen.expected_sha256(size)
+    want = _SHA_CACHE[size]
+    candidates = files_of_size(data_dir, size)
+    if not candidates:
+        return True, "sha256 n/a (no stored file of that size found)"
+    bad = []
+    for path in candidates:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(4 * MIB):
+                digest.update(chunk)
+        if digest.hexdigest() != want:
+            bad.append(path.name)
+    if bad:
+        return False, f"sha256 MISMATCH in {len(bad)}/{len(candidates)} stored file(s): {bad[:3]}"
+    return True, f"sha256 ok ({len(candidates)} stored file{'s' if len(candidates) > 1 else ''})"
+
+
+# ------------------------------------------------------------------------------- runs
+
+
+@dataclass
+class RunRecord:
+    server: str
+    scenario: str
+    rep: int
+    status: str = "failed"  # ok | failed | skipped
+    reason: str = ""
+    value: float | None = None
+    elapsed_s: float = 0.0  # whole load generator process
+    timed_s: float = 0.0  # timed phase only
+    rss_mib: float | None = None
+    processes: int = 0
+    server_cpu_s: float | None = None
+    client_cpu_s: float | None = None
+    verify: list[str] = field(default_factory=list)
+
+
+def run_once(
+    spec: ServerSpec,
+    scen: ScenarioSpec,
+    rep: int,
+    tmp_root: Path,
+    min_rate: float,
+    sha: bool,
+) -> RunRecord:
+    rec = RunRecord(server=spec.name, scenario=scen.key, rep=rep)
+    missing = spec.installed()
+    if missing:
+        rec.reason = missing
+        return rec
+    if scen.mode == "single" and spec.max_single_patch and scen.size > spec.max_single_patch:
+        rec.status = "skipped"
+        rec.reason = (
+            f"PATCH of {_size(scen.size)} > {_size(spec.max_single_patch)}: "
+            "the server reads the whole body into memory"
+        )
+        return rec
+
+    data_dir = Path(tempfile.mkdtemp(prefix=f"tusbench-{spec.name}-{scen.key}{rep}-", dir=tmp_root))
+    log_path = SCRATCH / f"{spec.name}-{scen.key}-{rep}.log"
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        port = free_port()
+        (data_dir / "data").mkdir()
+        proc = start_server(spec, port, data_dir / "data", log_path)
+        problem = wait_ready(proc, port, 45)
+        if problem:
+            rec.reason = f"server did not start: {problem}; log: {log_tail(log_path)}"
+            return rec
+
+        per_request = 30 + scen.size * scen.count / (min_rate * MIB)
+        overall = 60 + per_request * 1.5 + scen.count * 0.25
+        cmd = [
+            sys.executable,
+            str(BENCH / "loadgen.py"),
+            "--base-url",
+            f"http://127.0.0.1:{port}/files/",
+            "--scenario",
+            scen.mode,
+            "--size",
+            str(scen.size),
+            "--count",
+            str(scen.count),
+            "--concurrency",
+            str(scen.concurrency),
+            "--tag",
+            f"{spec.name}-{scen.key}-{rep}",
+            "--min-rate",
+            str(min_rate),
+            "--overall-timeout",
+            str(overall),
+        ]
+        t0 = time.monotonic()
+        try:
+            out = subprocess.run(
+                cmd, capture_output=True, timeout=overall + 30, check=False, cwd=str(BENCH)
+            )
+        except subprocess.TimeoutExpired:
+            rec.reason = f"load generator killed after {overall + 30:.0f} s"
+            return rec
+        rec.elapsed_s = time.monotonic() - t0
+        try:
+            res: dict[str, Any] = json.loads(out.stdout.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            rec.reason = f"load generator crashed: {out.stderr.decode(errors='replace')[-600:]}"
+            return rec
+
+        alive = proc.poll() is None
+        tree = process_tree(proc.pid) if alive else []
+        rec.processes = len(tree)
+        if alive:
+            rec.rss_mib = sum(vm_hwm_kib(p) for p in tree) / 1024
+            rec.server_cpu_s = sum(cpu_seconds(p) for p in tree)
+        rec.client_cpu_s = float(res["client_cpu_s"])
+        rec.timed_s = float(res["elapsed_s"])
+
+        if not res["ok"]:
+            died = "" if alive else f" (server exited with code {proc.returncode})"
+            rec.reason = f"{res['error']}{died}; log: {log_tail(log_path, 4)}"
+            return rec
+        if not alive:
+            rec.reason = f"server exited with code {proc.returncode} during the run"
+            return rec
+
+        rec.value = float(res[scen.metric])
+        problems: list[str] = []
+        uploads = int(res["uploads"])
+        if res["head_ok"] == uploads:
+            rec.verify.append(f"HEAD ok ({uploads})")
+        elif not spec.head_after_finish:
+            on_disk = len(files_of_size(data_dir / "data", scen.size))
+            rec.verify.append(
+                f"HEAD {res['head_ok']}/{uploads} (server drops finished uploads); "
+                f"on disk {on_disk}/{uploads} files of {scen.size} B"
+            )
+            if on_disk != uploads:
+                problems.append(f"only {on_disk}/{uploads} stored files have the right size")
+        else:
+            problems.append(
+                f"HEAD ok for {res['head_ok']}/{uploads}: {'; '.join(res['head_failures'])}"
+            )
+
+        stop_server(proc)
+        if sha and scen.mode == "single":
+            good, note = sha_check(data_dir / "data", scen.size)
+            rec.verify.append(note)
+            if not good:
+                problems.append(note)
+        if problems:
+            rec.reason = "verification failed: " + "; ".join(problems)
+            return rec
+        rec.status = "ok"
+        return rec
+    finally:
+        if proc is not None:
+            stop_server(proc)
+        shutil.rmtree(data_dir, ignore_errors=True)
+        os.sync()
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+@dataclass
+class Cell:
+    values: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def med(self) -> float | None:
+        return median(self.values)
+
+    def show(self, digits: int = 1) -> str:
+        if self.values:
+            text = fmt(self.med, digits)
+            if self.failures:
+                text += f" ({len(self.failures)} failed)"
+            return text
+        if self.failures:
+            return "FAILED"
+        if self.skipped:
+            return "skipped"
+        return "—"
+
+
+def collect(records: list[RunRecord], server: str, scenario: str, what: str) -> Cell:
+    cell = Cell()
+    for rec in records:
+        if rec.server != server or rec.scenario != scenario:
+            continue
+        if rec.status == "skipped":
+            cell.skipped.append(rec.reason)
+        elif rec.status != "ok":
+            cell.failures.append(rec.reason)
+        elif what == "value" and rec.value is not None:
+            cell.values.append(rec.value)
+        elif what == "rss" and rec.rss_mib is not None:
+            cell.values.append(rec.rss_mib)
+    return cell
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def versions() -> dict[str, str]:
+    found: dict[str, str] = {}
+
+    def cmd(key: str, argv: list[str]) -> None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(argv, capture_output=True, timeout=30, check=False)
+            text = out.stdout.decode().strip() or out.stderr.decode().strip()
+            if text:
+                found[key] = text.splitlines()[0]
+
+    for pkg in ("server", "file-store"):
+        pj = INSTALL_DIR / "node" / "node_modules" / "@tus" / pkg / "package.json"
+        with contextlib.suppress(OSError, ValueError):
+            found[f"@tus/{pkg}"] = json.loads(pj.read_text())["version"]
+    py_version = "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))"
+    for venv, pkgs in (
+        ("tuspyserver", ("tuspyserver", "fastapi", "uvicorn")),
+        ("aiohttp-tus", ("aiohttp-tus", "aiohttp")),
+    ):
+        for pkg in pkgs:
+            cmd(
+                f"{pkg} ({venv} venv)",
+                [str(INSTALL_DIR / venv / "bin" / "python"), "-c", py_version, pkg],
+            )
+    import aiohttp
+
+    found["aiohttp (ours, bare, load generator)"] = aiohttp.__version__
+    cmd("node", ["node", "--version"])
+    found["python"] = platform.python_version()
+    cmd("ours git commit", ["git", "-C", str(REPO), "log", "-1", "--format=%h %cs"])
+    return found
+
+
+def write_probe(tmp_root: Path, size: int) -> float:
+    """Plain buffered write of ``size`` bytes into the data filesystem, MiB/s."""
+    buf = loadgen.pattern()
+    path = tmp_root / f"tusbench-probe-{os.getpid()}"
+    t0 = time.perf_counter()
+    try:
+        with open(path, "wb") as fh:
+            left = size
+            while left > 0:
+                left -= fh.write(buf[: min(left, len(buf))])
+        rate = size / MIB / (time.perf_counter() - t0)
+    finally:
+        path.unlink(missing_ok=True)
+        os.sync()
+    return rate
+
+
+def report(
+    records: list[RunRecord],
+    servers: list[str],
+    scens: dict[str, ScenarioSpec],
+    chosen: list[str],
+    args: argparse.Namespace,
+    meta: dict[str, Any],
+) -> str:
+    L: list[str] = []
+    add = L.append
+    has = set(chosen)
+    add("# Benchmark results: tus gateway vs peers")
+    add("")
+    add(f"- Date: {meta['date']} (run took {meta['duration_min']:.1f} min)")
+    add(f"- Command: `{meta['command']}`")
+    add(
+        f"- Machine: {os.cpu_count()} cores, {meta['mem_gib']:.0f} GiB RAM, {platform.system()} "
+        f"{platform.release()}; shared and noisy, all servers and the load generator on "
+        "127.0.0.1 of the same machine."
+    )
+    add(
+        f"- Plain buffered write into the data filesystem before the run: "
+        f"{meta['write_probe']:.0f} MiB/s ({_size(meta['write_probe_size'])} file)."
+    )
+    add(
+        f"- Repetitions: {args.reps} per scenario per server; each figure is the median. "
+        "Every run uses a fresh server process and a fresh data directory (deleted after the run)."
+    )
+    if args.quick:
+        add(
+            "- **Quick mode**: small sizes, only a smoke test; "
+            "figures are not comparable to a full run."
+        )
+    add("- Versions: " + "; ".join(f"{k} {v}" for k, v in meta["versions"].items()))
+    add("")
+    add("## Scenarios")
+    add("")
+    for key in chosen:
+        s = scens[key]
+        add(f"- **{key}** ({s.title}): {s.describe()} → {s.unit}.")
+    if "a" in has or "c" in has or "e" in has:
+        add(
+            "- Peak RSS: VmHWM from /proc/<pid>/status, summed over the server process and its "
+            "live descendants, read at the end of the run (fresh process per run)."
+        )
+    add("")
+    add("## Figures (medians)")
+    add("")
+    cols: list[tuple[str, str, str]] = []  # (header, scenario, what)
+    for key in ("a", "c", "d", "e"):
+        if key in has:
+            s = scens[key]
+            cols.append((f"{key}: {s.describe()} ({s.unit})", key, "value"))
+    for key in ("a", "c", "e"):
+        if key in has:
+            cols.append((f"peak RSS {key} (MiB)", key, "rss"))
+    add("| server | " + " | ".join(c[0] for c in cols) + " |")
+    add("|---|" + "---|" * len(cols))
+    for name in servers:
+        cells = []
+        for _h, key, what in cols:
+            digits = 0 if scens[key].metric == "uploads_per_s" and what == "value" else 1
+            cells.append(collect(records, name, key, what).show(digits))
+        add(f"| {SERVERS[name].label} | " + " | ".join(cells) + " |")
+    add("")
+
+    if "ours" in servers:
+        peers = [s for s in servers if s != "ours"]
+        if peers:
+            add("## Ratios: ours / peer (throughput; > 1 means ours is faster)")
+            add("")
+            tcols = [c for c in cols if c[2] == "value"]
+            add("| peer | " + " | ".join(c[0].split(" (")[0] for c in tcols) + " |")
+            add("|---|" + "---|" * len(tcols))
+            for peer in peers:
+                cells = []
+                for _h, key, _w in tcols:
+                    r = ratio(
+                        collect(records, "ours", key, "value").med,
+                        collect(records, peer, key, "value").med,
+                    )
+                    cells.append("—" if r is None else f"{r:.2f}x")
+                add(f"| {SERVERS[peer].label} | " + " | ".join(cells) + " |")
+            add("")
+
+        add("## Targets")
+        add("")
+        add("| target | measured | verdict |")
+        add("|---|---|---|")
+
+        def target(
+            label: str, measured: float | None, ok: Callable[[float], bool], unit: str
+        ) -> None:
+            if measured is None:
+                add(f"| {label} | n/a | not measured |")
+            else:
+                add(f"| {label} | {measured:.2f}{unit} | {'PASS' if ok(measured) else 'FAIL'} |")
+
+        def r_of(key: str, peer: str) -> float | None:
+            return ratio(
+                collect(records, "ours", key, "value").med, collect(records, peer, key, "value").med
+            )
+
+        def rss_max(key: str) -> float | None:
+            vals = collect(records, "ours", key, "rss").values
+            return max(vals) if vals else None
+
+        if "a" in has:
+            target("a: ours ≥ 2.0x @tus/server", r_of("a", "tus-node"), lambda v: v >= 2.0, "x")
+            target("a: ours ≥ 0.8x bare aiohttp", r_of("a", "bare"), lambda v: v >= 0.8, "x")
+        if "c" in has:
+            target("c: ours ≥ 1.5x @tus/server", r_of("c", "tus-node"), lambda v: v >= 1.5, "x")
+        if "d" in has:
+            target("d: ours ≥ 2x @tus/server", r_of("d", "tus-node"), lambda v: v >= 2.0, "x")
+        if "a" in has:
+            target(
+                f"RSS a ({_size(scens['a'].size)}): ours ≤ 64 MiB (worst rep)",
+                rss_max("a"),
+                lambda v: v <= 64,
+                " MiB",
+            )
+        if "c" in has:
+            target("RSS c: ours ≤ 96 MiB (worst rep)", rss_max("c"), lambda v: v <= 96, " MiB")
+        if "e" in has:
+            target(
+                f"RSS e ({_size(scens['e'].size)}): ours ≤ 64 MiB (worst rep)",
+                rss_max("e"),
+                lambda v: v <= 64,
+                " MiB",
+            )
+        add("")
+
+    failed = [r for r in records if r.status != "ok"]
+    add("## Failures and skips")
+    add("")
+    if not failed:
+        add("None.")
+    for run in failed:
+        add(
+            f"- {SERVERS[run.server].label}, {run.scenario} rep {run.rep}: "
+            f"**{run.status}**: {run.reason}"
+        )
+    add("")
+    add("## Server notes")
+    add("")
+    for name in servers:
+        procs = sorted({r.processes for r in records if r.server == name and r.status == "ok"})
+        add(
+            f"- {SERVERS[name].label}: {SERVERS[name].note}; "
+            f"processes at the end of a run: {procs or '?'}"
+        )
+    add("")
+    add("## All runs")
+    add("")
+    add(
+        "| server | scen | rep | status | figure | timed s | peak RSS MiB "
+        "| server CPU s | client CPU s | checks |"
+    )
+    add("|---|---|---|---|---|---|---|---|---|---|")
+    for run in records:
+        add(
+            f"| {run.server} | {run.scenario} | {run.rep} | {run.status} | {fmt(run.value)} "
+            f"| {run.timed_s:.2f} | {fmt(run.rss_mib)} | {fmt(run.server_cpu_s, 2)} "
+            f"| {fmt(run.client_cpu_s, 2)} | {'; '.join(run.verify) or run.reason[:80]} |"
+        )
+    add("")
+    return "\n".join(L)
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="tus upload benchmark: ours vs peers on loopback",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    parser.add_argument(
+        "--servers", default=",".join(SERVERS), help="comma list of: " + ", ".join(SERVERS)
+    )
+    parser.add_argument("--scenarios", default="a,c,d,e", help="comma list of: a, c, d, e")
+    parser.add_argument(
+        "--reps", type=int, default=None, help="repetitions (default 3; 1 with --quick)"
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, to check the setup")
+    parser.add_argument(
+        "--tmp-root", type=Path, default=Path(tempfile.gettempdir()), help="where data dirs go"
+    )
+    parser.add_argument("--max-minutes", type=float, default=120.0, help="overall time bound")
+    parser.add_argument(
+        "--min-rate", type=float, default=20.0, help="MiB/s below which an upload counts as hung"
+    )
+    parser.add_argument(
+        "--no-sha", action="store_true", help="skip the SHA-256 check of stored files"
+    )
+    parser.add_argument("--output", type=Path, default=BENCH / "RESULTS.md")
+    args = parser.parse_args(argv)
+    if args.reps is None:
+        args.reps = 1 if args.quick else 3
+    return args
+
+
+def plan(servers: list[str], chosen: list[str], reps: int) -> Iterator[tuple[str, str, int]]:
+    # Interleave servers inside each repetition so machine noise spreads evenly.
+    for key in chosen:
+        for rep in range(1, reps + 1):
+            for name in servers:
+                yield name, key, rep
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    bad = [s for s in servers if s not in SERVERS] + [c for c in chosen if c not in "acde"]
+    if bad:
+        print(f"unknown server/scenario: {bad}", file=sys.stderr)
+        return 2
+    scens = scenarios(args.quick)
+    SCRATCH.mkdir(exist_ok=True)
+    args.tmp_root.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _on_signal)
+
+    started = time.monotonic()
+    deadline = started + args.max_minutes * 60
+    command = "python " + " ".join(
+        shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]]
+    )
+    probe_size = 256 * MIB if args.quick else GIB
+    meta: dict[str, Any] = {
+        "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "command": command,
+        "versions": versions(),
+        "write_probe": write_probe(args.tmp_root, probe_size),
+        "write_probe_size": probe_size,
+        "mem_gib": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GIB,
+    }
+    print(f"write probe: {meta['write_probe']:.0f} MiB/s", file=sys.stderr)
+    records: list[RunRecord] = []
+    steps = list(plan(servers, chosen, args.reps))
+    try:
+        for i, (name, key, rep) in enumerate(steps, 1):
+            scen = scens[key]
+            if time.monotonic() > deadline:
+                rec = RunRecord(
+                    name,
+                    key,
+                    rep,
+                    status="skipped",
+                    reason=f"overall bound of {args.max_minutes:.0f} min reached",
+                )
+            else:
+                sha = not args.no_sha and (key == "a" or name == "ours")
+                rec = run_once(SERVERS[name], scen, rep, args.tmp_root, args.min_rate, sha)
+            records.append(rec)
+            shown = (
+                f"{fmt(rec.value)} {scen.unit}"
+                if rec.status == "ok"
+                else f"{rec.status.upper()}: {rec.reason[:300]}"
+            )
+            print(
+                f"[{i}/{len(steps)}] {name:<12} {key} rep {rep}: {shown}"
+                f"  rss={fmt(rec.rss_mib)} MiB  ({rec.elapsed_s:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    except KeyboardInterrupt:
+        print("interrupted; writing partial results", file=sys.stderr)
+    finally:
+        stop_all()
+
+    meta["duration_min"] = (time.monotonic() - started) / 60
+    text = report(records, servers, scens, chosen, args, meta)
+    args.output.write_text(text + "\n")
+    raw = SCRATCH / f"results-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    raw.write_text(json.dumps({"meta": meta, "runs": [asdict(r) for r in records]}, indent=1))
+    print(text)
+    print(f"\nwrote {args.output} and {raw}", file=sys.stderr)
+    return 0 if all(r.status != "failed" for r in records) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
