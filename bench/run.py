@@ -25,6 +25,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import statistics
 import subprocess
 import sys
@@ -245,10 +246,10 @@ def _children_map() -> dict[int, list[int]]:
         if not entry.isdigit():
             continue
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            stat_line = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        ppid = int(stat_line.rsplit(")", 1)[1].split()[1])
         kids.setdefault(ppid, []).append(int(entry))
     return kids
 
@@ -377,12 +378,11 @@ def files_of_size(root: Path, size: int) -> list[Path]:
         for name in filenames:
             path = Path(dirpath) / name
             with contextlib.suppress(OSError):
-                st = path.lstat()
+                st = path.lstat()  # does not follow symlinks
                 key = (st.st_dev, st.st_ino)
-                if path.is_file() and not path.is_symlink() and st.st_size == size:
-                    if key not in seen:
-                        seen.add(key)
-                        found.append(path)
+                if stat.S_ISREG(st.st_mode) and st.st_size == size and key not in seen:
+                    seen.add(key)
+                    found.append(path)
     return found
 
 
@@ -704,6 +704,23 @@ def report(
             "- Peak RSS: VmHWM from /proc/<pid>/status, summed over the server process and its "
             "live descendants, read at the end of the run (fresh process per run)."
         )
+    busy = [
+        (run.client_cpu_s / run.timed_s, run)
+        for run in records
+        if run.status == "ok" and run.client_cpu_s is not None and run.timed_s > 0
+    ]
+    if busy:
+        load, worst = max(busy, key=lambda item: item[0])
+        add(
+            f"- Load generator CPU during the timed phases: at most {load:.0%} of one core "
+            f"({worst.server}, {worst.scenario}); it is one asyncio process streaming one "
+            "reusable buffer."
+        )
+    add(
+        "- Verification: after every upload HEAD must answer Upload-Offset == length; the "
+        "SHA-256 of the stored file is compared for scenario a (every server) and for e "
+        "(ours), found by its size under the data directory."
+    )
     add("")
     add("## Figures (medians)")
     add("")
