@@ -90,6 +90,37 @@ def _ours_check() -> str | None:
     return None
 
 
+# Our gateway is installed editable, so edits made to the work tree while a long
+# run is going would change "ours" half-way. By default the run copies the
+# packages once at its start and puts the copy first on ours' PYTHONPATH.
+OURS_PACKAGES = ("gateway", "protocol")
+OURS_SNAPSHOT: list[Path] = []
+
+
+def _ours_env(_data: Path) -> dict[str, str]:
+    return {"PYTHONPATH": str(OURS_SNAPSHOT[0])} if OURS_SNAPSHOT else {}
+
+
+def ours_fingerprint() -> str:
+    """Short hash over ours' source files in the work tree."""
+    digest = hashlib.sha256()
+    for pkg in OURS_PACKAGES:
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            digest.update(str(path.relative_to(REPO)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def snapshot_ours(dest_root: Path) -> Path:
+    dest = Path(tempfile.mkdtemp(prefix="tusbench-ours-src-", dir=dest_root))
+    for pkg in OURS_PACKAGES:
+        shutil.copytree(
+            REPO / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
+    OURS_SNAPSHOT[:] = [dest]
+    return dest
+
+
 SERVERS: dict[str, ServerSpec] = {
     spec.name: spec
     for spec in (
@@ -108,6 +139,7 @@ SERVERS: dict[str, ServerSpec] = {
                 "--base-path",
                 "/files/",
             ],
+            env=_ours_env,
             installed=_ours_check,
             note="default (durable) fsync policy",
         ),
@@ -659,6 +691,37 @@ def write_probe(tmp_root: Path, size: int) -> float:
     return rate
 
 
+def describe_ours(args: argparse.Namespace) -> tuple[str, str]:
+    fingerprint = ours_fingerprint()
+    status = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--", *OURS_PACKAGES],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    ).stdout.strip()
+    state = "with uncommitted changes" if status else "clean"
+    where = "run from the work tree"
+    if not args.ours_live:
+        snap = snapshot_ours(args.tmp_root)
+        probe = subprocess.run(
+            [
+                str(REPO / ".venv" / "bin" / "python"),
+                "-c",
+                "import gateway; print(gateway.__file__)",
+            ],
+            capture_output=True,
+            timeout=30,
+            check=False,
+            env={**os.environ, "PYTHONPATH": str(snap)},
+            cwd=str(snap.parent),
+        )
+        if not probe.stdout.decode().strip().startswith(str(snap)):
+            raise SystemExit(f"copy of ours is not picked up: {probe.stdout!r} {probe.stderr!r}")
+        where = "run from a copy taken at the start"
+    text = f"gateway/ and protocol/ {state}, source fingerprint {fingerprint}, {where}"
+    return text, fingerprint
+
+
 def report(
     records: list[RunRecord],
     servers: list[str],
@@ -693,6 +756,8 @@ def report(
             "figures are not comparable to a full run."
         )
     add("- Versions: " + "; ".join(f"{k} {v}" for k, v in meta["versions"].items()))
+    if "ours" in meta:
+        add(f"- Ours: {meta['ours']}.")
     add("")
     add("## Scenarios")
     add("")
@@ -873,6 +938,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-sha", action="store_true", help="skip the SHA-256 check of stored files"
     )
     parser.add_argument("--output", type=Path, default=BENCH / "RESULTS.md")
+    parser.add_argument(
+        "--ours-live",
+        action="store_true",
+        help="run ours from the work tree instead of a copy taken at the start",
+    )
     args = parser.parse_args(argv)
     if args.reps is None:
         args.reps = 1 if args.quick else 3
@@ -915,6 +985,9 @@ def main(argv: list[str] | None = None) -> int:
         "mem_gib": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GIB,
     }
     print(f"write probe: {meta['write_probe']:.0f} MiB/s", file=sys.stderr)
+    if "ours" in servers and OURS_BIN.exists():
+        meta["ours"], meta["ours_fingerprint"] = describe_ours(args)
+        print(f"ours: {meta['ours']}", file=sys.stderr)
     records: list[RunRecord] = []
     steps = list(plan(servers, chosen, args.reps))
     try:
@@ -947,6 +1020,12 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; writing partial results", file=sys.stderr)
     finally:
         stop_all()
+        if OURS_SNAPSHOT:
+            shutil.rmtree(OURS_SNAPSHOT[0], ignore_errors=True)
+        if "ours" in meta and ours_fingerprint() != meta["ours_fingerprint"]:
+            meta["ours"] += "; its work-tree source changed during the run" + (
+                "" if not args.ours_live else ", so runs may mix versions"
+            )
 
     meta["duration_min"] = (time.monotonic() - started) / 60
     text = report(records, servers, scens, chosen, args, meta)

@@ -1,0 +1,461 @@
+"""Fault tests against a real gateway on loopback: cut connections, racing and stalled PATCHes,
+DELETE during a PATCH, and graceful shutdown of a real process.
+
+PATCH requests are written by hand on raw sockets (``RawPatch``) so a test can stop in the
+middle of a body, stall with the socket open, interleave two bodies or cut the connection.
+Nothing of the gateway is mocked: every assertion is about bytes on disk and what the HTTP
+API reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import random
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway.keys import RUNTIME
+from gateway.state.memlock import MemoryLocker
+from tests.conftest import GatewayProcess
+from tests.helpers import TUS, metadata, patch_headers, path_of
+
+KiB = 1024
+MiB = 1024 * KiB
+HOST = "127.0.0.1"
+
+
+# --- a hand-written HTTP/1.1 PATCH ------------------------------------------------------------
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+    @property
+    def offset(self) -> int | None:
+        raw = self.headers.get("upload-offset")
+        return None if raw is None else int(raw)
+
+
+@dataclass
+class RawPatch:
+    """One PATCH on its own connection; ``sent`` counts body bytes handed to the socket."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    sent: int = 0
+    closed: bool = field(default=False)
+
+    @classmethod
+    async def open(cls, port: int, path: str, offset: int, length: int,
+                   extra: dict[str, str] | None = None) -> RawPatch:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        lines = [f"PATCH {path} HTTP/1.1", f"Host: {HOST}:{port}", "Tus-Resumable: 1.0.0",
+                 f"Upload-Offset: {offset}", "Content-Type: application/offset+octet-stream",
+                 f"Content-Length: {length}"]
+        lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        conn = cls(reader, writer)
+        try:
+            await writer.drain()
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        self.sent += len(data)
+        await self.writer.drain()
+
+    async def send_quietly(self, data: bytes) -> bool:
+        """Send unless the server already closed the connection; False if it did."""
+        if self.writer.is_closing():
+            return False
+        try:
+            await self.send(data)
+        except (ConnectionError, OSError):
+            return False
+        return True
+
+    async def reply(self, timeout_s: float = 15.0) -> Reply:
+        async with asyncio.timeout(timeout_s):
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            status_line, *header_lines = head.decode("latin-1").split("\r\n")
+            headers: dict[str, str] = {}
+            for line in header_lines:
+                if line:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+            body = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        return Reply(int(status_line.split()[1]), headers, body)
+
+    def abort(self, reset: bool = False) -> None:
+        """Drop the connection at once; ``reset`` makes the kernel send RST instead of FIN."""
+        if reset:
+            sock = self.writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.transport.abort()
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
+
+
+async def send_slices(conn: RawPatch, data: bytes, piece: int,
+                      pause_s: float = 0.0) -> None:
+    for start in range(0, len(data), piece):
+        await conn.send(data[start:start + piece])
+        if pause_s:
+            await asyncio.sleep(pause_s)
+
+
+# --- helpers around the in-process gateway ----------------------------------------------------
+def payload(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def port_of(client: TestClient[Any, Any]) -> int:
+    port = client.server.port
+    assert port is not None
+    return port
+
+
+def data_dir_of(client: TestClient[Any, Any]) -> Path:
+    data_dir: Path = client.server.app[RUNTIME].require().config.data_dir
+    return data_dir
+
+
+def data_file(data_dir: Path, upload_id: str) -> Path:
+    return data_dir / "uploads" / f"{upload_id}.bin"
+
+
+async def create(client: TestClient[Any, Any], length: int) -> str:
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": str(length)})
+    assert r.status == 201, await r.text()
+    return path_of(r.headers["Location"])
+
+
+def id_of(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+async def head_offset(client: TestClient[Any, Any], path: str) -> int:
+    r = await client.head(path, headers=TUS)
+    assert r.status == 200, r.status
+    return int(r.headers["Upload-Offset"])
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def wait_released(client: TestClient[Any, Any], path: str, timeout_s: float = 5.0) -> None:
+    """Wait until the gateway has noticed the end of the request holding ``path``."""
+    locker = client.server.app[RUNTIME].require().locker
+    assert isinstance(locker, MemoryLocker)
+    upload_id = id_of(path)
+    await wait_until(lambda: not locker.held(upload_id), timeout_s, "the lock to be released")
+
+
+async def finish_and_verify(client: TestClient[Any, Any], path: str, data: bytes) -> None:
+    """Resume from HEAD's offset, then check the download and the stored file byte for byte."""
+    offset = await head_offset(client, path)
+    stored = data_file(data_dir_of(client), id_of(path)).read_bytes()
+    assert len(stored) == offset
+    assert stored == data[:offset], "the stored bytes are not a prefix of the file"
+    if offset < len(data):
+        r = await client.patch(path, data=data[offset:], headers=patch_headers(offset))
+        assert r.status == 204, await r.text()
+        assert r.headers["Upload-Offset"] == str(len(data))
+    r = await client.get(path)
+    assert r.status == 200
+    assert sha(await r.read()) == sha(data)
+    assert sha(data_file(data_dir_of(client), id_of(path)).read_bytes()) == sha(data)
+
+
+# --- a PATCH cut off midway -------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["fin", "fin-after-pause", "rst-after-pause"])
+async def test_cut_off_patch_keeps_its_bytes(client: TestClient[Any, Any], mode: str) -> None:
+    """The connection dies mid-body; every byte the server received stays, and resuming works.
+
+    ``fin``: the client writes 3 MiB as fast as it can and closes at once, so part of the body
+    is still in flight (kernel and server buffers) when the server sees the end of the stream.
+    ``fin-after-pause`` and ``rst-after-pause`` close after the server has read everything.
+    """
+    data = payload(4 * MiB + 123, seed=1)
+    path = await create(client, len(data))
+    sent = 3 * MiB + 77
+    conn = await RawPatch.open(port_of(client), path, 0, len(data))
+    try:
+        await send_slices(conn, data[:sent], 64 * KiB)
+        if mode != "fin":
+            await asyncio.sleep(0.3)
+        conn.abort(reset=mode.startswith("rst"))
+    finally:
+        await conn.close()
+    await wait_released(client, path)
+    offset = await head_offset(client, path)
+    assert offset == sent, f"{sent - offset} received bytes were lost"
+    await finish_and_verify(client, path, data)
+
+
+# --- two PATCHes racing on one upload ---------------------------------------------------------
+@pytest.mark.parametrize(("head_start", "piece", "seed"), [
+    (0, 16 * KiB, 2),          # both headers arrive together, then interleaved bodies
+    (64 * KiB, 32 * KiB, 3),   # the first has a small lead
+    (768 * KiB, 64 * KiB, 4),  # the first is well under way when the second arrives
+])
+async def test_racing_patches_leave_exact_bytes(client: TestClient[Any, Any], head_start: int,
+                                                piece: int, seed: int) -> None:
+    data = payload(2 * MiB + 11, seed=seed)
+    path = await create(client, len(data))
+    port = port_of(client)
+    a = await RawPatch.open(port, path, 0, len(data))
+    b: RawPatch | None = None
+    try:
+        if head_start:
+            await a.send(data[:head_start])
+            await asyncio.sleep(0.05)
+        b = await RawPatch.open(port, path, 0, len(data))
+        replies = {name: asyncio.create_task(conn.reply()) for name, conn in (("a", a), ("b", b))}
+        live = {"a": a, "b": b}
+        # Interleave the two bodies piece by piece until each is sent or refused.
+        for _ in range(2 * len(data) // piece + 2):
+            if not live:
+                break
+            for name, conn in list(live.items()):
+                if replies[name].done() or conn.sent >= len(data):
+                    del live[name]
+                    continue
+                chunk = data[conn.sent:conn.sent + piece]
+                if not await conn.send_quietly(chunk):
+                    del live[name]
+            await asyncio.sleep(0)
+        results: dict[str, Reply | None] = {}
+        for name, task in replies.items():
+            try:
+                results[name] = await task
+            except (ConnectionError, asyncio.IncompleteReadError):
+                results[name] = None  # the server closed this one without a word
+    finally:
+        await a.close()
+        if b is not None:
+            await b.close()
+    statuses = {name: (r.status if r else None) for name, r in results.items()}
+    assert set(statuses.values()) <= {204, 409, 423, None}, statuses
+    assert {409, 423} & set(statuses.values()), f"neither request was refused: {statuses}"
+    for name, reply in results.items():
+        if reply is not None and reply.status == 423:
+            assert b"ERR_UPLOAD_INTERRUPTED" in reply.body, (name, reply)
+        if reply is not None and reply.status == 409:
+            assert reply.offset is not None
+        if reply is not None and reply.status == 204:
+            assert reply.offset == len(data)
+    await wait_released(client, path)
+    await finish_and_verify(client, path, data)
+
+
+# --- a stalled PATCH is pre-empted by a newcomer ----------------------------------------------
+@pytest.mark.parametrize("newcomer", ["HEAD", "PATCH"])
+async def test_stalled_patch_is_preempted(make_client: Callable[..., Any],
+                                          newcomer: str) -> None:
+    # A long stall timeout and the default 10 s lock wait: only pre-emption answers quickly.
+    client: TestClient[Any, Any] = await make_client(stall_timeout_s=60.0, lock_wait_s=10.0)
+    data = payload(3 * MiB + 5, seed=5)
+    path = await create(client, len(data))
+    sent = 1 * MiB + 333
+    conn = await RawPatch.open(port_of(client), path, 0, len(data))
+    try:
+        await send_slices(conn, data[:sent], 64 * KiB)
+        await asyncio.sleep(0.3)  # the server has read it all; the client now says nothing
+        started = time.monotonic()
+        if newcomer == "HEAD":
+            offset = await head_offset(client, path)
+            elapsed = time.monotonic() - started
+            assert offset == sent
+        else:
+            r = await client.patch(path, data=data[sent:], headers=patch_headers(sent))
+            elapsed = time.monotonic() - started
+            assert r.status == 204, await r.text()
+            assert r.headers["Upload-Offset"] == str(len(data))
+        reply = await conn.reply(timeout_s=5)
+    finally:
+        await conn.close()
+    assert elapsed < 3.0, f"{newcomer} waited {elapsed:.2f}s for the stalled request"
+    assert reply.status == 423 and b"ERR_UPLOAD_INTERRUPTED" in reply.body, reply
+    await finish_and_verify(client, path, data)
+
+
+# --- the stall timeout ------------------------------------------------------------------------
+async def test_stall_timeout_ends_a_dead_patch(make_client: Callable[..., Any]) -> None:
+    stall_s = 1.0
+    client: TestClient[Any, Any] = await make_client(stall_timeout_s=stall_s)
+    data = payload(2 * MiB + 9, seed=6)
+    other = payload(1 * MiB, seed=7)
+    path = await create(client, len(data))
+    sent = 700 * KiB + 1
+    conn = await RawPatch.open(port_of(client), path, 0, len(data))
+    try:
+        await send_slices(conn, data[:sent], 64 * KiB)
+        last_byte = time.monotonic()
+        # Meanwhile another upload goes through without waiting for the stalled one.
+        started = time.monotonic()
+        other_path = await create(client, len(other))
+        r = await client.patch(other_path, data=other, headers=patch_headers(0))
+        assert r.status == 204, await r.text()
+        assert time.monotonic() - started < stall_s / 2
+        reply = await conn.reply(timeout_s=stall_s + 5)
+        ended_after = time.monotonic() - last_byte
+    finally:
+        await conn.close()
+    assert reply.status == 408, reply
+    assert stall_s * 0.8 <= ended_after < stall_s + 2.0, ended_after
+    started = time.monotonic()
+    assert await head_offset(client, path) == sent
+    assert time.monotonic() - started < 0.5, "HEAD waited although nobody holds the upload"
+    await finish_and_verify(client, path, data)
+    await finish_and_verify(client, other_path, other)
+
+
+# --- DELETE while a PATCH streams -------------------------------------------------------------
+async def test_delete_during_patch(client: TestClient[Any, Any]) -> None:
+    data = payload(16 * MiB, seed=8)
+    path = await create(client, len(data))
+    upload_id = id_of(path)
+    conn = await RawPatch.open(port_of(client), path, 0, len(data))
+    stop = asyncio.Event()
+
+    async def stream() -> None:
+        piece = 32 * KiB
+        while not stop.is_set() and conn.sent < len(data):
+            if not await conn.send_quietly(data[conn.sent:conn.sent + piece]):
+                return
+            await asyncio.sleep(0.002)
+
+    sender = asyncio.create_task(stream())
+    try:
+        await wait_until(lambda: conn.sent >= 1 * MiB or sender.done(), 10, "the PATCH to run")
+        assert not sender.done()
+        started = time.monotonic()
+        r = await client.delete(path, headers=TUS)
+        assert r.status == 204, await r.text()
+        assert time.monotonic() - started < 3.0
+        reply = await conn.reply(timeout_s=5)
+        stop.set()
+        await sender
+    finally:
+        stop.set()
+        await sender
+        await conn.close()
+    assert reply.status == 423, reply
+    assert conn.sent < len(data)
+    files = data_dir_of(client) / "uploads"
+    for _ in range(3):
+        r = await client.head(path, headers=TUS)
+        assert r.status in (404, 410)
+        assert not list(files.glob(f"{upload_id}*")), "the upload's files reappeared"
+        await asyncio.sleep(0.1)
+    r = await client.patch(path, data=b"x", headers=patch_headers(0))
+    assert r.status in (404, 410)
+    assert not list(files.glob(f"{upload_id}*"))
+
+
+# --- graceful shutdown of a real process ------------------------------------------------------
+@pytest.mark.parametrize("sending", [False, True], ids=["paused", "streaming"])
+async def test_sigterm_commits_in_flight_patch(
+        gateway_process: Callable[..., GatewayProcess], sending: bool) -> None:
+    """SIGTERM with a PATCH in flight: it commits, answers 503, and the restart resumes.
+
+    ``paused``: the client sent its bytes and is quiet when SIGTERM comes; all must be kept.
+    ``streaming``: the client keeps sending during the shutdown; the offset afterwards lies
+    between what was sent before SIGTERM (less one piece in transit) and what was sent at all.
+    """
+    shutdown_s = 5.0
+    gw = gateway_process("--shutdown-timeout", str(shutdown_s))
+    data = payload(6 * MiB + 3, seed=9)
+    piece = 16 * KiB
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.post(gw.url, headers={**TUS, "Upload-Length": str(len(data)),
+                                                 "Upload-Metadata": metadata(filename="t.bin")}
+                                ) as r:
+            assert r.status == 201
+            path = path_of(r.headers["Location"])
+        conn = await RawPatch.open(gw.port, path, 0, len(data))
+        stop = asyncio.Event()
+
+        async def stream() -> None:
+            while not stop.is_set() and conn.sent < len(data):
+                if not await conn.send_quietly(data[conn.sent:conn.sent + piece]):
+                    return
+                await asyncio.sleep(0.01)
+
+        sender = asyncio.create_task(stream())
+        try:
+            await wait_until(lambda: conn.sent >= 1 * MiB, 20, "1 MiB to be sent")
+            if not sending:
+                stop.set()
+                await sender
+                await asyncio.sleep(0.3)
+            before = conn.sent
+            started = time.monotonic()
+            rc = await asyncio.to_thread(gw.terminate, shutdown_s + 10)
+            took = time.monotonic() - started
+            stop.set()
+            await sender
+            try:
+                reply: Reply | None = await conn.reply(timeout_s=2)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                reply = None
+        finally:
+            stop.set()
+            await sender
+            await conn.close()
+        total = conn.sent
+        assert rc == 0, gw.log()
+        assert took < shutdown_s + 3, f"the gateway took {took:.1f}s to stop"
+        assert reply is not None and reply.status == 503, (reply, gw.log())
+        assert b"ERR_SERVER_SHUTDOWN" in reply.body
+
+        await asyncio.to_thread(gw.start)
+        url = f"http://127.0.0.1:{gw.port}{path}"
+        async with session.head(url, headers=TUS) as r:
+            assert r.status == 200
+            offset = int(r.headers["Upload-Offset"])
+        stored = data_file(gw.data_dir, id_of(path)).read_bytes()
+        assert len(stored) == offset
+        assert stored == data[:offset]
+        if sending:
+            assert before - piece <= offset <= total, (before, offset, total)
+        else:
+            assert offset == before == total, (before, offset)
+        async with session.patch(url, data=data[offset:], headers=patch_headers(offset)) as r:
+            assert r.status == 204, await r.text()
+        async with session.get(url) as r:
+            assert r.status == 200
+            assert sha(await r.read()) == sha(data)
+    assert sha((gw.data_dir / "complete" / "t.bin").read_bytes()) == sha(data)
