@@ -691,6 +691,10 @@ def write_probe(tmp_root: Path, size: int) -> float:
     return rate
 
 
+def _loads(values: tuple[float, float, float]) -> str:
+    return "/".join(f"{v:.2f}" for v in values)
+
+
 def describe_ours(args: argparse.Namespace) -> tuple[str, str]:
     fingerprint = ours_fingerprint()
     status = subprocess.run(
@@ -740,7 +744,8 @@ def report(
     add(
         f"- Machine: {os.cpu_count()} cores, {meta['mem_gib']:.0f} GiB RAM, {platform.system()} "
         f"{platform.release()}; shared and noisy, all servers and the load generator on "
-        "127.0.0.1 of the same machine."
+        "127.0.0.1 of the same machine. Load average (1/5/15 min) at the start "
+        f"{_loads(meta['loadavg_start'])}, at the end {_loads(meta['loadavg_end'])}."
     )
     add(
         f"- Plain buffered write into the data filesystem before the run: "
@@ -983,6 +988,7 @@ def main(argv: list[str] | None = None) -> int:
         "write_probe": write_probe(args.tmp_root, probe_size),
         "write_probe_size": probe_size,
         "mem_gib": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GIB,
+        "loadavg_start": os.getloadavg(),
     }
     print(f"write probe: {meta['write_probe']:.0f} MiB/s", file=sys.stderr)
     if "ours" in servers and OURS_BIN.exists():
@@ -1028,6 +1034,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     meta["duration_min"] = (time.monotonic() - started) / 60
+    meta["loadavg_end"] = os.getloadavg()
     text = report(records, servers, scens, chosen, args, meta)
     args.output.write_text(text + "\n")
     raw = SCRATCH / f"results-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"

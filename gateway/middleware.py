@@ -8,6 +8,7 @@ Cancellation is never swallowed.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 
 from aiohttp import web
@@ -17,9 +18,11 @@ from protocol import errors
 
 log = logging.getLogger(__name__)
 
-# After these the request body was not read to its end; keeping the connection would make
-# the server read (and drop) the rest of a possibly huge or dead body first.
-CLOSE_AFTER = frozenset({408, 423, 503})
+# After these the body is dead or abandoned on purpose: close instead of reading the rest.
+# Other errors let aiohttp read and drop a leftover body for a bounded time, so a client
+# that sends its whole body before reading still sees the 4xx (tusd issue 1371).
+CLOSE_AFTER = frozenset({errors.RequestTimeout.code, errors.UploadInterrupted.code,
+                         errors.ServerShutdown.code, errors.ClientDisconnected.code})
 
 
 @web.middleware
@@ -30,6 +33,12 @@ async def tus_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         return error_response(request, exc)
     except (web.HTTPException, asyncio.CancelledError):
         raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            log.error("out of disk space in %s %s: %s", request.method, request.path, exc)
+            return error_response(request, errors.InsufficientStorage())
+        log.exception("unexpected I/O error in %s %s", request.method, request.path)
+        return error_response(request, errors.Internal())
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.path)
         return error_response(request, errors.Internal())
@@ -41,6 +50,6 @@ def error_response(request: web.Request, exc: errors.TusError) -> web.Response:
         response = web.Response(status=exc.status, headers=headers)
     else:
         response = web.Response(status=exc.status, text=exc.body(), headers=headers)
-    if exc.status in CLOSE_AFTER or (exc.status == 413 and not request.content.is_eof()):
+    if exc.code in CLOSE_AFTER and not request.content.is_eof():
         response.force_close()
     return response

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
 from aiohttp import StreamReader
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.config import GatewayConfig
 from gateway.sinks import Sink
@@ -27,6 +28,8 @@ from protocol.model import UploadInfo, UploadState
 from protocol.state import UploadStatus
 
 log = logging.getLogger(__name__)
+# A data file without a record younger than this may be a create in progress.
+ORPHAN_GRACE_S = 3600.0
 
 
 def new_upload_id() -> str:
@@ -53,6 +56,8 @@ async def body_chunks(content: StreamReader, stall_timeout_s: float) -> AsyncIte
                 chunk = await content.readany()
         except TimeoutError:
             raise errors.RequestTimeout() from None
+        except (OSError, HttpProcessingError) as exc:
+            raise errors.ClientDisconnected(str(exc) or type(exc).__name__) from exc
         if not chunk:
             return
         yield chunk
@@ -132,11 +137,6 @@ class Uploads:
                     max_bytes=max_bytes, checksum=checksum)
             except ReleaseRequested:
                 raise errors.UploadInterrupted() from None
-            except (ConnectionError, OSError) as exc:
-                if isinstance(exc, errors.TusError):
-                    raise
-                # The client went away; its bytes are committed. Nobody reads this answer.
-                raise errors.RequestTimeout("the connection was lost") from None
         new_state = await self.store.get(upload_id)
         if new_state.status is UploadStatus.COMPLETE:
             new_state = await self.finish(new_state)
@@ -240,6 +240,7 @@ class Uploads:
             except (errors.NotFound, errors.Gone, errors.UploadLocked):
                 continue
         await self.store.purge_tombstones(now - self.config.tombstone_ttl_s)
+        await self.store.remove_orphans(now - ORPHAN_GRACE_S)
         return removed
 
 

@@ -110,6 +110,10 @@ ChecksumMismatch = _error("ERR_CHECKSUM_MISMATCH", 460, "the checksum does not m
 # The stall timer ended a PATCH whose client stopped sending. The connection is closed, so
 # the client rarely sees this; the bytes that arrived are kept.
 RequestTimeout = _error("ERR_READ_TIMEOUT", 408, "the client stopped sending the body")
+# The client went away or broke the body framing mid-request; the bytes that arrived are kept.
+# Nobody is left to read this answer, it exists for logs and metrics.
+ClientDisconnected = _error("ERR_CLIENT_DISCONNECTED", 400,
+                            "the connection was lost before the body ended")
 Internal = _error("ERR_INTERNAL", 500, "internal server error")
 # TUS-ROB-06: in-flight requests save their bytes and get 503 so clients retry elsewhere.
 ServerShutdown = _error("ERR_SERVER_SHUTDOWN", 503, "the server is shutting down; retry",

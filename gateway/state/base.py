@@ -55,6 +55,9 @@ class UploadStore(Protocol):
     async def purge_tombstones(self, older_than: float) -> int:
         """Forget tombstones written before ``older_than``; returns how many."""
 
+    async def remove_orphans(self, older_than: float) -> int:
+        """Remove bytes that have no record (an interrupted create) from before ``older_than``."""
+
 
 class Lock(Protocol):
     async def acquire(self, timeout_s: float, on_release_requested: Callable[[], None]) -> None:

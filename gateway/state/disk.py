@@ -370,19 +370,22 @@ class DiskStore:
             return count
         return await self._pool.run(purge)
 
-    async def orphans(self) -> list[str]:
-        """Data files without a record (a crash between the two steps of ``create``)."""
-        def scan() -> list[str]:
-            found = []
+    async def remove_orphans(self, older_than: float) -> int:
+        """Data files without a record: a crash between the two steps of ``create``.
+
+        Only old ones, since a create in progress looks the same for a moment.
+        """
+        def scan() -> int:
+            count = 0
             for data in self.uploads.glob("*.bin"):
                 upload_id = data.name.removesuffix(".bin")
-                if not (self.uploads / f"{upload_id}.info").exists():
-                    found.append(upload_id)
-            return found
+                with contextlib.suppress(FileNotFoundError):
+                    if (not (self.uploads / f"{upload_id}.info").exists()
+                            and data.stat().st_mtime < older_than):
+                        data.unlink()
+                        count += 1
+            return count
         return await self._pool.run(scan)
-
-    async def remove_orphan(self, upload_id: str) -> None:
-        await self._pool.run(self.data_path(upload_id).unlink, True)
 
 
 def _encode(info: UploadInfo) -> bytes:
