@@ -143,8 +143,11 @@ class Uploads:
         return new_state
 
     async def finish(self, state: UploadState) -> UploadState:
-        """Run once the last byte is stored (under the lock): deliver, then wake finals."""
-        if state.status is UploadStatus.COMPLETE:
+        """Run once the last byte is stored (under the lock): deliver, then wake finals.
+
+        Partial uploads are pieces of a file, not files: only their final is delivered.
+        """
+        if state.status is UploadStatus.COMPLETE and not state.info.is_partial:
             try:
                 sink_state = await self.sink.deliver(state, self.store.data_path(
                     state.info.upload_id))

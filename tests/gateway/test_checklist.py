@@ -748,3 +748,12 @@ async def test_directory_sink_names_are_unique(client: Client) -> None:
     assert sorted(p.name for p in complete.iterdir()) == ["a (1).txt", "a (2).txt", "a.txt"]
     assert (complete / "a.txt").read_bytes() == b"v0"
     assert (complete / "a (2).txt").read_bytes() == b"v2"
+
+
+async def test_cat_partials_are_not_delivered_on_their_own(client: Client) -> None:
+    a = await upload(client, b"ab", **{"Upload-Concat": "partial"})
+    b = await upload(client, b"cd", **{"Upload-Concat": "partial"})
+    assert not list((data_dir(client) / "complete").iterdir())
+    await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{a} {b}",
+                                          "Upload-Metadata": metadata(filename="whole.bin")})
+    assert [p.name for p in (data_dir(client) / "complete").iterdir()] == ["whole.bin"]
