@@ -56,10 +56,22 @@ def _metavar(name: str) -> str:
     return option_name(name).upper().replace("-", "_")
 
 
+def _settings_text(docs: dict[str, str]) -> str:
+    lines = ["settings of 'serve' (flag, environment variable, default):"]
+    for f in dataclasses.fields(GatewayConfig):
+        lines.append(f"  --{option_name(f.name)} {_metavar(f.name)}  [{env_name(f.name)}, "
+                     f"default {_default_text(f.default)}]")
+        lines.append(f"      {docs.get(f.name, '')}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    docs = _field_docs()
     parser = argparse.ArgumentParser(
         prog="tus-gateway",
         description="A resumable upload gateway speaking tus 1.0.0 with every extension.",
+        epilog=_settings_text(docs),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
@@ -68,7 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "s, m, h or d (30s, 24h). Every flag can also be set by the environment "
                     "variable named after it.",
     )
-    docs = _field_docs()
     for f in dataclasses.fields(GatewayConfig):
         flag = "--" + option_name(f.name)
         help_text = f"{docs.get(f.name, '')} [env {env_name(f.name)}; default " \

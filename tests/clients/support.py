@@ -7,6 +7,7 @@ import os
 import urllib.request
 from email.message import Message
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import GatewayProcess
 
@@ -32,7 +33,8 @@ def head(url: str) -> Message:
     req = urllib.request.Request(url, method="HEAD", headers={"Tus-Resumable": "1.0.0"})
     with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp:
         assert resp.status == 200, resp.status
-        return resp.headers
+        headers: Message = resp.headers
+        return headers
 
 
 def head_offset(url: str) -> int:
@@ -44,6 +46,13 @@ def download(url: str) -> tuple[bytes, Message]:
     with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as resp:
         assert resp.status == 200, resp.status
         return resp.read(), resp.headers
+
+
+def url_of(uploader: Any) -> str:
+    """A tuspy uploader's upload URL (tuspy does not type it)."""
+    url = uploader.url
+    assert isinstance(url, str), url
+    return url
 
 
 def assert_delivered(gw: GatewayProcess, url: str, source: Path, filename: str) -> None:
