@@ -132,12 +132,12 @@ class Uploads:
         upload_id = state.info.upload_id
         async with self.receiving(content):
             try:
-                await self.store.append(
+                new_offset = await self.store.append(
                     upload_id, offset, body_chunks(content, self.config.stall_timeout_s),
                     max_bytes=max_bytes, checksum=checksum)
             except ReleaseRequested:
                 raise errors.UploadInterrupted() from None
-        new_state = await self.store.get(upload_id)
+        new_state = UploadState(state.info, new_offset, time.time())
         if new_state.status is UploadStatus.COMPLETE:
             new_state = await self.finish(new_state)
         return new_state

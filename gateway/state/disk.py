@@ -105,9 +105,80 @@ def _pwrite_all(fd: int, buffers: list[bytes], offset: int, hasher: Any) -> int:
     return total
 
 
-def _sync(fd: int) -> int:
-    os.fdatasync(fd)
-    return 0
+class _Appender:
+    """One append's file handle; every method runs in a worker thread, one at a time."""
+
+    def __init__(self, store: DiskStore, upload_id: str, offset: int,
+                 checksum: Checksum | None) -> None:
+        self.store = store
+        self.upload_id = upload_id
+        self.offset = offset
+        self.checksum = checksum
+        self.hasher = hashlib.new(checksum.algorithm) if checksum is not None else None
+        self.fd: int | None = None
+        self.submitted = 0  # bytes handed to writes (maintained by the event loop side)
+        self.written = 0
+        self.synced_at = 0
+        self.size = offset
+
+    def _open(self) -> int:
+        if self.fd is None:
+            store = self.store
+            fd = os.open(store.data_path(self.upload_id), os.O_WRONLY)
+            try:
+                size = os.fstat(fd).st_size
+                if size != self.offset:
+                    # Checked under the upload's lock just before; a difference means a race
+                    # with termination or a stale stage marker. Never write at a wrong place.
+                    raise errors.MismatchedOffset(headers={"Upload-Offset": str(size)})
+                if self.checksum is not None:
+                    atomic_write(store._path(self.upload_id, ".stage"),
+                                 str(self.offset).encode(), store._durable)
+            except BaseException:
+                os.close(fd)
+                raise
+            self.fd = fd
+        return self.fd
+
+    def write(self, buffers: list[bytes]) -> None:
+        fd = self._open()
+        self.written += _pwrite_all(fd, buffers, self.offset + self.written, self.hasher)
+        store = self.store
+        if store._durable and self.written - self.synced_at >= store._commit_interval:
+            os.fdatasync(fd)
+            self.synced_at = self.written
+
+    def finish(self, buffers: list[bytes], keep: bool) -> None:
+        """Write the rest, verify, then commit (sync) or roll back (truncate); close."""
+        store = self.store
+        try:
+            fd = self._open()
+            if buffers:
+                self.write(buffers)
+            if keep and self.hasher is not None and self.checksum is not None \
+                    and self.hasher.digest() != self.checksum.digest:
+                keep = False
+                raise errors.ChecksumMismatch()
+        finally:
+            if self.fd is not None:
+                self.fd = None
+                self._close(fd, keep)
+        store._synced[self.upload_id] = self.size
+
+    def _close(self, fd: int, keep: bool) -> None:
+        store = self.store
+        try:
+            if not keep:
+                os.ftruncate(fd, self.offset)
+            if store._durable:
+                os.fdatasync(fd)
+            self.size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        if self.checksum is not None:
+            store._path(self.upload_id, ".stage").unlink(missing_ok=True)
+            if store._durable:
+                _fsync_dir(store.uploads)
 
 
 class DiskStore:
@@ -219,92 +290,45 @@ class DiskStore:
     async def append(self, upload_id: str, offset: int, chunks: AsyncIterator[bytes], *,
                      max_bytes: int | None, checksum: Checksum | None) -> int:
         pool = self._pool
-        fd = await pool.run(self._open_for_append, upload_id, offset, checksum is not None)
-        hasher = hashlib.new(checksum.algorithm) if checksum is not None else None
+        writer = _Appender(self, upload_id, offset, checksum)
         buffers: list[bytes] = []
         buffered = 0
-        submitted = 0  # bytes handed to a writer thread
-        synced_at = 0
-        pending: asyncio.Future[int] | None = None
+        pending: asyncio.Future[None] | None = None
         keep = True
         try:
-            try:
-                async for chunk in chunks:
-                    if max_bytes is not None and submitted + buffered + len(chunk) > max_bytes:
-                        raise errors.SizeExceeded(
-                            f"the body would pass the upload's length at {offset + max_bytes}")
-                    buffers.append(chunk)
-                    buffered += len(chunk)
-                    if buffered < self._buffer_bytes:
-                        continue
-                    if pending is not None:
-                        await pending
-                    pending = pool.submit(_pwrite_all, fd, buffers, offset + submitted, hasher)
-                    submitted += buffered
-                    buffers, buffered = [], 0
-                    if self._durable and submitted - synced_at >= self._commit_interval:
-                        await pending
-                        pending = pool.submit(_sync, fd)
-                        synced_at = submitted
-            except BaseException as exc:
-                # Stalls, disconnects, lock release and shutdown keep the bytes that arrived
-                # (TUS-PATCH-06) unless they are unverifiable or over the limit.
-                keep = checksum is None and not isinstance(exc, errors.SizeExceeded)
-                raise
-            finally:
-                # Shielded: a cancelled handler (client gone, shutdown) must still commit.
-                await asyncio.shield(self._drain(pending, fd, buffers, offset + submitted, hasher,
-                                                 keep))
-            if checksum is not None:
-                assert hasher is not None
-                if hasher.digest() != checksum.digest:
-                    keep = False
-                    raise errors.ChecksumMismatch()
-            return offset + submitted + buffered
-        finally:
-            await asyncio.shield(pool.run(self._finish_append, upload_id, fd, offset, checksum
-                                          is not None, keep))
-
-    async def _drain(self, pending: asyncio.Future[int] | None, fd: int, buffers: list[bytes],
-                     at: int, hasher: Any, keep: bool) -> None:
-        if pending is not None:
-            await pending
-        if buffers and keep:
-            await self._pool.run(_pwrite_all, fd, buffers, at, hasher)
-
-    def _open_for_append(self, upload_id: str, offset: int, staged: bool) -> int:
-        path = self.data_path(upload_id)
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            size = os.fstat(fd).st_size
-            if size != offset:
-                # The record and the bytes are checked under the upload's lock just before;
-                # a difference here means a stale stage marker or a race with termination.
-                raise errors.MismatchedOffset(headers={"Upload-Offset": str(size)})
-            if staged:
-                atomic_write(self._path(upload_id, ".stage"), str(offset).encode(),
-                             self._durable)
-        except BaseException:
-            os.close(fd)
+            async for chunk in chunks:
+                if max_bytes is not None and writer.submitted + buffered + len(chunk) > max_bytes:
+                    raise errors.SizeExceeded(
+                        f"the body would pass the upload's length at {offset + max_bytes}")
+                buffers.append(chunk)
+                buffered += len(chunk)
+                if buffered < self._buffer_bytes:
+                    continue
+                if pending is not None:
+                    await pending
+                # One batch is written while the next one fills: two buffers per upload.
+                pending = pool.submit(writer.write, buffers)
+                writer.submitted += buffered
+                buffers, buffered = [], 0
+        except BaseException as exc:
+            # Stalls, disconnects, lock release and shutdown keep the bytes that arrived
+            # (TUS-PATCH-06) unless they are unverifiable or over the limit.
+            keep = checksum is None and not isinstance(exc, errors.SizeExceeded)
             raise
-        return fd
-
-    def _finish_append(self, upload_id: str, fd: int, offset: int, staged: bool,
-                       keep: bool) -> None:
-        try:
-            if not keep:
-                os.ftruncate(fd, offset)
-            if self._durable:
-                os.fdatasync(fd)
-            size = os.fstat(fd).st_size
         finally:
-            os.close(fd)
-        if staged:
-            self._path(upload_id, ".stage").unlink(missing_ok=True)
-            if self._durable:
-                _fsync_dir(self.uploads)
-        if self._durable:
-            self._synced[upload_id] = size
+            # Shielded: a cancelled handler (client gone, shutdown) must still commit.
+            await asyncio.shield(self._settle(pending, writer, buffers, keep))
+        return writer.size
+
+    async def _settle(self, pending: asyncio.Future[None] | None, writer: _Appender,
+                      buffers: list[bytes], keep: bool) -> None:
+        try:
+            if pending is not None:
+                await pending
+        finally:
+            # The last batch, the checksum verdict, the sync and the close in one step: a
+            # small body costs a single trip to a worker thread.
+            await self._pool.run(writer.finish, buffers if keep else [], keep)
 
     def _rollback_stage(self, upload_id: str) -> None:
         marker = self._path(upload_id, ".stage")

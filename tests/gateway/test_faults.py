@@ -18,7 +18,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,73 +49,132 @@ class Reply:
         return None if raw is None else int(raw)
 
 
-@dataclass
-class RawPatch:
-    """One PATCH on its own connection; ``sent`` counts body bytes handed to the socket."""
+class RawPatch(asyncio.Protocol):
+    """One PATCH on its own connection, written by hand.
 
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    sent: int = 0
-    closed: bool = field(default=False)
+    A plain protocol rather than asyncio streams: whatever the server answers is kept even
+    when a later write fails, so a test can read the answer of a request it was still
+    sending. ``sent`` counts the body bytes handed to the transport.
+    """
 
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.received = bytearray()
+        self.sent = 0
+        self.lost = False
+        self._changed = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._gone = asyncio.Event()
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+        self._changed.set()
+
+    def eof_received(self) -> bool | None:
+        self._changed.set()
+        return None  # let the transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._changed.set()
+        self._writable.set()
+        self._gone.set()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # the test's side
     @classmethod
     async def open(cls, port: int, path: str, offset: int, length: int,
                    extra: dict[str, str] | None = None) -> RawPatch:
-        reader, writer = await asyncio.open_connection(HOST, port)
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(cls, HOST, port)
         lines = [f"PATCH {path} HTTP/1.1", f"Host: {HOST}:{port}", "Tus-Resumable: 1.0.0",
                  f"Upload-Offset: {offset}", "Content-Type: application/offset+octet-stream",
                  f"Content-Length: {length}"]
         lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        conn = cls(reader, writer)
-        try:
-            await writer.drain()
-        except BaseException:
-            await conn.close()
-            raise
+        conn._write(("\r\n".join(lines) + "\r\n\r\n").encode())
         return conn
 
+    def _write(self, data: bytes) -> None:
+        if self.lost or self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("the connection is closed")
+        self.transport.write(data)
+
     async def send(self, data: bytes) -> None:
-        self.writer.write(data)
+        self._write(data)
         self.sent += len(data)
-        await self.writer.drain()
+        await self._writable.wait()
+        if self.lost:
+            raise ConnectionResetError("the connection was lost while sending")
 
     async def send_quietly(self, data: bytes) -> bool:
         """Send unless the server already closed the connection; False if it did."""
-        if self.writer.is_closing():
-            return False
         try:
             await self.send(data)
-        except (ConnectionError, OSError):
+        except ConnectionError:
             return False
         return True
 
-    async def reply(self, timeout_s: float = 15.0) -> Reply:
+    async def flush(self, timeout_s: float = 5.0) -> None:
+        """Wait until every byte written has been handed to the kernel."""
+        assert self.transport is not None
         async with asyncio.timeout(timeout_s):
-            head = await self.reader.readuntil(b"\r\n\r\n")
-            status_line, *header_lines = head.decode("latin-1").split("\r\n")
-            headers: dict[str, str] = {}
-            for line in header_lines:
-                if line:
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
-            body = await self.reader.readexactly(int(headers.get("content-length", "0")))
+            while not self.lost and self.transport.get_write_buffer_size():
+                await asyncio.sleep(0.005)
+
+    def _parse(self) -> Reply | None:
+        end = self.received.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        status_line, *header_lines = self.received[:end].decode("latin-1").split("\r\n")
+        headers: dict[str, str] = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        body = bytes(self.received[end + 4:end + 4 + length])
+        if len(body) < length:
+            return None
         return Reply(int(status_line.split()[1]), headers, body)
+
+    async def reply(self, timeout_s: float = 15.0) -> Reply:
+        """The server's answer; ConnectionError if it closed the connection without one."""
+        async with asyncio.timeout(timeout_s):
+            while (answer := self._parse()) is None:
+                if self.lost:
+                    raise ConnectionResetError("closed without a complete answer")
+                self._changed.clear()
+                await self._changed.wait()
+        return answer
 
     def abort(self, reset: bool = False) -> None:
         """Drop the connection at once; ``reset`` makes the kernel send RST instead of FIN."""
+        assert self.transport is not None
         if reset:
-            sock = self.writer.get_extra_info("socket")
+            sock = self.transport.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.writer.transport.abort()
+        self.transport.abort()
+
+    async def wait_lost(self, timeout_s: float) -> None:
+        async with asyncio.timeout(timeout_s):
+            await self._gone.wait()
 
     async def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.writer.wait_closed()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self._gone.wait()
 
 
 async def send_slices(conn: RawPatch, data: bytes, piece: int,
@@ -213,6 +272,7 @@ async def test_cut_off_patch_keeps_its_bytes(client: TestClient[Any, Any], mode:
     conn = await RawPatch.open(port_of(client), path, 0, len(data))
     try:
         await send_slices(conn, data[:sent], 64 * KiB)
+        await conn.flush()  # every byte is in the kernel: the server receives all of them
         if mode != "fin":
             await asyncio.sleep(0.3)
         conn.abort(reset=mode.startswith("rst"))
@@ -265,7 +325,7 @@ async def test_racing_patches_leave_exact_bytes(client: TestClient[Any, Any], he
         for name, task in replies.items():
             try:
                 results[name] = await task
-            except (ConnectionError, asyncio.IncompleteReadError):
+            except ConnectionError:
                 results[name] = None  # the server closed this one without a word
     finally:
         await a.close()
@@ -336,10 +396,16 @@ async def test_stall_timeout_ends_a_dead_patch(make_client: Callable[..., Any]) 
         assert time.monotonic() - started < stall_s / 2
         reply = await conn.reply(timeout_s=stall_s + 5)
         ended_after = time.monotonic() - last_byte
+        # The answer says the connection closes: the server must not keep a dead client.
+        with contextlib.suppress(TimeoutError):
+            await conn.wait_lost(timeout_s=3.0)
+        closed_after = time.monotonic() - last_byte
     finally:
         await conn.close()
     assert reply.status == 408, reply
     assert stall_s * 0.8 <= ended_after < stall_s + 2.0, ended_after
+    print("closed_after", closed_after, conn.lost)
+    assert conn.lost, f"the connection was still open {closed_after:.1f}s after the 408"
     started = time.monotonic()
     assert await head_offset(client, path) == sent
     assert time.monotonic() - started < 0.5, "HEAD waited although nobody holds the upload"
@@ -435,7 +501,7 @@ async def test_sigterm_commits_in_flight_patch(
             await sender
             try:
                 reply: Reply | None = await conn.reply(timeout_s=2)
-            except (ConnectionError, asyncio.IncompleteReadError):
+            except ConnectionError:
                 reply = None
         finally:
             stop.set()

@@ -162,20 +162,21 @@ async function main() {
 
   let upload = null
   let aborting = false
+  // Parallel uploads send concurrently: a response is matched to its own request object.
+  const entries = new WeakMap()
   options.onBeforeRequest = (req) => {
-    result.requests.push({
+    const entry = {
       method: req.getMethod(),
       url: req.getURL(),
       headers: pick((n) => req.getHeader(n), REQUEST_HEADERS),
       status: null,
       responseHeaders: {},
-    })
+    }
+    entries.set(req, entry)
+    result.requests.push(entry)
   }
   options.onAfterResponse = (req, res) => {
-    // Parallel uploads send concurrently: match the oldest open entry for this request.
-    const entry = result.requests.find(
-      (r) => r.status === null && r.method === req.getMethod() && r.url === req.getURL(),
-    )
+    const entry = entries.get(req)
     if (entry) {
       entry.status = res.getStatus()
       entry.responseHeaders = pick((n) => res.getHeader(n), RESPONSE_HEADERS)
