@@ -31,11 +31,12 @@ async def post(request: web.Request, headers: Headers) -> web.Response:
         state = await uploads.create(plan.length, plan.metadata, plan.concat)
     upload_id = state.info.upload_id
     where = location(request, upload_id)
+    reader = uploads.body_reader(request.content)
     try:
-        async with uploads.locked(upload_id, request.content):
+        async with uploads.locked(upload_id, reader):
             if plan.body is not None:
                 await send_continue(request)
-                state = await uploads.append(state, 0, request.content, plan.body.max_bytes,
+                state = await uploads.append(state, 0, reader, plan.body.max_bytes,
                                              plan.body.checksum)
             elif state.status is UploadStatus.COMPLETE and not state.info.is_final:
                 state = await uploads.finish(state)  # Upload-Length: 0 (TUS-CRE-06)
@@ -63,14 +64,15 @@ async def patch(request: web.Request, headers: Headers) -> web.Response:
     uploads = uploads_of(request)
     upload_id = checked_id(request.match_info["upload_id"])
     facts = body_facts(request)
-    async with uploads.locked(upload_id, request.content):
+    reader = uploads.body_reader(request.content)
+    async with uploads.locked(upload_id, reader):
         state = await uploads.live(upload_id)
         plan = decisions.plan_patch(headers, facts, state, uploads.settings)
         if plan.new_length is not None:
             state = await uploads.declare_length(state, plan.new_length)
         if facts.present or plan.checksum is not None:
             await send_continue(request)
-            state = await uploads.append(state, plan.offset, request.content, plan.max_bytes,
+            state = await uploads.append(state, plan.offset, reader, plan.max_bytes,
                                          plan.checksum)
         elif state.status is UploadStatus.COMPLETE:
             # The length was declared equal to the offset (TUS-DEF-05), or a retried final

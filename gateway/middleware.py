@@ -51,5 +51,8 @@ def error_response(request: web.Request, exc: errors.TusError) -> web.Response:
     else:
         response = web.Response(status=exc.status, text=exc.body(), headers=headers)
     if exc.code in CLOSE_AFTER and not request.content.is_eof():
+        # Close right after the answer; otherwise aiohttp would linger reading the rest.
         response.force_close()
+        if request.protocol is not None:
+            request.protocol.force_close()
     return response

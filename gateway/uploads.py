@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
 from aiohttp import StreamReader
-from aiohttp.http_exceptions import HttpProcessingError
 
+from gateway.body import BodyReader
 from gateway.config import GatewayConfig
 from gateway.sinks import Sink
 from gateway.state.base import Locker, ReleaseRequested, UploadStore
@@ -44,25 +44,6 @@ def checked_id(raw: str) -> str:
     return raw
 
 
-async def body_chunks(content: StreamReader, stall_timeout_s: float) -> AsyncIterator[bytes]:
-    """The request body in the pieces the transport delivers, with a per-read stall timer.
-
-    The timer restarts on every read (TUS-PATCH-07), so a slow but live client is never cut
-    off, and a dead one is noticed after ``stall_timeout_s``.
-    """
-    while True:
-        try:
-            async with asyncio.timeout(stall_timeout_s):
-                chunk = await content.readany()
-        except TimeoutError:
-            raise errors.RequestTimeout() from None
-        except (OSError, HttpProcessingError) as exc:
-            raise errors.ClientDisconnected(str(exc) or type(exc).__name__) from exc
-        if not chunk:
-            return
-        yield chunk
-
-
 class Uploads:
     def __init__(self, config: GatewayConfig, store: UploadStore, locker: Locker,
                  sink: Sink) -> None:
@@ -74,20 +55,23 @@ class Uploads:
         # Finals waiting for partials (concatenation-unfinished), rebuilt at start-up.
         self.pending_finals: dict[str, tuple[str, ...]] = {}
         # Requests currently reading a body, so shutdown can make them commit and answer.
-        self._receiving: dict[int, StreamReader] = {}
+        self._receiving: set[BodyReader] = set()
         self.shutting_down = False
 
     # --- locking -----------------------------------------------------------------------------
+    def body_reader(self, content: StreamReader) -> BodyReader:
+        return BodyReader(content, self.config.stall_timeout_s)
+
     @asynccontextmanager
     async def locked(self, upload_id: str,
-                     content: StreamReader | None = None) -> AsyncIterator[None]:
-        """Hold the upload's lock; a later request makes our body read raise and let go."""
+                     reader: BodyReader | None = None) -> AsyncIterator[None]:
+        """Hold the upload's lock; a later request makes our body read stop and let go."""
         on_release: Callable[[], None] = _nothing
-        if content is not None:
-            reader = content
+        if reader is not None:
+            body = reader
 
             def on_release() -> None:
-                reader.set_exception(ReleaseRequested())
+                body.stop(ReleaseRequested())
         lock = self.locker.new_lock(upload_id)
         await lock.acquire(self.config.lock_wait_s, on_release)
         try:
@@ -96,20 +80,20 @@ class Uploads:
             await asyncio.shield(lock.release())
 
     @asynccontextmanager
-    async def receiving(self, content: StreamReader) -> AsyncIterator[None]:
+    async def receiving(self, reader: BodyReader) -> AsyncIterator[None]:
         if self.shutting_down:
             raise errors.ServerShutdown()
-        self._receiving[id(content)] = content
+        self._receiving.add(reader)
         try:
             yield
         finally:
-            self._receiving.pop(id(content), None)
+            self._receiving.discard(reader)
 
     def interrupt_all(self) -> None:
-        """Shutdown: every body read raises, the bytes so far are committed, clients get 503."""
+        """Shutdown: every body read stops, the bytes so far are committed, clients get 503."""
         self.shutting_down = True
-        for content in list(self._receiving.values()):
-            content.set_exception(errors.ServerShutdown())
+        for reader in list(self._receiving):
+            reader.stop(errors.ServerShutdown())
 
     # --- reading -----------------------------------------------------------------------------
     async def live(self, upload_id: str) -> UploadState:
@@ -126,15 +110,14 @@ class Uploads:
                           concat=concat, created_at=time.time())
         return await self.store.create(info)
 
-    async def append(self, state: UploadState, offset: int, content: StreamReader,
+    async def append(self, state: UploadState, offset: int, reader: BodyReader,
                      max_bytes: int | None, checksum: Checksum | None) -> UploadState:
         """Stream the body into the store; returns the new state (finished if complete)."""
         upload_id = state.info.upload_id
-        async with self.receiving(content):
+        async with self.receiving(reader):
             try:
-                new_offset = await self.store.append(
-                    upload_id, offset, body_chunks(content, self.config.stall_timeout_s),
-                    max_bytes=max_bytes, checksum=checksum)
+                new_offset = await self.store.append(upload_id, offset, reader.chunks(),
+                                                     max_bytes=max_bytes, checksum=checksum)
             except ReleaseRequested:
                 raise errors.UploadInterrupted() from None
         new_state = UploadState(state.info, new_offset, time.time())

@@ -31,7 +31,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -58,6 +58,25 @@ class IoPool:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+async def run_to_completion(step: Coroutine[Any, Any, T]) -> T:
+    """Await ``step`` to its end even if we are cancelled meanwhile, then pass the
+    cancellation on. ``asyncio.shield`` alone would let the caller go on (and release locks)
+    while the step still runs."""
+    task = asyncio.ensure_future(step)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError()
+    return result
 
 
 def _fsync_dir(path: Path) -> None:
@@ -305,7 +324,8 @@ class DiskStore:
                 if buffered < self._buffer_bytes:
                     continue
                 if pending is not None:
-                    await pending
+                    # Shielded: cancelling the handler must not cancel a write in flight.
+                    await asyncio.shield(pending)
                 # One batch is written while the next one fills: two buffers per upload.
                 pending = pool.submit(writer.write, buffers)
                 writer.submitted += buffered
@@ -316,8 +336,9 @@ class DiskStore:
             keep = checksum is None and not isinstance(exc, errors.SizeExceeded)
             raise
         finally:
-            # Shielded: a cancelled handler (client gone, shutdown) must still commit.
-            await asyncio.shield(self._settle(pending, writer, buffers, keep))
+            # A cancelled handler (client gone, shutdown) must still commit, and must not
+            # release the upload's lock before the commit is done.
+            await run_to_completion(self._settle(pending, writer, buffers, keep))
         return writer.size
 
     async def _settle(self, pending: asyncio.Future[None] | None, writer: _Appender,

@@ -1,0 +1,76 @@
+"""Reading a PATCH body so that it can be stopped from outside without losing a byte.
+
+Theory of operation: a body read ends in one of five ways: the body ends; the client stalls
+past the stall timeout; the connection drops; a later request asks for the upload (lock
+release); the gateway shuts down. In every case the bytes the transport already delivered
+are handed to the store before the reason is raised (TUS-PATCH-06, design invariant 4).
+
+aiohttp raises a reader's exception before it hands out buffered data, so the gateway never
+uses ``set_exception`` for its own signals: ``stop`` records the reason and fires the current
+read's stall timer at once; the generator then takes what is buffered with ``read_nowait``
+and raises the reason. For a dropped connection aiohttp itself sets the exception; the bytes
+it still holds are taken from its buffer directly (a private attribute, read defensively and
+covered by the fault tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import StreamReader
+from aiohttp.http_exceptions import HttpProcessingError
+
+from protocol import errors
+
+
+class BodyReader:
+    def __init__(self, content: StreamReader, stall_timeout_s: float) -> None:
+        self._content = content
+        self._stall_timeout_s = stall_timeout_s
+        self._timer: asyncio.Timeout | None = None
+        self._stop: BaseException | None = None
+
+    def stop(self, reason: BaseException) -> None:
+        """Make the reader hand out what it has, then raise ``reason``. Idempotent."""
+        if self._stop is None:
+            self._stop = reason
+        if self._timer is not None and not self._timer.expired():
+            self._timer.reschedule(asyncio.get_running_loop().time())
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        content = self._content
+        while True:
+            if self._stop is not None:
+                rest = content.read_nowait()
+                if rest:
+                    yield rest
+                raise self._stop
+            try:
+                async with asyncio.timeout(self._stall_timeout_s) as timer:
+                    self._timer = timer
+                    chunk = await content.readany()
+            except TimeoutError:
+                if self._stop is not None:
+                    continue  # the top of the loop hands out the rest and raises the reason
+                raise errors.RequestTimeout() from None
+            except (OSError, HttpProcessingError) as exc:
+                rest = _leftover(content)
+                if rest:
+                    yield rest
+                raise errors.ClientDisconnected(str(exc) or type(exc).__name__) from exc
+            finally:
+                self._timer = None
+            if not chunk:
+                return
+            yield chunk
+
+
+def _leftover(content: StreamReader) -> bytes:
+    """Bytes aiohttp received before the connection dropped but will no longer hand out."""
+    buffer = getattr(content, "_buffer", None)
+    if not buffer:
+        return b""
+    data = b"".join(bytes(part) for part in buffer)
+    buffer.clear()
+    return data
