@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
 import json
 import os
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -124,6 +126,17 @@ def _pwrite_all(fd: int, buffers: list[bytes], offset: int, hasher: Any) -> int:
     return total
 
 
+# Enough for every upload that is active at once on a busy gateway; each entry is a record.
+CACHE_ENTRIES = 4096
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Entry:
+    info: UploadInfo
+    size: int  # durable bytes (synced, under the ack policy)
+    mtime: float  # when bytes last arrived
+
+
 class _Appender:
     """One append's file handle; every method runs in a worker thread, one at a time."""
 
@@ -169,7 +182,6 @@ class _Appender:
 
     def finish(self, buffers: list[bytes], keep: bool) -> None:
         """Write the rest, verify, then commit (sync) or roll back (truncate); close."""
-        store = self.store
         try:
             fd = self._open()
             if buffers:
@@ -182,7 +194,6 @@ class _Appender:
             if self.fd is not None:
                 self.fd = None
                 self._close(fd, keep)
-        store._synced[self.upload_id] = self.size
 
     def _close(self, fd: int, keep: bool) -> None:
         store = self.store
@@ -212,7 +223,10 @@ class DiskStore:
         self._durable = fsync is FsyncPolicy.ACK
         self._buffer_bytes = write_buffer_bytes
         self._commit_interval = commit_interval_bytes
-        self._synced: dict[str, int] = {}  # upload id -> size known to be on stable storage
+        # Records and durable sizes of recent uploads. This process owns the directory (see
+        # ``.lock``), so the cache cannot go stale; it saves a worker-thread trip per request.
+        # Mutated on the event loop only.
+        self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._dir_lock_fd: int | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -252,8 +266,26 @@ class DiskStore:
         return self._path(upload_id, ".bin")
 
     # --- records -----------------------------------------------------------------------------
+    # --- the cache ---------------------------------------------------------------------------
+    def _remember(self, entry: _Entry, *, replace: bool = True) -> _Entry:
+        cache = self._cache
+        if not replace and entry.info.upload_id in cache:
+            # A lockless read that raced a commit must not roll the size back.
+            entry = cache[entry.info.upload_id]
+        cache[entry.info.upload_id] = entry
+        cache.move_to_end(entry.info.upload_id)
+        while len(cache) > CACHE_ENTRIES:
+            cache.popitem(last=False)
+        return entry
+
+    def _update(self, upload_id: str, **changes: Any) -> None:
+        entry = self._cache.get(upload_id)
+        if entry is not None:
+            self._cache[upload_id] = dataclasses.replace(entry, **changes)
+
     async def create(self, info: UploadInfo) -> UploadState:
         await self._pool.run(self._create_sync, info)
+        self._remember(_Entry(info, 0, info.created_at))
         return UploadState(info, 0, info.created_at)
 
     def _create_sync(self, info: UploadInfo) -> None:
@@ -263,12 +295,20 @@ class DiskStore:
         # The record is written last: an upload without a record is not visible, so a crash
         # in between leaves only an empty orphan that the sweeper removes.
         atomic_write(self._path(info.upload_id, ".info"), _encode(info), self._durable)
-        self._synced[info.upload_id] = 0
 
     async def get(self, upload_id: str) -> UploadState:
-        return await self._pool.run(self._get_sync, upload_id)
+        entry = self._cache.get(upload_id)
+        if entry is None:
+            entry = self._remember(await self._pool.run(self._get_sync, upload_id),
+                                   replace=False)
+        else:
+            self._cache.move_to_end(upload_id)
+        info, offset = entry.info, entry.size
+        if info.is_final and info.assembled and info.length is not None:
+            offset = info.length
+        return UploadState(info, offset, max(info.created_at, entry.mtime))
 
-    def _get_sync(self, upload_id: str) -> UploadState:
+    def _get_sync(self, upload_id: str) -> _Entry:
         info_path = self._path(upload_id, ".info")
         try:
             raw = info_path.read_bytes()
@@ -282,22 +322,20 @@ class DiskStore:
         stage = self._path(upload_id, ".stage")
         with contextlib.suppress(FileNotFoundError):
             offset = min(offset, int(stage.read_text()))
-        if self._durable and self._synced.get(upload_id) != offset:
-            # Bytes written by an earlier process (or an unsynced interruption) are synced
-            # before their offset is ever reported (design invariant 1).
+        if self._durable:
+            # Bytes written by an earlier process (or while this read ran) are synced before
+            # their offset is ever reported (design invariant 1).
             fd = os.open(self.data_path(upload_id), os.O_RDONLY)
             try:
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
-            self._synced[upload_id] = offset
-        if info.is_final and info.assembled and info.length is not None:
-            offset = info.length
-        return UploadState(info, offset, max(info.created_at, st.st_mtime))
+        return _Entry(info, offset, st.st_mtime)
 
     async def save_info(self, info: UploadInfo) -> None:
         path = self._path(info.upload_id, ".info")
         await self._pool.run(atomic_write, path, _encode(info), self._durable)
+        self._update(info.upload_id, info=info)
 
     async def upload_ids(self) -> list[str]:
         def scan() -> list[str]:
@@ -347,9 +385,14 @@ class DiskStore:
             if pending is not None:
                 await pending
         finally:
-            # The last batch, the checksum verdict, the sync and the close in one step: a
-            # small body costs a single trip to a worker thread.
-            await self._pool.run(writer.finish, buffers if keep else [], keep)
+            try:
+                # The last batch, the checksum verdict, the sync and the close in one step: a
+                # small body costs a single trip to a worker thread.
+                await self._pool.run(writer.finish, buffers if keep else [], keep)
+            except BaseException:
+                self._cache.pop(writer.upload_id, None)  # size unknown: read it again
+                raise
+            self._update(writer.upload_id, size=writer.size, mtime=time.time())
 
     def _rollback_stage(self, upload_id: str) -> None:
         marker = self._path(upload_id, ".stage")
@@ -361,7 +404,9 @@ class DiskStore:
         marker.unlink(missing_ok=True)
 
     async def assemble(self, final: UploadInfo, partial_ids: tuple[str, ...]) -> int:
-        return await self._pool.run(self._assemble_sync, final.upload_id, partial_ids)
+        total = await self._pool.run(self._assemble_sync, final.upload_id, partial_ids)
+        self._update(final.upload_id, size=total, mtime=time.time())
+        return total
 
     def _assemble_sync(self, final_id: str, partial_ids: tuple[str, ...]) -> int:
         target = os.open(self.data_path(final_id), os.O_WRONLY | os.O_TRUNC)
@@ -386,11 +431,11 @@ class DiskStore:
                 os.fdatasync(target)
         finally:
             os.close(target)
-        self._synced[final_id] = total
         return total
 
     # --- removal -----------------------------------------------------------------------------
     async def terminate(self, upload_id: str, reason: str) -> None:
+        self._cache.pop(upload_id, None)
         await self._pool.run(self._terminate_sync, upload_id, reason)
 
     def _terminate_sync(self, upload_id: str, reason: str) -> None:
@@ -402,7 +447,6 @@ class DiskStore:
             self._path(upload_id, suffix).unlink(missing_ok=True)
         if self._durable:
             _fsync_dir(self.uploads)
-        self._synced.pop(upload_id, None)
 
     async def purge_tombstones(self, older_than: float) -> int:
         def purge() -> int:
