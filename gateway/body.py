@@ -42,7 +42,7 @@ class BodyReader:
         content = self._content
         while True:
             if self._stop is not None:
-                rest = content.read_nowait()
+                rest = _buffered(content)
                 if rest:
                     yield rest
                 raise self._stop
@@ -64,6 +64,14 @@ class BodyReader:
             if not chunk:
                 return
             yield chunk
+
+
+def _buffered(content: StreamReader) -> bytes:
+    """What the reader holds right now, without waiting."""
+    try:
+        return content.read_nowait()
+    except Exception:  # the connection dropped too: aiohttp raises before handing data out
+        return _leftover(content)
 
 
 def _leftover(content: StreamReader) -> bytes:

@@ -30,7 +30,15 @@ async def tus_errors(request: web.Request, handler: Handler) -> web.StreamRespon
     try:
         return await handler(request)
     except errors.TusError as exc:
-        return error_response(request, exc)
+        response = error_response(request, exc)
+        if exc.code in CLOSE_AFTER and not request.content.is_eof():
+            # Send the answer, then close at once; otherwise aiohttp would linger reading
+            # the rest of a dead or abandoned body. (Closing first would drop the answer.)
+            await response.prepare(request)
+            await response.write_eof()
+            if request.protocol is not None:
+                request.protocol.force_close()
+        return response
     except (web.HTTPException, asyncio.CancelledError):
         raise
     except OSError as exc:
@@ -50,9 +58,6 @@ def error_response(request: web.Request, exc: errors.TusError) -> web.Response:
         response = web.Response(status=exc.status, headers=headers)
     else:
         response = web.Response(status=exc.status, text=exc.body(), headers=headers)
-    if exc.code in CLOSE_AFTER and not request.content.is_eof():
-        # Close right after the answer; otherwise aiohttp would linger reading the rest.
+    if exc.code in CLOSE_AFTER:
         response.force_close()
-        if request.protocol is not None:
-            request.protocol.force_close()
     return response

@@ -21,6 +21,7 @@ from gateway.body import BodyReader
 from gateway.config import GatewayConfig
 from gateway.sinks import Sink
 from gateway.state.base import Locker, ReleaseRequested, UploadStore
+from gateway.state.disk import run_to_completion
 from protocol import errors
 from protocol.decisions import is_expired, plan_final_length
 from protocol.headers import UPLOAD_ID, Checksum, Concat, ConcatFinal
@@ -115,11 +116,21 @@ class Uploads:
         """Stream the body into the store; returns the new state (finished if complete)."""
         upload_id = state.info.upload_id
         async with self.receiving(reader):
+            task = asyncio.ensure_future(self.store.append(
+                upload_id, offset, reader.chunks(), max_bytes=max_bytes, checksum=checksum))
             try:
-                new_offset = await self.store.append(upload_id, offset, reader.chunks(),
-                                                     max_bytes=max_bytes, checksum=checksum)
+                new_offset = await asyncio.shield(task)
             except ReleaseRequested:
                 raise errors.UploadInterrupted() from None
+            except asyncio.CancelledError:
+                # aiohttp cancels the handler when the client goes away (or at the end of a
+                # shutdown). Stop the read instead, so the bytes already received are
+                # committed, and only then let the cancellation through.
+                if not task.done():
+                    reader.stop(errors.ClientDisconnected("the request was cancelled"))
+                    with suppress(Exception):
+                        await run_to_completion(task)
+                raise
         new_state = UploadState(state.info, new_offset, time.time())
         if new_state.status is UploadStatus.COMPLETE:
             new_state = await self.finish(new_state)

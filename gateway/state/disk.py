@@ -62,7 +62,7 @@ class IoPool:
         self._executor.shutdown(wait=True)
 
 
-async def run_to_completion(step: Coroutine[Any, Any, T]) -> T:
+async def run_to_completion(step: Coroutine[Any, Any, T] | asyncio.Future[T]) -> T:
     """Await ``step`` to its end even if we are cancelled meanwhile, then pass the
     cancellation on. ``asyncio.shield`` alone would let the caller go on (and release locks)
     while the step still runs."""
