@@ -459,6 +459,8 @@ class RunRecord:
     processes: int = 0
     server_cpu_s: float | None = None
     client_cpu_s: float | None = None
+    uploads: int = 0
+    bytes_total: int = 0
     verify: list[str] = field(default_factory=list)
 
 
@@ -517,6 +519,7 @@ def run_once(
             "--overall-timeout",
             str(overall),
         ]
+        cpu_at_ready = sum(cpu_seconds(p) for p in process_tree(proc.pid))
         t0 = time.monotonic()
         try:
             out = subprocess.run(
@@ -537,9 +540,11 @@ def run_once(
         rec.processes = len(tree)
         if alive:
             rec.rss_mib = sum(vm_hwm_kib(p) for p in tree) / 1024
-            rec.server_cpu_s = sum(cpu_seconds(p) for p in tree)
+            rec.server_cpu_s = sum(cpu_seconds(p) for p in tree) - cpu_at_ready
         rec.client_cpu_s = float(res["client_cpu_s"])
         rec.timed_s = float(res["elapsed_s"])
+        rec.uploads = int(res["uploads"])
+        rec.bytes_total = int(res["bytes_total"])
 
         if not res["ok"]:
             died = "" if alive else f" (server exited with code {proc.returncode})"
@@ -606,9 +611,12 @@ class Cell:
     def med(self) -> float | None:
         return median(self.values)
 
-    def show(self, digits: int = 1) -> str:
+    def show(self, digits: int = 1, spread: bool = False) -> str:
         if self.values:
             text = fmt(self.med, digits)
+            if spread and len(self.values) > 1:
+                low, high = fmt(min(self.values), digits), fmt(max(self.values), digits)
+                text += f" ({low}-{high})"
             if self.failures:
                 text += f" ({len(self.failures)} failed)"
             return text
@@ -632,6 +640,10 @@ def collect(records: list[RunRecord], server: str, scenario: str, what: str) -> 
             cell.values.append(rec.value)
         elif what == "rss" and rec.rss_mib is not None:
             cell.values.append(rec.rss_mib)
+        elif what == "cpu_gib" and rec.server_cpu_s is not None and rec.bytes_total:
+            cell.values.append(rec.server_cpu_s / (rec.bytes_total / GIB))
+        elif what == "cpu_upload" and rec.server_cpu_s is not None and rec.uploads:
+            cell.values.append(rec.server_cpu_s * 1000 / rec.uploads)
     return cell
 
 
@@ -720,6 +732,7 @@ def describe_ours(args: argparse.Namespace) -> tuple[str, str]:
             cwd=str(snap.parent),
         )
         if not probe.stdout.decode().strip().startswith(str(snap)):
+            shutil.rmtree(snap, ignore_errors=True)
             raise SystemExit(f"copy of ours is not picked up: {probe.stdout!r} {probe.stderr!r}")
         where = "run from a copy taken at the start"
     text = f"gateway/ and protocol/ {state}, source fingerprint {fingerprint}, {where}"
@@ -794,6 +807,8 @@ def report(
     add("")
     add("## Figures (medians)")
     add("")
+    add("Throughput cells show the median and, in brackets, the lowest and highest repetition.")
+    add("")
     cols: list[tuple[str, str, str]] = []  # (header, scenario, what)
     for key in ("a", "c", "d", "e"):
         if key in has:
@@ -808,7 +823,28 @@ def report(
         cells = []
         for _h, key, what in cols:
             digits = 0 if scens[key].metric == "uploads_per_s" and what == "value" else 1
-            cells.append(collect(records, name, key, what).show(digits))
+            cells.append(collect(records, name, key, what).show(digits, spread=what == "value"))
+        add(f"| {SERVERS[name].label} | " + " | ".join(cells) + " |")
+    add("")
+    add("## Server CPU time (medians)")
+    add("")
+    add(
+        "CPU seconds used by the server process (user + system, all threads) from the moment "
+        "it listens until the load generator is done, per GiB uploaded, or in ms per upload "
+        "for d (there it includes the HEAD checks). On a 2-core machine shared with the "
+        "load generator this is often a steadier comparison than throughput."
+    )
+    add("")
+    ccols = [
+        (key, "ms/upload", "cpu_upload")
+        if scens[key].mode == "small"
+        else (key, "s/GiB", "cpu_gib")
+        for key in chosen
+    ]
+    add("| server | " + " | ".join(f"{k} ({u})" for k, u, _w in ccols) + " |")
+    add("|---|" + "---|" * len(ccols))
+    for name in servers:
+        cells = [collect(records, name, k, w).show(2) for k, _u, w in ccols]
         add(f"| {SERVERS[name].label} | " + " | ".join(cells) + " |")
     add("")
 
