@@ -25,11 +25,19 @@ MAX_NAME_TRIES = 1000
 
 
 class Sink(Protocol):
+    state_needs_saving: bool
+    """False when the delivered output is its own record (delivering again finds it), so the
+    sink state need not be written to disk after every delivery."""
+
     async def deliver(self, state: UploadState, data: Path) -> SinkState:
         """Deliver a complete upload; returns the sink state to record."""
 
 
 class DirectorySink:
+    # The link in complete/ is the record: after a restart, recovery delivers every complete
+    # upload again, which finds the link by its inode and changes nothing.
+    state_needs_saving = False
+
     def __init__(self, folder: Path, pool: IoPool, *, durable: bool) -> None:
         self.folder = folder
         self._pool = pool

@@ -150,7 +150,7 @@ class Uploads:
                 log.error("sink could not deliver %s: %s", state.info.upload_id, exc)
             else:
                 info = state.info.replace(sink=sink_state)
-                await self.store.save_info(info)
+                await self.store.save_info(info, durable=self.sink.state_needs_saving)
                 state = UploadState(info, state.offset, state.last_activity)
         if state.info.is_partial:
             await self._wake_finals(state.info.upload_id)

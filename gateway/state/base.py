@@ -37,8 +37,11 @@ class UploadStore(Protocol):
         mismatch ``errors.ChecksumMismatch``; both leave the upload as it was.
         """
 
-    async def save_info(self, info: UploadInfo) -> None:
-        """Replace the record atomically (declared length, sink progress, assembly)."""
+    async def save_info(self, info: UploadInfo, *, durable: bool = True) -> None:
+        """Replace the record atomically (declared length, sink progress, assembly).
+
+        ``durable=False`` may keep the change in memory only: for facts that can be found
+        again after a restart (a directory sink's delivery)."""
 
     async def assemble(self, final: UploadInfo, partial_ids: tuple[str, ...]) -> int:
         """Fill a final upload with its partials' bytes, in order; returns the length."""

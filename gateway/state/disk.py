@@ -249,6 +249,14 @@ class DiskStore:
             leftover.unlink(missing_ok=True)
         for marker in self.uploads.glob("*.stage"):
             self._rollback_stage(marker.name.removesuffix(".stage"))
+        for record in self.uploads.glob("*.info"):
+            try:
+                UploadInfo.from_json(json.loads(record.read_bytes()))
+            except (ValueError, KeyError, TypeError):
+                # A create that crashed before its 201: nobody knows this id. Drop it.
+                record.unlink(missing_ok=True)
+                self.uploads.joinpath(record.name.removesuffix(".info") + ".bin").unlink(
+                    missing_ok=True)
 
     async def close(self) -> None:
         if self._dir_lock_fd is not None:
@@ -294,7 +302,18 @@ class DiskStore:
         os.close(fd)
         # The record is written last: an upload without a record is not visible, so a crash
         # in between leaves only an empty orphan that the sweeper removes.
-        atomic_write(self._path(info.upload_id, ".info"), _encode(info), self._durable)
+        # A new record needs no temp file and rename: nobody knows the id before the 201,
+        # and a record torn by a crash is not valid JSON, so the upload stays invisible.
+        fd = os.open(self._path(info.upload_id, ".info"), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                     0o600)
+        try:
+            os.write(fd, _encode(info))
+            if self._durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if self._durable:
+            _fsync_dir(self.uploads)
 
     async def get(self, upload_id: str) -> UploadState:
         entry = self._cache.get(upload_id)
@@ -317,7 +336,10 @@ class DiskStore:
             if (self.tombstones / upload_id).exists():
                 raise errors.Gone() from None
             raise errors.NotFound() from None
-        info = UploadInfo.from_json(json.loads(raw))
+        try:
+            info = UploadInfo.from_json(json.loads(raw))
+        except (ValueError, KeyError, TypeError):
+            raise errors.NotFound() from None  # torn by a crash before its 201 was sent
         offset = st.st_size
         stage = self._path(upload_id, ".stage")
         with contextlib.suppress(FileNotFoundError):
@@ -332,7 +354,12 @@ class DiskStore:
                 os.close(fd)
         return _Entry(info, offset, st.st_mtime)
 
-    async def save_info(self, info: UploadInfo) -> None:
+    async def save_info(self, info: UploadInfo, *, durable: bool = True) -> None:
+        if not durable and info.upload_id in self._cache:
+            # Rewriting the record costs a new inode and the old one's deletion; for a fact
+            # that recovery finds again, the cache is enough.
+            self._update(info.upload_id, info=info)
+            return
         path = self._path(info.upload_id, ".info")
         await self._pool.run(atomic_write, path, _encode(info), self._durable)
         self._update(info.upload_id, info=info)
