@@ -126,6 +126,10 @@ def _pwrite_all(fd: int, buffers: list[bytes], offset: int, hasher: Any) -> int:
     return total
 
 
+# Up to this many concurrent appends, each overlaps its disk write with reading the next
+# batch (two buffers); beyond it, the other uploads keep the disk busy and one buffer each
+# keeps memory flat.
+OVERLAP_UP_TO = 8
 # Enough for every upload that is active at once on a busy gateway; each entry is a record.
 CACHE_ENTRIES = 4096
 
@@ -227,6 +231,7 @@ class DiskStore:
         # ``.lock``), so the cache cannot go stale; it saves a worker-thread trip per request.
         # Mutated on the event loop only.
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._appending = 0  # appends in progress, to choose between one and two buffers
         self._dir_lock_fd: int | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -375,6 +380,7 @@ class DiskStore:
                      max_bytes: int | None, checksum: Checksum | None) -> int:
         pool = self._pool
         writer = _Appender(self, upload_id, offset, checksum)
+        self._appending += 1
         buffers: list[bytes] = []
         buffered = 0
         pending: asyncio.Future[None] | None = None
@@ -395,6 +401,9 @@ class DiskStore:
                 pending = pool.submit(writer.write, buffers)
                 writer.submitted += buffered
                 buffers, buffered = [], 0
+                if self._appending > OVERLAP_UP_TO:
+                    # Many uploads keep the disk busy already; one buffer each bounds memory.
+                    await asyncio.shield(pending)
         except BaseException as exc:
             # Stalls, disconnects, lock release and shutdown keep the bytes that arrived
             # (TUS-PATCH-06) unless they are unverifiable or over the limit.
@@ -403,6 +412,7 @@ class DiskStore:
         finally:
             # A cancelled handler (client gone, shutdown) must still commit, and must not
             # release the upload's lock before the commit is done.
+            self._appending -= 1
             await run_to_completion(self._settle(pending, writer, buffers, keep))
         return writer.size
 
