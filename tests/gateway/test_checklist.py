@@ -26,7 +26,7 @@ from tests.helpers import OCTETS, TUS, b64, metadata, patch_headers, path_of
 Client = TestClient[Any, Any]
 
 
-async def create(client: Client, length: int | None = None, **headers: str) -> str:
+async def create(client: Client, length: int | None = None, /, **headers: str) -> str:
     h = {**TUS, **headers}
     if length is not None:
         h["Upload-Length"] = str(length)
@@ -39,7 +39,7 @@ async def head(client: Client, url: str) -> ClientResponse:
     return await client.head(url, headers=TUS)
 
 
-async def upload(client: Client, data: bytes, **headers: str) -> str:
+async def upload(client: Client, data: bytes, /, **headers: str) -> str:
     url = await create(client, len(data), **headers)
     r = await client.patch(url, data=data, headers=patch_headers(0))
     assert r.status == 204, await r.text()
@@ -48,7 +48,7 @@ async def upload(client: Client, data: bytes, **headers: str) -> str:
 
 def data_dir(client: Client) -> Path:
     from gateway.keys import CONFIG
-    return client.app[CONFIG].data_dir  # type: ignore[index, no-any-return]
+    return client.app[CONFIG].data_dir  # type: ignore[no-any-return]
 
 
 async def error_code(r: ClientResponse) -> str:
