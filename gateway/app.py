@@ -47,7 +47,8 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
     store = DiskStore(config.data_dir, pool, fsync=config.fsync,
                       write_buffer_bytes=config.write_buffer_bytes,
                       commit_interval_bytes=config.commit_interval_bytes)
-    sink = DirectorySink(config.data_dir / "complete", pool, durable=durable)
+    sink = DirectorySink(config.data_dir / "complete", config.data_dir / "delivered.log", pool,
+                         durable=durable)
     try:
         await store.open()
         await sink.open()

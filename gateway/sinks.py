@@ -5,6 +5,11 @@ unique name derived from its metadata filename. The name is one path component b
 ``protocol.names.safe_filename``, so no metadata can place a file outside that folder. Linking
 is instant and idempotent: after a crash, delivering again finds the existing link by its
 inode instead of making a second copy.
+
+Each delivery is noted in an append-only journal (``<data-dir>/delivered.log``) so that a
+file someone has taken out of ``complete/`` is never delivered again after a restart. The
+journal is not fsynced: losing its last lines in a power cut only means the links that are
+still there are found again.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from gateway.state.disk import IoPool, _fsync_dir
+from gateway.state.disk import IoPool, _fsync_dir, atomic_write
 from protocol.model import SinkState, UploadState
 from protocol.names import metadata_filename, safe_filename
 from protocol.state import Input, UploadStatus, advance
@@ -26,31 +31,68 @@ MAX_NAME_TRIES = 1000
 
 class Sink(Protocol):
     state_needs_saving: bool
-    """False when the delivered output is its own record (delivering again finds it), so the
-    sink state need not be written to disk after every delivery."""
+    """False when the sink keeps its own record of deliveries, so the upload's record need
+    not be rewritten after every delivery."""
 
     async def deliver(self, state: UploadState, data: Path) -> SinkState:
-        """Deliver a complete upload; returns the sink state to record."""
+        """Deliver a complete upload (idempotent); returns the sink state to record."""
+
+    async def retain(self, upload_ids: set[str]) -> None:
+        """Forget deliveries of uploads that no longer exist (called after recovery)."""
 
 
 class DirectorySink:
-    # The link in complete/ is the record: after a restart, recovery delivers every complete
-    # upload again, which finds the link by its inode and changes nothing.
-    state_needs_saving = False
+    state_needs_saving = False  # the journal is the record
 
-    def __init__(self, folder: Path, pool: IoPool, *, durable: bool) -> None:
+    def __init__(self, folder: Path, journal: Path, pool: IoPool, *, durable: bool) -> None:
         self.folder = folder
+        self.journal = journal
         self._pool = pool
         self._durable = durable
+        self._delivered: dict[str, str] = {}  # upload id -> name in the folder
 
     async def open(self) -> None:
-        await self._pool.run(lambda: self.folder.mkdir(parents=True, exist_ok=True))
+        self._delivered = await self._pool.run(self._open_sync)
+
+    def _open_sync(self) -> dict[str, str]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        delivered: dict[str, str] = {}
+        try:
+            text = self.journal.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return delivered
+        for line in text.splitlines():
+            upload_id, sep, name = line.partition("\t")
+            if sep and name:
+                delivered[upload_id] = name
+        return delivered
 
     async def deliver(self, state: UploadState, data: Path) -> SinkState:
         status = advance(state.status, Input.SINK_START)
-        name = safe_filename(metadata_filename(state.info.metadata), state.info.upload_id)
-        target = await self._pool.run(self._link, data, name, state.info.upload_id)
-        return SinkState(advance(status, Input.SINK_DONE), ref=target.name)
+        upload_id = state.info.upload_id
+        name = self._delivered.get(upload_id)
+        if name is None:
+            wanted = safe_filename(metadata_filename(state.info.metadata), upload_id)
+            name = await self._pool.run(self._link_and_note, data, wanted, upload_id)
+            self._delivered[upload_id] = name
+        return SinkState(advance(status, Input.SINK_DONE), ref=name)
+
+    def _link_and_note(self, data: Path, name: str, upload_id: str) -> str:
+        target = self._link(data, name, upload_id)
+        fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, f"{upload_id}\t{target.name}\n".encode())
+        finally:
+            os.close(fd)
+        return target.name
+
+    async def retain(self, upload_ids: set[str]) -> None:
+        keep = {k: v for k, v in self._delivered.items() if k in upload_ids}
+        if len(keep) == len(self._delivered):
+            return
+        self._delivered = keep
+        text = "".join(f"{k}\t{v}\n" for k, v in keep.items()).encode()
+        await self._pool.run(atomic_write, self.journal, text, False)
 
     def _link(self, data: Path, name: str, upload_id: str) -> Path:
         source_inode = os.stat(data).st_ino

@@ -206,11 +206,13 @@ class Uploads:
     # --- start-up recovery and expiry --------------------------------------------------------
     async def recover(self) -> None:
         """Finish what a crash interrupted: deliveries, and finals whose partials are done."""
+        live: set[str] = set()
         for upload_id in await self.store.upload_ids():
             try:
                 state = await self.store.get(upload_id)
             except (errors.NotFound, errors.Gone):
                 continue
+            live.add(upload_id)
             info = state.info
             if isinstance(info.concat, ConcatFinal) and not info.assembled:
                 self.pending_finals[upload_id] = info.concat.upload_ids
@@ -220,6 +222,7 @@ class Uploads:
         for parts in list(self.pending_finals.values()):
             if parts:
                 await self._wake_finals(parts[0])
+        await self.sink.retain(live)
 
     async def sweep(self, now: float) -> int:
         """Remove expired unfinished uploads (tombstoned: they answer 410) and old tombstones."""

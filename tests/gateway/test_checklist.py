@@ -757,3 +757,23 @@ async def test_cat_partials_are_not_delivered_on_their_own(client: Client) -> No
     await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{a} {b}",
                                           "Upload-Metadata": metadata(filename="whole.bin")})
     assert [p.name for p in (data_dir(client) / "complete").iterdir()] == ["whole.bin"]
+
+
+async def test_directory_sink_delivers_once_across_restarts(make_client: ClientFactory,
+                                                            tmp_path: Path) -> None:
+    root = tmp_path / "shared"
+    first = await make_client(data_dir=root)
+    taken = await upload(first, b"take me", **{"Upload-Metadata": metadata(filename="t.txt")})
+    kept = await upload(first, b"keep me", **{"Upload-Metadata": metadata(filename="k.txt")})
+    await first.close()
+    (root / "complete" / "t.txt").unlink()  # a consumer took the file away
+    second = await make_client(data_dir=root)
+    assert sorted(p.name for p in (root / "complete").iterdir()) == ["k.txt"]
+    assert (await second.head(taken, headers=TUS)).status == 200
+    assert await (await second.get(kept)).read() == b"keep me"
+    assert (await second.delete(taken, headers=TUS)).status == 204
+    await second.close()
+    third = await make_client(data_dir=root)  # the journal forgets terminated uploads
+    journal = (root / "delivered.log").read_text()
+    assert kept.rsplit("/", 1)[1] in journal and taken.rsplit("/", 1)[1] not in journal
+    await third.close()
