@@ -15,13 +15,14 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from gateway.aio import IoPool
 from gateway.config import FsyncPolicy, GatewayConfig
 from gateway.cors import setup_cors
 from gateway.keys import CONFIG, RUNTIME, Runtime
 from gateway.middleware import tus_errors
 from gateway.routes import setup_routes
 from gateway.sinks import DirectorySink
-from gateway.state.disk import DiskStore, IoPool
+from gateway.state.disk import DiskStore
 from gateway.state.memlock import MemoryLocker
 from gateway.uploads import Uploads
 

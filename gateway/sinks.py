@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from gateway.state.disk import IoPool, _fsync_dir, atomic_write
+from gateway.aio import IoPool
+from gateway.files import atomic_write, fsync_dir
 from protocol.model import SinkState, UploadState
 from protocol.names import metadata_filename, safe_filename
 from protocol.state import Input, UploadStatus, advance
@@ -113,7 +114,7 @@ class DirectorySink:
                 if not self._copy_exclusive(data, target):
                     continue
             if self._durable:
-                _fsync_dir(self.folder)
+                fsync_dir(self.folder)
             return target
         raise FileExistsError(f"no free name for {name!r} in {self.folder}")
 

@@ -17,11 +17,11 @@ from contextlib import asynccontextmanager, suppress
 
 from aiohttp import StreamReader
 
+from gateway.aio import run_to_completion
 from gateway.body import BodyReader
 from gateway.config import GatewayConfig
 from gateway.sinks import Sink
 from gateway.state.base import Locker, ReleaseRequested, UploadStore
-from gateway.state.disk import run_to_completion
 from protocol import errors
 from protocol.decisions import is_expired, plan_final_length
 from protocol.headers import UPLOAD_ID, Checksum, Concat, ConcatFinal

@@ -33,77 +33,16 @@ import json
 import os
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from gateway.aio import IoPool, run_to_completion
 from gateway.config import FsyncPolicy
+from gateway.files import atomic_write, fsync_dir
 from protocol import errors
 from protocol.headers import UPLOAD_ID, Checksum
 from protocol.model import UploadInfo, UploadState
-
-T = TypeVar("T")
-
-
-class IoPool:
-    """The worker threads that do every blocking file operation (design invariant 7)."""
-
-    def __init__(self, threads: int) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tus-io")
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
-
-
-async def run_to_completion(step: Coroutine[Any, Any, T] | asyncio.Future[T]) -> T:
-    """Await ``step`` to its end even if we are cancelled meanwhile, then pass the
-    cancellation on. ``asyncio.shield`` alone would let the caller go on (and release locks)
-    while the step still runs."""
-    task = asyncio.ensure_future(step)
-    cancelled = False
-    while True:
-        try:
-            result = await asyncio.shield(task)
-            break
-        except asyncio.CancelledError:
-            if task.done():
-                raise
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError()
-    return result
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, durable: bool) -> None:
-    """Write a whole file so that readers see the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    if durable:
-        _fsync_dir(path.parent)
 
 
 def _pwrite_all(fd: int, buffers: list[bytes], offset: int, hasher: Any) -> int:
@@ -212,7 +151,7 @@ class _Appender:
         if self.checksum is not None:
             store._path(self.upload_id, ".stage").unlink(missing_ok=True)
             if store._durable:
-                _fsync_dir(store.uploads)
+                fsync_dir(store.uploads)
 
 
 class DiskStore:
@@ -318,7 +257,7 @@ class DiskStore:
         finally:
             os.close(fd)
         if self._durable:
-            _fsync_dir(self.uploads)
+            fsync_dir(self.uploads)
 
     async def get(self, upload_id: str) -> UploadState:
         entry = self._cache.get(upload_id)
@@ -483,7 +422,7 @@ class DiskStore:
         for suffix in (".info", ".stage", ".bin"):
             self._path(upload_id, suffix).unlink(missing_ok=True)
         if self._durable:
-            _fsync_dir(self.uploads)
+            fsync_dir(self.uploads)
 
     async def purge_tombstones(self, older_than: float) -> int:
         def purge() -> int:
