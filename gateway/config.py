@@ -25,9 +25,9 @@ GiB = 1024 * MiB
 class FsyncPolicy(enum.StrEnum):
     """When bytes are forced to stable storage.
 
-    ``ack`` (default): data is fdatasync'ed before any response acknowledges it, at every
-    ``commit_interval_bytes`` inside a long PATCH, and before HEAD reports an offset that was
-    not yet synced; state files are written with temp file, fsync, rename and a directory
+    ``ack`` (default): data is fdatasync'ed before any response acknowledges it and before
+    HEAD reports an offset that was not yet synced; inside a long PATCH, write-back of every
+    ``commit_interval_bytes`` is started without waiting; new records and tombstones are written with temp file, fsync, rename and a directory
     fsync. An acknowledged byte survives a process crash, a kernel crash and a power cut.
     ``off``: no fsync at all. Acknowledged bytes survive a crash of the gateway process (the
     page cache keeps them) but not a kernel crash or power cut. For scratch deployments only.
@@ -64,8 +64,8 @@ class GatewayConfig:
     fsync: FsyncPolicy = FsyncPolicy.ACK
     """Durability policy, see FsyncPolicy; the default never loses an acknowledged byte."""
     commit_interval_bytes: int = 64 * MiB
-    """Inside one long PATCH, sync at least this often so a pre-empted or interrupted
-    request can commit within about a second instead of flushing gigabytes at once."""
+    """Inside one long PATCH, start writing back to disk this often, so that a pre-empted or
+    interrupted request commits within about a second instead of flushing gigabytes."""
     stall_timeout_s: float = 30.0
     """A PATCH whose body sends nothing for this long is ended and its bytes kept
     (TUS-PATCH-07); the lock is free again for the client's retry."""
