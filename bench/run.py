@@ -144,6 +144,18 @@ SERVERS: dict[str, ServerSpec] = {
             note="default (durable) fsync policy",
         ),
         ServerSpec(
+            name="ours-nofsync",
+            label="ours, --fsync off (for reference; not what the targets measure)",
+            argv=lambda port, data: [
+                str(OURS_BIN), "serve", "--host", "127.0.0.1", "--port", str(port),
+                "--data-dir", str(data), "--base-path", "/files/", "--fsync", "off",
+            ],
+            env=_ours_env,
+            installed=_ours_check,
+            note="durability traded away like the peers: survives a process crash, not a "
+            "power cut",
+        ),
+        ServerSpec(
             name="tus-node",
             label="@tus/server",
             argv=lambda port, data: [
