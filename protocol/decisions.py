@@ -35,9 +35,11 @@ from protocol.state import UploadStatus
 
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 TUS_METHODS = frozenset({"OPTIONS", "POST", "HEAD", "PATCH", "DELETE", "GET"})
-# Requests that need no Tus-Resumable: OPTIONS by the spec; GET because it is a plain download
-# that browsers follow from links, which cannot carry tus headers.
-VERSIONLESS_METHODS = frozenset({"OPTIONS", "GET"})
+# OPTIONS needs no Tus-Resumable (tus: the server ignores it there). A GET is a plain download
+# that browsers follow from links, which cannot carry tus headers: it may omit the header,
+# but a GET that names a version we do not speak is refused like any other request.
+VERSIONLESS_METHODS = frozenset({"OPTIONS"})
+VERSION_OPTIONAL_METHODS = frozenset({"GET"})
 ALL_EXTENSIONS = ("creation", "creation-with-upload", "creation-defer-length", "termination",
                   "checksum", "expiration", "concatenation", "concatenation-unfinished")
 
@@ -71,7 +73,10 @@ def effective_method(method: str, headers: Headers) -> str:
 def check_version(method: str, headers: Headers) -> None:
     if method in VERSIONLESS_METHODS:
         return
-    if headers.one("Tus-Resumable", errors.UnsupportedVersion) != TUS_VERSION:
+    version = headers.one("Tus-Resumable", errors.UnsupportedVersion)
+    if version is None and method in VERSION_OPTIONAL_METHODS:
+        return
+    if version != TUS_VERSION:
         raise errors.UnsupportedVersion()
 
 

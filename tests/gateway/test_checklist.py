@@ -777,3 +777,10 @@ async def test_directory_sink_delivers_once_across_restarts(make_client: ClientF
     journal = (root / "delivered.log").read_text()
     assert kept.rsplit("/", 1)[1] in journal and taken.rsplit("/", 1)[1] not in journal
     await third.close()
+
+
+async def test_gen_02_get_may_omit_the_version_but_not_name_another(client: Client) -> None:
+    url = await upload(client, b"abc")
+    assert (await client.get(url)).status == 200
+    r = await client.get(url, headers={"Tus-Resumable": "0.2.2"})
+    assert r.status == 412 and r.headers["Tus-Version"] == "1.0.0"

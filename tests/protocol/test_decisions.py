@@ -42,7 +42,9 @@ def state(offset: int = 0, length: int | None = 10, **info: object) -> UploadSta
 def test_version_check() -> None:
     check_version("POST", Headers({"Tus-Resumable": "1.0.0"}))
     check_version("OPTIONS", Headers({"Tus-Resumable": "0.2.2"}))  # TUS-OPT-05
-    check_version("GET", Headers({}))
+    check_version("GET", Headers({}))  # a download link from a browser
+    with pytest.raises(errors.UnsupportedVersion):
+        check_version("GET", Headers({"Tus-Resumable": "0.2.2"}))
     for h in [{}, {"Tus-Resumable": "0.2.2"}, {"Tus-Resumable": "1.0.0 "}]:
         with pytest.raises(errors.UnsupportedVersion) as info:
             check_version("PATCH", Headers(h))
