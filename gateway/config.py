@@ -27,8 +27,9 @@ class FsyncPolicy(enum.StrEnum):
 
     ``ack`` (default): data is fdatasync'ed before any response acknowledges it and before
     HEAD reports an offset that was not yet synced; inside a long PATCH, write-back of every
-    ``commit_interval_bytes`` is started without waiting; new records and tombstones are written with temp file, fsync, rename and a directory
-    fsync. An acknowledged byte survives a process crash, a kernel crash and a power cut.
+    ``commit_interval_bytes`` is started without waiting; records and tombstones are fsynced
+    together with their directory. An acknowledged byte survives a process crash, a kernel
+    crash and a power cut.
     ``off``: no fsync at all. Acknowledged bytes survive a crash of the gateway process (the
     page cache keeps them) but not a kernel crash or power cut. For scratch deployments only.
     """
