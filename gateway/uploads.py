@@ -174,9 +174,16 @@ class Uploads:
                           concat=concat, created_at=time.time())
         state = await self.store.create(info)
         async with self.locked(info.upload_id):
+            if not all(p.finished for p in partials):
+                # Register first, then look again: a partial that finished in between either
+                # sees this final registered, or is seen finished here.
+                self.pending_finals[info.upload_id] = concat.upload_ids
+                try:
+                    partials = [await self.store.get(p) for p in concat.upload_ids]
+                except (errors.NotFound, errors.Gone):
+                    return state  # a partial vanished meanwhile: the final waits, then expires
             if all(p.finished for p in partials):
                 return await self._assemble(state)
-            self.pending_finals[info.upload_id] = concat.upload_ids
             return state
 
     async def _wake_finals(self, partial_id: str) -> None:
@@ -190,8 +197,13 @@ class Uploads:
                 continue
             if all(s.finished for s in states):
                 async with self.locked(final_id):
-                    with suppress(errors.NotFound, errors.Gone):
+                    try:
                         await self._assemble(await self.store.get(final_id))
+                    except (errors.NotFound, errors.Gone):
+                        pass
+                    except FileNotFoundError:
+                        log.warning("final upload %s lost a partial while it was assembled",
+                                    final_id)
 
     async def _assemble(self, state: UploadState) -> UploadState:
         info = state.info

@@ -784,3 +784,20 @@ async def test_gen_02_get_may_omit_the_version_but_not_name_another(client: Clie
     assert (await client.get(url)).status == 200
     r = await client.get(url, headers={"Tus-Resumable": "0.2.2"})
     assert r.status == 412 and r.headers["Tus-Version"] == "1.0.0"
+
+
+async def test_catu_final_and_last_partial_byte_racing(client: Client) -> None:
+    """Whichever of the final's POST and the partial's last PATCH lands first, the final
+    is assembled exactly once."""
+    for round_ in range(20):
+        a = await upload(client, b"first-", **{"Upload-Concat": "partial"})
+        b = await create(client, 6, **{"Upload-Concat": "partial"})
+        await client.patch(b, data=b"seco", headers=patch_headers(0))
+        post, last = await asyncio.gather(
+            client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{a} {b}"}),
+            client.patch(b, data=b"nd", headers=patch_headers(4)))
+        assert post.status == 201 and last.status == 204
+        final = path_of(post.headers["Location"])
+        h = (await head(client, final)).headers
+        assert h.get("Upload-Offset") == "12", round_
+        assert await (await client.get(final)).read() == b"first-second"
