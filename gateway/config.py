@@ -64,7 +64,7 @@ class GatewayConfig:
     turn this on behind a proxy that sets them, or clients can steer the Location host."""
     fsync: FsyncPolicy = FsyncPolicy.ACK
     """Durability policy, see FsyncPolicy; the default never loses an acknowledged byte."""
-    commit_interval_bytes: int = 64 * MiB
+    commit_interval_bytes: int = 8 * MiB
     """Inside one long PATCH, start writing back to disk this often, so that a pre-empted or
     interrupted request commits within about a second instead of flushing gigabytes."""
     stall_timeout_s: float = 30.0
