@@ -25,7 +25,7 @@ from gateway.aio import IoPool
 from gateway.files import atomic_write, fsync_dir
 from protocol.model import SinkState, UploadState
 from protocol.names import metadata_filename, safe_filename
-from protocol.state import Input, UploadStatus, advance
+from protocol.state import Input, advance
 
 MAX_NAME_TRIES = 1000
 
@@ -142,6 +142,3 @@ def _candidates(name: str, upload_id: str) -> Iterator[str]:
         yield f"{stem} ({i}){suffix}"
     yield f"{stem}-{upload_id}{suffix}"
 
-
-def is_delivered(state: UploadState) -> bool:
-    return state.info.sink is not None and state.info.sink.status is UploadStatus.DRAINED

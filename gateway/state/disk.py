@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 Layout below the data directory::
 
-    uploads/<id>.info    the record (JSON), replaced atomically: temp file, fsync, rename
+    uploads/<id>.info    the record (JSON): created in place with O_EXCL and fsynced before
+                         the 201; later replaced atomically (temp file, fsync, rename)
     uploads/<id>.bin     the bytes; the upload's offset IS this file's size
     uploads/<id>.stage   present while a checksummed body is unverified: the offset before it
     tombstones/<id>      a removed upload (reason, time): 410 instead of 404
@@ -13,12 +14,14 @@ Layout below the data directory::
 Invariants:
 - The offset is the data file's size (style rule 7), so bytes and offset can never disagree
   after a crash. With the ``ack`` fsync policy the size is fdatasync'ed before it is reported
-  or acknowledged; a per-process cache remembers which sizes are already synced.
+  or acknowledged. This process owns the directory, so an in-memory cache of records and
+  durable sizes is authoritative; a miss (after a restart) reads the disk and syncs first.
 - A checksummed body lands past the committed offset with a ``.stage`` marker written first.
   Only a verified body loses its marker; a mismatch, an interruption or a crash (found at
   start-up) truncates the file back to the marker. Thus a 460 changes nothing.
 - Every write and stat runs in a worker thread; the event loop only moves buffers.
-- Memory per upload is two write buffers at most: one being filled, one being written.
+- Memory per upload is two write buffers at most: one being filled, one being written (one,
+  when many uploads are active).
 """
 
 from __future__ import annotations
