@@ -176,6 +176,7 @@ class DiskStore:
         # Mutated on the event loop only.
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._appending = 0  # appends in progress, to choose between one and two buffers
+        self._changes = 0  # counts cache writes, so a racing lockless read is not cached
         self._dir_lock_fd: int | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -222,20 +223,21 @@ class DiskStore:
     def data_path(self, upload_id: str) -> Path:
         return self._path(upload_id, ".bin")
 
-    # --- records -----------------------------------------------------------------------------
     # --- the cache ---------------------------------------------------------------------------
-    def _remember(self, entry: _Entry, *, replace: bool = True) -> _Entry:
+    def _remember(self, entry: _Entry) -> _Entry:
         cache = self._cache
-        if not replace and entry.info.upload_id in cache:
-            # A lockless read that raced a commit must not roll the size back.
-            entry = cache[entry.info.upload_id]
         cache[entry.info.upload_id] = entry
         cache.move_to_end(entry.info.upload_id)
         while len(cache) > CACHE_ENTRIES:
             cache.popitem(last=False)
         return entry
 
+    def _forget(self, upload_id: str) -> None:
+        self._changes += 1
+        self._cache.pop(upload_id, None)
+
     def _update(self, upload_id: str, **changes: Any) -> None:
+        self._changes += 1
         entry = self._cache.get(upload_id)
         if entry is not None:
             self._cache[upload_id] = dataclasses.replace(entry, **changes)
@@ -267,8 +269,12 @@ class DiskStore:
     async def get(self, upload_id: str) -> UploadState:
         entry = self._cache.get(upload_id)
         if entry is None:
-            entry = self._remember(await self._pool.run(self._get_sync, upload_id),
-                                   replace=False)
+            changes = self._changes
+            entry = await self._pool.run(self._get_sync, upload_id)
+            if changes == self._changes:
+                self._remember(entry)
+            # else: a write or a removal overlapped this lockless read; the snapshot is
+            # good for this answer but must not become the cache's truth.
         else:
             self._cache.move_to_end(upload_id)
         info, offset = entry.info, entry.size
@@ -371,7 +377,7 @@ class DiskStore:
                 # small body costs a single trip to a worker thread.
                 await self._pool.run(writer.finish, buffers if keep else [], keep)
             except BaseException:
-                self._cache.pop(writer.upload_id, None)  # size unknown: read it again
+                self._forget(writer.upload_id)  # size unknown: read it again
                 raise
             self._update(writer.upload_id, size=writer.size, mtime=time.time())
 
@@ -416,8 +422,11 @@ class DiskStore:
 
     # --- removal -----------------------------------------------------------------------------
     async def terminate(self, upload_id: str, reason: str) -> None:
-        self._cache.pop(upload_id, None)
-        await self._pool.run(self._terminate_sync, upload_id, reason)
+        self._forget(upload_id)
+        try:
+            await self._pool.run(self._terminate_sync, upload_id, reason)
+        finally:
+            self._forget(upload_id)
 
     def _terminate_sync(self, upload_id: str, reason: str) -> None:
         # The tombstone goes first: after a crash in between, the upload answers 410 and the
