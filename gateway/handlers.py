@@ -12,9 +12,17 @@ from gateway.http import body_facts, location, send_continue, uploads_of
 from gateway.uploads import checked_id
 from protocol import decisions, errors
 from protocol.headers import ConcatFinal, Headers
+from protocol.model import UploadState
 from protocol.state import UploadStatus
 
 TUS_RESUMABLE = {"Tus-Resumable": errors.TUS_VERSION}
+# What a POST or PATCH answer says about the upload (HEAD says everything).
+WRITE_ANSWER_HEADERS = ("Tus-Resumable", "Upload-Offset", "Upload-Expires")
+
+
+def _write_answer(state: UploadState, settings: decisions.ProtocolSettings) -> dict[str, str]:
+    full = decisions.upload_headers(state, settings)
+    return {k: v for k, v in full.items() if k in WRITE_ANSWER_HEADERS}
 
 
 async def options(request: web.Request, headers: Headers) -> web.Response:
@@ -45,9 +53,7 @@ async def post(request: web.Request, headers: Headers) -> web.Response:
         # so the client can resume (TUS-CWU-05).
         exc.extra_headers["Location"] = where
         raise
-    answer = decisions.upload_headers(state, uploads.settings)
-    answer = {k: v for k, v in answer.items()
-              if k in ("Tus-Resumable", "Upload-Offset", "Upload-Expires")}
+    answer = _write_answer(state, uploads.settings)
     answer["Location"] = where
     return web.Response(status=201, headers=answer)
 
@@ -78,9 +84,7 @@ async def patch(request: web.Request, headers: Headers) -> web.Response:
             # The length was declared equal to the offset (TUS-DEF-05), or a retried final
             # PATCH finds a delivery that failed before: finish now, exactly once.
             state = await uploads.finish(state)
-    answer = decisions.upload_headers(state, uploads.settings)
-    answer = {k: v for k, v in answer.items()
-              if k in ("Tus-Resumable", "Upload-Offset", "Upload-Expires")}
+    answer = _write_answer(state, uploads.settings)
     return web.Response(status=204, headers=answer)
 
 

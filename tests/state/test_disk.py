@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from gateway.aio import IoPool
 from gateway.config import FsyncPolicy
@@ -16,6 +19,13 @@ from protocol.model import UploadInfo
 ID = "a" * 32
 
 
+@pytest.fixture
+async def pool() -> AsyncIterator[IoPool]:
+    workers = IoPool(2)
+    yield workers
+    await asyncio.get_running_loop().run_in_executor(None, workers.close)
+
+
 async def opened(root: Path, pool: IoPool) -> DiskStore:
     store = DiskStore(root, pool, fsync=FsyncPolicy.ACK, write_buffer_bytes=64 * 1024,
                       commit_interval_bytes=256 * 1024)
@@ -23,59 +33,48 @@ async def opened(root: Path, pool: IoPool) -> DiskStore:
     return store
 
 
-async def test_unverified_checksum_bytes_are_rolled_back_at_open(tmp_path: Path) -> None:
-    pool = IoPool(2)
+async def test_unverified_checksum_bytes_are_rolled_back_at_open(tmp_path: Path,
+                                                                 pool: IoPool) -> None:
+    store = await opened(tmp_path, pool)
+    await store.create(UploadInfo(ID, 100, created_at=time.time()))
+    await store.close()
+    # What a crash in the middle of a checksummed PATCH leaves: bytes past the committed
+    # offset and the marker naming that offset.
+    (tmp_path / "uploads" / f"{ID}.bin").write_bytes(b"kept" + b"unverified")
+    (tmp_path / "uploads" / f"{ID}.stage").write_text("4")
+    store = await opened(tmp_path, pool)
+    assert (await store.get(ID)).offset == 4
+    assert (tmp_path / "uploads" / f"{ID}.bin").read_bytes() == b"kept"
+    assert not (tmp_path / "uploads" / f"{ID}.stage").exists()
+    await store.close()
+
+
+async def test_torn_record_is_dropped_at_open(tmp_path: Path, pool: IoPool) -> None:
+    store = await opened(tmp_path, pool)
+    await store.close()
+    (tmp_path / "uploads" / f"{ID}.bin").write_bytes(b"")
+    (tmp_path / "uploads" / f"{ID}.info").write_text('{"id": "' + ID)  # torn by a crash
+    good = "b" * 32
+    (tmp_path / "uploads" / f"{good}.bin").write_bytes(b"xy")
+    (tmp_path / "uploads" / f"{good}.info").write_text(
+        json.dumps(UploadInfo(good, 5, created_at=1.0).to_json()))
+    store = await opened(tmp_path, pool)
+    assert await store.upload_ids() == [good]
+    assert (await store.get(good)).offset == 2
     try:
-        store = await opened(tmp_path, pool)
-        await store.create(UploadInfo(ID, 100, created_at=time.time()))
-        await store.close()
-        # What a crash in the middle of a checksummed PATCH leaves: bytes past the committed
-        # offset and the marker naming that offset.
-        (tmp_path / "uploads" / f"{ID}.bin").write_bytes(b"kept" + b"unverified")
-        (tmp_path / "uploads" / f"{ID}.stage").write_text("4")
-        store = await opened(tmp_path, pool)
-        assert (await store.get(ID)).offset == 4
-        assert (tmp_path / "uploads" / f"{ID}.bin").read_bytes() == b"kept"
-        assert not (tmp_path / "uploads" / f"{ID}.stage").exists()
-        await store.close()
-    finally:
-        await asyncio.get_running_loop().run_in_executor(None, pool.close)
+        await store.get(ID)
+    except errors.NotFound:
+        pass
+    else:
+        raise AssertionError("a torn record must not be visible")
+    await store.close()
 
 
-async def test_torn_record_is_dropped_at_open(tmp_path: Path) -> None:
-    pool = IoPool(2)
-    try:
-        store = await opened(tmp_path, pool)
-        await store.close()
-        (tmp_path / "uploads" / f"{ID}.bin").write_bytes(b"")
-        (tmp_path / "uploads" / f"{ID}.info").write_text('{"id": "' + ID)  # torn by a crash
-        good = "b" * 32
-        (tmp_path / "uploads" / f"{good}.bin").write_bytes(b"xy")
-        (tmp_path / "uploads" / f"{good}.info").write_text(
-            json.dumps(UploadInfo(good, 5, created_at=1.0).to_json()))
-        store = await opened(tmp_path, pool)
-        assert await store.upload_ids() == [good]
-        assert (await store.get(good)).offset == 2
-        try:
-            await store.get(ID)
-        except errors.NotFound:
-            pass
-        else:
-            raise AssertionError("a torn record must not be visible")
-        await store.close()
-    finally:
-        await asyncio.get_running_loop().run_in_executor(None, pool.close)
-
-
-async def test_orphaned_bytes_are_swept_when_old(tmp_path: Path) -> None:
-    pool = IoPool(2)
-    try:
-        store = await opened(tmp_path, pool)
-        orphan = tmp_path / "uploads" / f"{ID}.bin"
-        orphan.write_bytes(b"no record")
-        assert await store.remove_orphans(time.time() - 3600) == 0  # could be a create
-        assert await store.remove_orphans(time.time() + 1) == 1
-        assert not orphan.exists()
-        await store.close()
-    finally:
-        await asyncio.get_running_loop().run_in_executor(None, pool.close)
+async def test_orphaned_bytes_are_swept_when_old(tmp_path: Path, pool: IoPool) -> None:
+    store = await opened(tmp_path, pool)
+    orphan = tmp_path / "uploads" / f"{ID}.bin"
+    orphan.write_bytes(b"no record")
+    assert await store.remove_orphans(time.time() - 3600) == 0  # could be a create
+    assert await store.remove_orphans(time.time() + 1) == 1
+    assert not orphan.exists()
+    await store.close()
