@@ -26,12 +26,9 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
-import errno
 import fcntl
-import hashlib
 import json
 import os
 import time
@@ -40,38 +37,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from gateway.aio import IoPool, run_to_completion
+from gateway.aio import IoPool
 from gateway.config import FsyncPolicy
-from gateway.files import atomic_write, fsync_dir, start_writeback
+from gateway.files import atomic_write, fsync_dir
+from gateway.state.spool import OVERLAP_UP_TO, SpoolWriter, concatenate, pump
 from protocol import errors
 from protocol.headers import UPLOAD_ID, Checksum
 from protocol.model import UploadInfo, UploadState
 
-
-def _pwrite_all(fd: int, buffers: list[bytes], offset: int, hasher: Any) -> int:
-    """Write every buffer at ``offset`` (looping over short writes); feed the hasher too."""
-    total = 0
-    if hasher is not None:
-        for buf in buffers:
-            hasher.update(buf)
-    pending: list[bytes | memoryview] = list(buffers)
-    while pending:
-        written = os.pwritev(fd, pending, offset + total)
-        if written == 0:
-            raise OSError(errno.EIO, "short write")
-        total += written
-        while pending and written >= len(pending[0]):
-            written -= len(pending[0])
-            pending.pop(0)
-        if pending and written:
-            pending[0] = memoryview(pending[0])[written:]
-    return total
-
-
-# Up to this many concurrent appends, each overlaps its disk write with reading the next
-# batch (two buffers); beyond it, the other uploads keep the disk busy and one buffer each
-# keeps memory flat.
-OVERLAP_UP_TO = 8
 # Enough for every upload that is active at once on a busy gateway; each entry is a record.
 CACHE_ENTRIES = 4096
 
@@ -83,80 +56,31 @@ class _Entry:
     mtime: float  # when bytes last arrived
 
 
-class _Appender:
-    """One append's file handle; every method runs in a worker thread, one at a time."""
+class _DiskWriter(SpoolWriter):
+    """Appends where the offset is the file size: a stage marker guards checksummed bodies."""
 
     def __init__(self, store: DiskStore, upload_id: str, offset: int,
                  checksum: Checksum | None) -> None:
+        super().__init__(store.data_path(upload_id), offset, checksum, durable=store._durable,
+                         commit_interval=store._commit_interval)
         self.store = store
         self.upload_id = upload_id
-        self.offset = offset
-        self.checksum = checksum
-        self.hasher = hashlib.new(checksum.algorithm) if checksum is not None else None
-        self.fd: int | None = None
-        self.submitted = 0  # bytes handed to writes (maintained by the event loop side)
-        self.written = 0
-        self.synced_at = 0
-        self.size = offset
 
-    def _open(self) -> int:
-        if self.fd is None:
-            store = self.store
-            fd = os.open(store.data_path(self.upload_id), os.O_WRONLY)
-            try:
-                size = os.fstat(fd).st_size
-                if size != self.offset:
-                    # Checked under the upload's lock just before; a difference means a race
-                    # with termination or a stale stage marker. Never write at a wrong place.
-                    raise errors.MismatchedOffset(headers={"Upload-Offset": str(size)})
-                if self.checksum is not None:
-                    atomic_write(store._path(self.upload_id, ".stage"),
-                                 str(self.offset).encode(), store._durable)
-            except BaseException:
-                os.close(fd)
-                raise
-            self.fd = fd
-        return self.fd
-
-    def write(self, buffers: list[bytes]) -> None:
-        fd = self._open()
-        self.written += _pwrite_all(fd, buffers, self.offset + self.written, self.hasher)
-        store = self.store
-        if store._durable and self.written - self.synced_at >= store._commit_interval:
-            # Start writing this window back without waiting for it: receiving goes on,
-            # and the fdatasync that acknowledges the bytes later has little left to do.
-            start_writeback(fd, self.offset + self.synced_at, self.written - self.synced_at)
-            self.synced_at = self.written
-
-    def finish(self, buffers: list[bytes], keep: bool) -> None:
-        """Write the rest, verify, then commit (sync) or roll back (truncate); close."""
-        try:
-            fd = self._open()
-            if buffers:
-                self.write(buffers)
-            if keep and self.hasher is not None and self.checksum is not None \
-                    and self.hasher.digest() != self.checksum.digest:
-                keep = False
-                raise errors.ChecksumMismatch()
-        finally:
-            if self.fd is not None:
-                self.fd = None
-                self._close(fd, keep)
-
-    def _close(self, fd: int, keep: bool) -> None:
-        store = self.store
-        try:
-            if not keep:
-                os.ftruncate(fd, self.offset)
-            if store._durable:
-                os.fdatasync(fd)
-            self.size = os.fstat(fd).st_size
-        finally:
-            os.close(fd)
+    def prepare(self, fd: int) -> None:
+        size = os.fstat(fd).st_size
+        if size != self.offset:
+            # Checked under the upload's lock just before; a difference means a race with
+            # termination or a stale stage marker. Never write at a wrong place.
+            raise errors.MismatchedOffset(headers={"Upload-Offset": str(size)})
         if self.checksum is not None:
-            store._path(self.upload_id, ".stage").unlink(missing_ok=True)
-            if store._durable:
-                fsync_dir(store.uploads)
+            atomic_write(self.store._path(self.upload_id, ".stage"),
+                         str(self.offset).encode(), self.store._durable)
+
+    def after_close(self, keep: bool) -> None:
+        if self.checksum is not None:
+            self.store._path(self.upload_id, ".stage").unlink(missing_ok=True)
+            if self.store._durable:
+                fsync_dir(self.store.uploads)
 
 
 class DiskStore:
@@ -328,58 +252,22 @@ class DiskStore:
     # --- bytes -------------------------------------------------------------------------------
     async def append(self, upload_id: str, offset: int, chunks: AsyncIterator[bytes], *,
                      max_bytes: int | None, checksum: Checksum | None) -> int:
-        pool = self._pool
-        writer = _Appender(self, upload_id, offset, checksum)
-        self._appending += 1
-        buffers: list[bytes] = []
-        buffered = 0
-        pending: asyncio.Future[None] | None = None
-        keep = True
-        try:
-            async for chunk in chunks:
-                if max_bytes is not None and writer.submitted + buffered + len(chunk) > max_bytes:
-                    raise errors.SizeExceeded(
-                        f"the body would pass the upload's length at {offset + max_bytes}")
-                buffers.append(chunk)
-                buffered += len(chunk)
-                if buffered < self._buffer_bytes:
-                    continue
-                if pending is not None:
-                    # Shielded: cancelling the handler must not cancel a write in flight.
-                    await asyncio.shield(pending)
-                # One batch is written while the next one fills: two buffers per upload.
-                pending = pool.submit(writer.write, buffers)
-                writer.submitted += buffered
-                buffers, buffered = [], 0
-                if self._appending > OVERLAP_UP_TO:
-                    # Many uploads keep the disk busy already; one buffer each bounds memory.
-                    await asyncio.shield(pending)
-        except BaseException as exc:
-            # Stalls, disconnects, lock release and shutdown keep the bytes that arrived
-            # (TUS-PATCH-06) unless they are unverifiable or over the limit.
-            keep = checksum is None and not isinstance(exc, errors.SizeExceeded)
-            raise
-        finally:
-            # A cancelled handler (client gone, shutdown) must still commit, and must not
-            # release the upload's lock before the commit is done.
-            self._appending -= 1
-            await run_to_completion(self._settle(pending, writer, buffers, keep))
-        return writer.size
+        writer = _DiskWriter(self, upload_id, offset, checksum)
 
-    async def _settle(self, pending: asyncio.Future[None] | None, writer: _Appender,
-                      buffers: list[bytes], keep: bool) -> None:
+        def settled(ok: bool) -> None:
+            if ok:
+                self._update(upload_id, size=writer.size, mtime=time.time())
+            else:
+                self._forget(upload_id)  # size unknown: read it again
+
+        self._appending += 1
         try:
-            if pending is not None:
-                await pending
+            return await pump(writer, chunks, self._pool, buffer_bytes=self._buffer_bytes,
+                              max_bytes=max_bytes,
+                              crowded=lambda: self._appending > OVERLAP_UP_TO,
+                              on_settled=settled)
         finally:
-            try:
-                # The last batch, the checksum verdict, the sync and the close in one step: a
-                # small body costs a single trip to a worker thread.
-                await self._pool.run(writer.finish, buffers if keep else [], keep)
-            except BaseException:
-                self._forget(writer.upload_id)  # size unknown: read it again
-                raise
-            self._update(writer.upload_id, size=writer.size, mtime=time.time())
+            self._appending -= 1
 
     def _rollback_stage(self, upload_id: str) -> None:
         marker = self._path(upload_id, ".stage")
@@ -391,33 +279,10 @@ class DiskStore:
         marker.unlink(missing_ok=True)
 
     async def assemble(self, final: UploadInfo, partial_ids: tuple[str, ...]) -> int:
-        total = await self._pool.run(self._assemble_sync, final.upload_id, partial_ids)
+        total = await self._pool.run(
+            concatenate, self.data_path(final.upload_id),
+            [(self.data_path(p), None) for p in partial_ids], self._durable)
         self._update(final.upload_id, size=total, mtime=time.time())
-        return total
-
-    def _assemble_sync(self, final_id: str, partial_ids: tuple[str, ...]) -> int:
-        target = os.open(self.data_path(final_id), os.O_WRONLY | os.O_TRUNC)
-        try:
-            total = 0
-            for partial_id in partial_ids:
-                source = os.open(self.data_path(partial_id), os.O_RDONLY)
-                try:
-                    size = os.fstat(source).st_size
-                    copied = 0
-                    while copied < size:
-                        # copy_file_range stays in the kernel (and may share extents).
-                        n = os.copy_file_range(source, target, size - copied, copied,
-                                               total + copied)
-                        if n == 0:
-                            raise OSError(errno.EIO, "partial upload shrank while copying")
-                        copied += n
-                    total += size
-                finally:
-                    os.close(source)
-            if self._durable:
-                os.fdatasync(target)
-        finally:
-            os.close(target)
         return total
 
     # --- removal -----------------------------------------------------------------------------
