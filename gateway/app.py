@@ -12,6 +12,8 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
@@ -22,9 +24,12 @@ from gateway.keys import CONFIG, RUNTIME, Runtime
 from gateway.middleware import tus_errors
 from gateway.routes import setup_routes
 from gateway.sinks import DirectorySink
+from gateway.state.base import Locker, UploadStore
 from gateway.state.disk import DiskStore
 from gateway.state.memlock import MemoryLocker
+from gateway.state.redis import RedisBackend, RedisLocker, RedisStore
 from gateway.uploads import Uploads
+from protocol import errors
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +50,57 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     pool = IoPool(config.io_threads)
     durable = config.fsync is FsyncPolicy.ACK
-    store = DiskStore(config.data_dir, pool, fsync=config.fsync,
-                      write_buffer_bytes=config.write_buffer_bytes,
-                      commit_interval_bytes=config.commit_interval_bytes)
-    sink = DirectorySink(config.data_dir / "complete", config.data_dir / "delivered.log", pool,
-                         durable=durable)
+    backend: RedisBackend | None = None
+    store: UploadStore
+    locker: Locker
+    journal: Path | None = config.data_dir / "delivered.log"
+    if config.redis_url:
+        backend = RedisBackend(config.redis_url, prefix=config.redis_prefix,
+                               lock_ttl_s=config.lock_ttl_s)
+        store = RedisStore(backend, config.data_dir, pool, fsync=config.fsync,
+                           write_buffer_bytes=config.write_buffer_bytes,
+                           commit_interval_bytes=config.commit_interval_bytes,
+                           tombstone_ttl_s=config.tombstone_ttl_s)
+        locker = RedisLocker(backend)
+        journal = None  # the folder is shared; Redis records each delivery
+    else:
+        store = DiskStore(config.data_dir, pool, fsync=config.fsync,
+                          write_buffer_bytes=config.write_buffer_bytes,
+                          commit_interval_bytes=config.commit_interval_bytes)
+        locker = MemoryLocker()
+    sink = DirectorySink(config.data_dir / "complete", journal, pool, durable=durable)
     try:
+        if backend is not None:
+            try:
+                await backend.open()
+            except errors.StateUnavailable as exc:
+                raise StartupError(f"cannot reach Redis at {_safe_url(config.redis_url)}: "
+                                   f"{exc.__cause__ or exc}") from exc
         await store.open()
         await sink.open()
-        uploads = Uploads(config, store, MemoryLocker(), sink)
+        uploads = Uploads(config, store, locker, sink)
         await uploads.recover()
         app[RUNTIME].uploads = uploads
         yield
     finally:
         await store.close()
+        if backend is not None:
+            await backend.close()
         await asyncio.get_running_loop().run_in_executor(None, pool.close)
+
+
+class StartupError(RuntimeError):
+    """A dependency the configuration names is not usable; the message says which."""
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, fit for a log line."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 async def _sweeper(app: web.Application) -> AsyncIterator[None]:

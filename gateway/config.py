@@ -86,6 +86,15 @@ class GatewayConfig:
     """tus extensions offered; OPTIONS announces exactly these."""
     access_log: bool = False
     """Log one line per request (off: a busy gateway's log is its errors)."""
+    redis_url: str = ""
+    """Keep upload state, locks and checkpoints in this Redis (redis://host:6379/0) so that
+    several instances share the work; the data dir must then be one directory that every
+    instance mounts. Empty: state on local disk, one process per data dir."""
+    redis_prefix: str = "tus"
+    """Prefix of every Redis key, so several gateways can share one Redis database."""
+    lock_ttl_s: float = 5.0
+    """With Redis: an upload's lock expires this long after its holder last extended it, so
+    a crashed instance's uploads are free again within this time."""
 
     def protocol_settings(self) -> ProtocolSettings:
         return ProtocolSettings(
@@ -122,6 +131,13 @@ class GatewayConfig:
         for ext, required in needs.items():
             if ext in self.extensions and required not in self.extensions:
                 problems.append(f"{ext} needs {required}")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://",
+                                                             "unix://")):
+            problems.append("redis_url must start with redis://, rediss:// or unix://")
+        if self.lock_ttl_s < 1:
+            problems.append("lock_ttl_s must be at least 1 second")
+        if not self.redis_prefix or any(c in self.redis_prefix for c in "{} "):
+            problems.append("redis_prefix must be non-empty, without braces or spaces")
         if not self.cors_origins:
             problems.append("cors_origins must name at least one origin (or '*')")
         if problems:
@@ -154,9 +170,14 @@ def option_name(field_name: str) -> str:
     return field_name.replace("_", "-")
 
 
+# Settings whose environment variable is a name other tools already use.
+_ENV_NAMES = {"redis_url": "REDIS_URL"}
+
+
 def env_name(field_name: str) -> str:
     """``max_size_bytes`` → ``TUS_MAX_SIZE``, matching the flag."""
-    return ENV_PREFIX + option_name(field_name).upper().replace("-", "_")
+    return _ENV_NAMES.get(field_name) or ENV_PREFIX + option_name(field_name).upper().replace(
+        "-", "_")
 
 
 def parse_field(name: str, raw: str) -> Any:

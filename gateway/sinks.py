@@ -9,7 +9,8 @@ inode instead of making a second copy.
 Each delivery is noted in an append-only journal (``<data-dir>/delivered.log``) so that a
 file someone has taken out of ``complete/`` is never delivered again after a restart. The
 journal is not fsynced: losing its last lines in a power cut only means the links that are
-still there are found again.
+still there are found again. When several instances share the folder (the Redis store),
+there is no journal: each upload's record in Redis keeps its delivery instead.
 """
 
 from __future__ import annotations
@@ -43,14 +44,16 @@ class Sink(Protocol):
 
 
 class DirectorySink:
-    state_needs_saving = False  # the journal is the record
-
-    def __init__(self, folder: Path, journal: Path, pool: IoPool, *, durable: bool) -> None:
+    def __init__(self, folder: Path, journal: Path | None, pool: IoPool, *,
+                 durable: bool) -> None:
         self.folder = folder
         self.journal = journal
         self._pool = pool
         self._durable = durable
         self._delivered: dict[str, str] = {}  # upload id -> name in the folder
+        # Without a journal (several instances share the folder), the upload's record keeps
+        # the delivery instead.
+        self.state_needs_saving = journal is None
 
     async def open(self) -> None:
         self._delivered = await self._pool.run(self._open_sync)
@@ -58,6 +61,8 @@ class DirectorySink:
     def _open_sync(self) -> dict[str, str]:
         self.folder.mkdir(parents=True, exist_ok=True)
         delivered: dict[str, str] = {}
+        if self.journal is None:
+            return delivered
         try:
             text = self.journal.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
@@ -80,6 +85,8 @@ class DirectorySink:
 
     def _link_and_note(self, data: Path, name: str, upload_id: str) -> str:
         target = self._link(data, name, upload_id)
+        if self.journal is None:
+            return target.name
         fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, f"{upload_id}\t{target.name}\n".encode())
@@ -89,7 +96,7 @@ class DirectorySink:
 
     async def retain(self, upload_ids: set[str]) -> None:
         keep = {k: v for k, v in self._delivered.items() if k in upload_ids}
-        if len(keep) == len(self._delivered):
+        if len(keep) == len(self._delivered) or self.journal is None:
             return
         self._delivered = keep
         text = "".join(f"{k}\t{v}\n" for k, v in keep.items()).encode()

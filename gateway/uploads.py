@@ -53,8 +53,6 @@ class Uploads:
         self.store = store
         self.locker = locker
         self.sink = sink
-        # Finals waiting for partials (concatenation-unfinished), rebuilt at start-up.
-        self.pending_finals: dict[str, tuple[str, ...]] = {}
         # Requests currently reading a body, so shutdown can make them commit and answer.
         self._receiving: set[BodyReader] = set()
         self.shutting_down = False
@@ -163,7 +161,7 @@ class Uploads:
 
     async def terminate(self, upload_id: str, reason: str) -> None:
         await self.store.terminate(upload_id, reason)
-        self.pending_finals.pop(upload_id, None)
+        await self.store.unregister_final(upload_id)
 
     # --- concatenation -----------------------------------------------------------------------
     async def create_final(self, concat: ConcatFinal, declared_length: int | None,
@@ -177,7 +175,7 @@ class Uploads:
             if not all(p.finished for p in partials):
                 # Register first, then look again: a partial that finished in between either
                 # sees this final registered, or is seen finished here.
-                self.pending_finals[info.upload_id] = concat.upload_ids
+                await self.store.register_final(info.upload_id, concat.upload_ids)
                 try:
                     partials = [await self.store.get(p) for p in concat.upload_ids]
                 except (errors.NotFound, errors.Gone):
@@ -187,7 +185,7 @@ class Uploads:
             return state
 
     async def _wake_finals(self, partial_id: str) -> None:
-        for final_id, parts in list(self.pending_finals.items()):
+        for final_id, parts in (await self.store.waiting_finals()).items():
             if partial_id not in parts:
                 continue
             try:
@@ -212,7 +210,7 @@ class Uploads:
         length = await self.store.assemble(info, info.concat.upload_ids)
         info = info.replace(assembled=True, length=length)
         await self.store.save_info(info)
-        self.pending_finals.pop(info.upload_id, None)
+        await self.store.unregister_final(info.upload_id)
         return await self.finish(UploadState(info, length, time.time()))
 
     # --- start-up recovery and expiry --------------------------------------------------------
@@ -227,18 +225,25 @@ class Uploads:
             live.add(upload_id)
             info = state.info
             if isinstance(info.concat, ConcatFinal) and not info.assembled:
-                self.pending_finals[upload_id] = info.concat.upload_ids
+                await self.store.register_final(upload_id, info.concat.upload_ids)
             elif state.status is UploadStatus.COMPLETE:
                 async with self.locked(upload_id):
-                    await self.finish(state)
-        for parts in list(self.pending_finals.values()):
+                    # Another instance may have finished it meanwhile.
+                    state = await self.store.get(upload_id)
+                    if state.status is UploadStatus.COMPLETE:
+                        await self.finish(state)
+        for parts in list((await self.store.waiting_finals()).values()):
             if parts:
                 await self._wake_finals(parts[0])
         await self.sink.retain(live)
 
     async def sweep(self, now: float) -> int:
-        """Remove expired unfinished uploads (tombstoned: they answer 410) and old tombstones."""
+        """Remove expired unfinished uploads (tombstoned: they answer 410) and old tombstones.
+
+        Instances sharing a store take turns: one sweep per interval among them."""
         removed = 0
+        if not await self.store.claim_lease("sweep", self.config.sweep_interval_s * 0.9):
+            return 0
         for upload_id in await self.store.upload_ids():
             try:
                 state = await self.store.get(upload_id)
@@ -246,8 +251,10 @@ class Uploads:
                     continue
                 async with self.locked(upload_id):
                     state = await self.store.get(upload_id)  # bytes may have arrived meanwhile
-                    if is_expired(state, self.settings, time.time()):
-                        await self.terminate(upload_id, "expired")
+                    if is_expired(state, self.settings, time.time()) and \
+                            await self.store.terminate(upload_id, "expired",
+                                                       if_offset=state.offset):
+                        await self.store.unregister_final(upload_id)
                         removed += 1
             except (errors.NotFound, errors.Gone, errors.UploadLocked):
                 continue

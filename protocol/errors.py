@@ -118,6 +118,11 @@ Internal = _error("ERR_INTERNAL", 500, "internal server error")
 # TUS-ROB-06: in-flight requests save their bytes and get 503 so clients retry elsewhere.
 ServerShutdown = _error("ERR_SERVER_SHUTDOWN", 503, "the server is shutting down; retry",
                         Retry_After="1")
+# The shared state store (Redis) cannot be reached. Nothing was changed and nothing that was
+# acknowledged is lost; the request can simply be repeated once the store is back.
+StateUnavailable = _error("ERR_STATE_UNAVAILABLE", 503,
+                          "the upload state store is unreachable; retry shortly",
+                          Retry_After="2")
 InsufficientStorage = _error("ERR_INSUFFICIENT_STORAGE", 507,
                              "the server has no room to store this upload")
 

@@ -26,6 +26,30 @@ class SinkState:
 
 
 @dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A remote sink's progress on one upload, so a restarted drain resends nothing.
+
+    ``remote_id`` is the sink's own upload (for Notion, a file upload id) and ``started_at``
+    when it was made; ``parts`` are the part numbers that sink confirmed for that remote
+    upload. A new remote upload starts with no parts.
+    """
+
+    remote_id: str | None = None
+    started_at: float = 0.0
+    parts: frozenset[int] = frozenset()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"remote_id": self.remote_id, "started_at": self.started_at,
+                "parts": sorted(self.parts)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Checkpoint:
+        remote = data.get("remote_id")
+        return cls(None if remote is None else str(remote), float(data.get("started_at", 0.0)),
+                   frozenset(int(p) for p in data.get("parts", ())))
+
+
+@dataclass(frozen=True, slots=True)
 class UploadInfo:
     upload_id: str
     length: int | None  # None while the length is deferred (or a final is not assembled)

@@ -4,6 +4,7 @@ client and crash tests, and a guard that fails any test that blocks the event lo
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ from blockbuster import BlockBuster, blockbuster_ctx
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig
+from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,13 +51,44 @@ def free_port() -> int:
 ClientFactory = Callable[..., Any]
 
 
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the session; tests keep apart by key prefix."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+StateBackend = Callable[[Path], dict[str, Any]]
+
+
+@pytest.fixture(params=["disk", "redis"])
+def backend(request: pytest.FixtureRequest) -> StateBackend:
+    """Where gateways keep upload state: the same tests run against each backend.
+
+    Returns the config overrides for a data directory; one data directory maps to one Redis
+    key prefix, so a restarted gateway finds its uploads and tests never see each other's.
+    A test that is about one backend's own mechanics parametrizes ``backend`` itself.
+    """
+    if request.param == "disk":
+        return lambda data_dir: {}
+    server: RedisServer = request.getfixturevalue("redis_server")
+
+    def redis_settings(data_dir: Path) -> dict[str, Any]:
+        prefix = "t" + hashlib.sha1(str(data_dir).encode()).hexdigest()[:16]
+        return {"redis_url": server.url, "redis_prefix": prefix}
+    return redis_settings
+
+
 @pytest.fixture
-async def make_client(tmp_path: Path) -> AsyncIterator[ClientFactory]:
+async def make_client(tmp_path: Path, backend: StateBackend) -> AsyncIterator[ClientFactory]:
     """Start an in-process gateway (a real HTTP server on loopback) with config overrides."""
     clients: list[TestClient[Any, Any]] = []
 
     async def factory(**overrides: Any) -> TestClient[Any, Any]:
         overrides.setdefault("data_dir", tmp_path / f"data{len(clients)}")
+        overrides = {**backend(overrides["data_dir"]), **overrides}
         config = GatewayConfig(**overrides).validate()
         client: TestClient[Any, Any] = TestClient(TestServer(create_app(config),
                                                              host="127.0.0.1"))
@@ -87,6 +120,11 @@ class GatewayProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/files/"
+
+    @property
+    def offset_is_file_size(self) -> bool:
+        """True for the disk store; Redis keeps the offset apart from the data file."""
+        return "--redis-url" not in self.extra_args
 
     def start(self, timeout_s: float = 15.0) -> None:
         self.log_path = self.data_dir.parent / f"gateway-{self.port}.log"
@@ -126,13 +164,22 @@ class GatewayProcess:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
+def backend_args(settings: dict[str, Any]) -> list[str]:
+    args = []
+    for name, value in settings.items():
+        args += ["--" + name.replace("_", "-"), str(value)]
+    return args
+
+
 @pytest.fixture
-def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+def gateway_process(tmp_path: Path,
+                    backend: StateBackend) -> Iterator[Callable[..., GatewayProcess]]:
     """Factory for real gateway processes; all are killed at the end of the test."""
     started: list[GatewayProcess] = []
 
     def factory(*extra_args: str, data_dir: Path | None = None) -> GatewayProcess:
-        gw = GatewayProcess(data_dir or tmp_path / "data", list(extra_args))
+        data_dir = data_dir or tmp_path / "data"
+        gw = GatewayProcess(data_dir, [*backend_args(backend(data_dir)), *extra_args])
         gw.start()
         started.append(gw)
         return gw

@@ -8,12 +8,12 @@ any other backend passes the same contract tests.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from protocol.headers import Checksum
-from protocol.model import UploadInfo, UploadState
+from protocol.model import Checkpoint, UploadInfo, UploadState
 
 
 class ReleaseRequested(Exception):
@@ -46,8 +46,12 @@ class UploadStore(Protocol):
     async def assemble(self, final: UploadInfo, partial_ids: tuple[str, ...]) -> int:
         """Fill a final upload with its partials' bytes, in order; returns the length."""
 
-    async def terminate(self, upload_id: str, reason: str) -> None:
-        """Remove the upload's bytes and record; a tombstone answers 410 afterwards."""
+    async def terminate(self, upload_id: str, reason: str, *,
+                        if_offset: int | None = None) -> bool:
+        """Remove the upload's bytes, record and checkpoint; a tombstone answers 410 afterwards.
+
+        With ``if_offset``, only if the offset is still that (a sweeper's decision made on a
+        snapshot); returns whether the upload was removed."""
 
     def data_path(self, upload_id: str) -> Path:
         """Where the bytes of an upload live (for downloads and sinks)."""
@@ -60,6 +64,27 @@ class UploadStore(Protocol):
 
     async def remove_orphans(self, older_than: float) -> int:
         """Remove bytes that have no record (an interrupted create) from before ``older_than``."""
+
+    # Final concatenations that wait for partials, visible to every process of the store.
+    async def register_final(self, final_id: str, partial_ids: tuple[str, ...]) -> None: ...
+
+    async def unregister_final(self, final_id: str) -> None: ...
+
+    async def waiting_finals(self) -> dict[str, tuple[str, ...]]: ...
+
+    # A remote sink's checkpoint (see ``protocol.model.Checkpoint``).
+    async def checkpoint(self, upload_id: str) -> Checkpoint:
+        """The upload's checkpoint; an empty one if the sink has not started."""
+
+    async def start_remote(self, upload_id: str, remote_id: str, started_at: float) -> None:
+        """Record a new remote upload; its confirmed parts start empty."""
+
+    async def add_parts(self, upload_id: str, remote_id: str, parts: Sequence[int]) -> bool:
+        """Record confirmed parts of ``remote_id``; False (nothing recorded) if the
+        checkpoint moved to another remote upload meanwhile."""
+
+    async def claim_lease(self, name: str, ttl_s: float) -> bool:
+        """True for one caller per ``ttl_s`` among all processes sharing the store."""
 
 
 class Lock(Protocol):

@@ -26,6 +26,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import fcntl
@@ -33,7 +34,7 @@ import json
 import os
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from gateway.files import atomic_write, fsync_dir
 from gateway.state.spool import OVERLAP_UP_TO, SpoolWriter, concatenate, pump
 from protocol import errors
 from protocol.headers import UPLOAD_ID, Checksum
-from protocol.model import UploadInfo, UploadState
+from protocol.model import Checkpoint, UploadInfo, UploadState
 
 # Enough for every upload that is active at once on a busy gateway; each entry is a record.
 CACHE_ENTRIES = 4096
@@ -102,6 +103,8 @@ class DiskStore:
         self._appending = 0  # appends in progress, to choose between one and two buffers
         self._changes = 0  # counts cache writes, so a racing lockless read is not cached
         self._dir_lock_fd: int | None = None
+        self._finals: dict[str, tuple[str, ...]] = {}
+        self._ckpt_locks: dict[str, asyncio.Lock] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -286,19 +289,26 @@ class DiskStore:
         return total
 
     # --- removal -----------------------------------------------------------------------------
-    async def terminate(self, upload_id: str, reason: str) -> None:
+    async def terminate(self, upload_id: str, reason: str, *,
+                        if_offset: int | None = None) -> bool:
+        # Every writer holds the upload's lock in this one process, as does our caller, so
+        # the check and the removal cannot be separated by a write.
+        if if_offset is not None and (await self.get(upload_id)).offset != if_offset:
+            return False
         self._forget(upload_id)
+        self._ckpt_locks.pop(upload_id, None)
         try:
             await self._pool.run(self._terminate_sync, upload_id, reason)
         finally:
             self._forget(upload_id)
+        return True
 
     def _terminate_sync(self, upload_id: str, reason: str) -> None:
         # The tombstone goes first: after a crash in between, the upload answers 410 and the
         # leftovers are removed again by the next termination or sweep.
         tomb = json.dumps({"reason": reason, "at": time.time()}).encode()
         atomic_write(self.tombstones / upload_id, tomb, self._durable)
-        for suffix in (".info", ".stage", ".bin"):
+        for suffix in (".info", ".stage", ".ckpt", ".bin"):
             self._path(upload_id, suffix).unlink(missing_ok=True)
         if self._durable:
             fsync_dir(self.uploads)
@@ -330,6 +340,55 @@ class DiskStore:
                         count += 1
             return count
         return await self._pool.run(scan)
+
+
+    # --- finals waiting for partials: one process owns the directory, memory is enough -----
+    async def register_final(self, final_id: str, partial_ids: tuple[str, ...]) -> None:
+        self._finals[final_id] = partial_ids
+
+    async def unregister_final(self, final_id: str) -> None:
+        self._finals.pop(final_id, None)
+
+    async def waiting_finals(self) -> dict[str, tuple[str, ...]]:
+        return dict(self._finals)
+
+    # --- sink checkpoints: uploads/<id>.ckpt, replaced atomically ------------------------
+    async def checkpoint(self, upload_id: str) -> Checkpoint:
+        def read() -> Checkpoint:
+            try:
+                return Checkpoint.from_json(json.loads(self._path(upload_id, ".ckpt")
+                                                       .read_bytes()))
+            except FileNotFoundError:
+                return Checkpoint()
+        return await self._pool.run(read)
+
+    async def start_remote(self, upload_id: str, remote_id: str, started_at: float) -> None:
+        async with self._checkpoint_lock(upload_id):
+            await self.get(upload_id)  # raises for a removed upload
+            await self._write_checkpoint(upload_id, Checkpoint(remote_id, started_at))
+
+    async def add_parts(self, upload_id: str, remote_id: str, parts: Sequence[int]) -> bool:
+        async with self._checkpoint_lock(upload_id):
+            current = await self.checkpoint(upload_id)
+            if current.remote_id != remote_id:
+                return False
+            if not set(parts) <= current.parts:
+                await self._write_checkpoint(upload_id, dataclasses.replace(
+                    current, parts=current.parts | frozenset(parts)))
+            return True
+
+    async def _write_checkpoint(self, upload_id: str, checkpoint: Checkpoint) -> None:
+        data = json.dumps(checkpoint.to_json()).encode()
+        await self._pool.run(atomic_write, self._path(upload_id, ".ckpt"), data, self._durable)
+
+    @contextlib.asynccontextmanager
+    async def _checkpoint_lock(self, upload_id: str) -> AsyncIterator[None]:
+        """Parallel senders of one upload record their parts one at a time."""
+        async with self._ckpt_locks.setdefault(upload_id, asyncio.Lock()):
+            yield
+
+    async def claim_lease(self, name: str, ttl_s: float) -> bool:
+        return True  # one process per data directory: nobody to share periodic work with
 
 
 def _encode(info: UploadInfo) -> bytes:

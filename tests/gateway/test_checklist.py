@@ -87,7 +87,7 @@ async def test_gen_02_unsupported_version_is_412_and_changes_nothing(
         r = await client.request(method, url, headers=h)
         assert r.status == 412 and r.headers["Tus-Version"] == "1.0.0"
     assert (await head(client, url)).headers["Upload-Offset"] == "0"  # nothing changed
-    assert list((data_dir(client) / "uploads").glob("*.info")).__len__() == 1
+    assert list((data_dir(client) / "uploads").glob("*.bin")).__len__() == 1
 
 
 async def test_gen_03_method_override(client: Client) -> None:
@@ -356,7 +356,7 @@ async def test_cre_01_02_03_length_rules(client: Client) -> None:
     for value in ("0", "2", "true", ""):
         r = await client.post("/files/", headers={**TUS, "Upload-Defer-Length": value})
         assert r.status == 400, value
-    assert not list((data_dir(client) / "uploads").glob("*.info"))
+    assert not list((data_dir(client) / "uploads").glob("*.bin"))
 
 
 async def test_cre_04_too_large_is_413(make_client: ClientFactory) -> None:
@@ -438,7 +438,7 @@ async def test_cwu_03_post_body_in_another_type_is_415(client: Client) -> None:
     r = await client.post("/files/", data=b"hello", headers={
         **TUS, "Upload-Length": "10", "Content-Type": "text/plain"})
     assert r.status == 415
-    assert not list((data_dir(client) / "uploads").glob("*.info"))
+    assert not list((data_dir(client) / "uploads").glob("*.bin"))
 
 
 async def test_cwu_04_expect_continue_is_answered_after_checks(client: Client) -> None:
@@ -561,6 +561,8 @@ async def test_csum_04_mismatch_is_460_and_discards(client: Client, algorithm: s
     upload_id = url.rsplit("/", 1)[1]
     assert (data_dir(client) / "uploads" / f"{upload_id}.bin").stat().st_size == 3
     assert not (data_dir(client) / "uploads" / f"{upload_id}.stage").exists()
+    r = await client.patch(url, data=b"def", headers=patch_headers(3))
+    assert r.status == 204 and r.headers["Upload-Offset"] == "6"
 
 
 async def test_csum_04_05_unsupported_or_malformed_is_400(client: Client) -> None:
@@ -665,7 +667,7 @@ async def test_cat_06_09_bad_references(client: Client) -> None:
     for value, status, code in cases:
         r = await client.post("/files/", headers={**TUS, "Upload-Concat": value})
         assert r.status == status and await error_code(r) == code, value
-    assert len(list((data_dir(client) / "uploads").glob("*.info"))) == 1
+    assert len(list((data_dir(client) / "uploads").glob("*.bin"))) == 1
 
 
 async def test_cat_08_same_partial_twice(client: Client) -> None:
@@ -773,10 +775,24 @@ async def test_directory_sink_delivers_once_across_restarts(make_client: ClientF
     assert await (await second.get(kept)).read() == b"keep me"
     assert (await second.delete(taken, headers=TUS)).status == 204
     await second.close()
-    third = await make_client(data_dir=root)  # the journal forgets terminated uploads
+    third = await make_client(data_dir=root)
+    assert sorted(p.name for p in (root / "complete").iterdir()) == ["k.txt"]
+    await third.close()
+
+
+@pytest.mark.parametrize("backend", ["disk"], indirect=True)
+async def test_directory_sink_journal_forgets_terminated_uploads(
+        make_client: ClientFactory, tmp_path: Path) -> None:
+    root = tmp_path / "shared"
+    first = await make_client(data_dir=root)
+    taken = await upload(first, b"take me", **{"Upload-Metadata": metadata(filename="t.txt")})
+    kept = await upload(first, b"keep me", **{"Upload-Metadata": metadata(filename="k.txt")})
+    assert (await first.delete(taken, headers=TUS)).status == 204
+    await first.close()
+    second = await make_client(data_dir=root)
     journal = (root / "delivered.log").read_text()
     assert kept.rsplit("/", 1)[1] in journal and taken.rsplit("/", 1)[1] not in journal
-    await third.close()
+    await second.close()
 
 
 async def test_gen_02_get_may_omit_the_version_but_not_name_another(client: Client) -> None:

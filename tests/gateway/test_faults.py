@@ -31,6 +31,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.keys import RUNTIME
 from gateway.state.memlock import MemoryLocker
+from gateway.state.redis import RedisLocker
 from tests.conftest import GatewayProcess
 from tests.helpers import TUS, metadata, patch_headers, path_of
 
@@ -221,7 +222,8 @@ class Gateway:
     http: Http  # takes paths: a TestClient, or a session with a base_url
     port: int
     data_dir: Path
-    locker: MemoryLocker | None = None  # in-process only: lets a test see who holds an upload
+    locker: MemoryLocker | RedisLocker | None = None  # in-process: who holds an upload
+    offset_is_file_size: bool = True  # the disk store's rule; Redis commits elsewhere
 
 
 async def in_process(make_client: MakeClient, **overrides: Any) -> Gateway:
@@ -231,8 +233,9 @@ async def in_process(make_client: MakeClient, **overrides: Any) -> Gateway:
     server = client.server
     assert isinstance(server, TestServer)
     uploads = server.app[RUNTIME].require()
-    assert isinstance(uploads.locker, MemoryLocker)
-    return Gateway(client, port, uploads.config.data_dir, uploads.locker)
+    assert isinstance(uploads.locker, MemoryLocker | RedisLocker)
+    return Gateway(client, port, uploads.config.data_dir, uploads.locker,
+                   not uploads.config.redis_url)
 
 
 def session_for(port: int) -> aiohttp.ClientSession:
@@ -345,7 +348,7 @@ async def test_cut_off_patch_keeps_its_bytes(
         else:
             gw = gateway_process()
             session = await stack.enter_async_context(session_for(gw.port))
-            g = Gateway(session, gw.port, gw.data_dir)
+            g = Gateway(session, gw.port, gw.data_dir, None, gw.offset_is_file_size)
         data = payload(4 * MiB + 123, seed=1)
         path = await create(g, len(data))
         sent = 3 * MiB + 77
@@ -557,7 +560,7 @@ async def test_sigterm_commits_in_flight_patch(
     piece = 16 * KiB
     slack = 4 * piece
     async with session_for(gw.port) as session:
-        g = Gateway(session, gw.port, gw.data_dir)
+        g = Gateway(session, gw.port, gw.data_dir, None, gw.offset_is_file_size)
         path = await create(g, len(data), filename="t.bin")
         conn = await RawPatch.open(gw.port, path, 0, len(data))
         stop = asyncio.Event()

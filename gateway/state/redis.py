@@ -1,0 +1,583 @@
+"""Upload state, locks and checkpoints in Redis, so several gateway instances share the work.
+
+Theory of operation
+-------------------
+Records, committed offsets, tombstones, sink checkpoints and locks live in Redis (key names
+and scripts: ``redis_keys``); the bytes live in a spool directory that every instance mounts
+(a shared volume in production), one file per upload as with the disk store.
+
+- The committed offset in Redis is the truth. Bytes reach the spool file first and are
+  fdatasync'ed; only then does a compare-and-set advance the offset (style rule 7). Bytes in
+  the file past the offset belong to a writer that died before committing: the next append
+  cuts them off before it writes.
+- A long PATCH commits every ``commit_interval`` bytes (a sync, then the compare-and-set),
+  so an instance killed mid-request loses at most one window of unacknowledged bytes, and a
+  request that takes over reports a recent offset.
+- Locks are ``SET NX PX`` with a random token; a live holder extends its lock every third of
+  the TTL, and a dead holder's lock expires by itself. A request that finds the lock held
+  sets a release flag (seen by the holder when it extends) and publishes the id on a channel
+  that every instance listens to; the holder stops reading its body, commits and releases.
+  Writes made while holding a lock carry its token, so a holder that lost its lock (paused
+  longer than the TTL) cannot overwrite its successor's state.
+- Every Redis failure is mapped at this boundary to ``errors.StateUnavailable`` (503 with
+  Retry-After); redis-py reconnects by itself on the next command once Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from gateway.aio import IoPool, run_to_completion
+from gateway.config import FsyncPolicy
+from gateway.files import fsync_dir
+from gateway.state.redis_keys import ALL_SCRIPTS, RELEASE_FLAG_TTL_MS, Keys
+from gateway.state.spool import OVERLAP_UP_TO, SpoolWriter, concatenate, pump
+from protocol import errors
+from protocol.headers import UPLOAD_ID, Checksum
+from protocol.model import Checkpoint, UploadInfo, UploadState
+
+log = logging.getLogger(__name__)
+
+_UNAVAILABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError,
+                redis_errors.ReadOnlyError, redis_errors.TryAgainError, OSError)
+
+
+_last_logged = [0.0]
+
+
+@contextlib.contextmanager
+def mapped_errors() -> Iterator[None]:
+    """Redis out of reach (down, restarting, loading, a replica) is a 503, never a 500."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        now = time.monotonic()
+        if now - _last_logged[0] > 5.0:  # one line per outage burst, not one per request
+            _last_logged[0] = now
+            log.warning("Redis is unavailable: %r", exc)
+        raise errors.StateUnavailable() from exc
+
+
+def _driver_info() -> dict[str, Any]:
+    """Name our client version up front, so that redis-py does not look it up on disk (in
+    the event loop) for every new connection; the parameter's name depends on the version."""
+    try:
+        from redis.driver_info import DriverInfo  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return {"lib_name": "redis-py", "lib_version": redis.__version__}
+    return {"driver_info": DriverInfo(name="redis-py", lib_version=redis.__version__)}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(eq=False)
+class _Held:
+    """A lock this process holds, with the request's "please let go" callback."""
+
+    token: str
+    on_release_requested: Callable[[], None]
+    asked: bool = False
+    lost: bool = False
+    extender: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def ask(self) -> None:
+        if not self.asked:
+            self.asked = True
+            self.on_release_requested()
+
+
+class RedisBackend:
+    """One process's Redis connection, scripts, held locks and release-request listener."""
+
+    def __init__(self, url: str, *, prefix: str = "tus", lock_ttl_s: float = 5.0,
+                 max_connections: int = 64) -> None:
+        self.url = url
+        self.max_connections = max_connections
+        self.keys = Keys(prefix)
+        self.lock_ttl_ms = int(lock_ttl_s * 1000)
+        self.held: dict[str, _Held] = {}
+        self._client: aioredis.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._client is None:
+            raise RuntimeError("the Redis backend is not open")
+        return self._client
+
+    async def open(self) -> None:
+        # One immediate retry replaces a pooled connection that died with a Redis restart;
+        # beyond that, a request fails fast with 503 instead of hanging in backoff.
+        # A bounded pool that makes a burst of requests wait briefly for a connection,
+        # instead of failing them (redis-py's default pool refuses past 100).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=self.max_connections, timeout=5.0,
+            socket_connect_timeout=2.0, socket_timeout=10.0,
+            # One immediate retry replaces a pooled connection that died with a Redis
+            # restart; beyond that, a request fails fast with 503 instead of hanging.
+            retry=Retry(NoBackoff(), 1), health_check_interval=30, **_driver_info())
+        self._client = aioredis.Redis(connection_pool=pool)
+        for name, source in ALL_SCRIPTS.items():
+            self._scripts[name] = self._client.register_script(source)
+        try:
+            with mapped_errors():
+                await self._client.ping()
+        except errors.StateUnavailable:
+            await self.close()
+            raise
+        self._listener = asyncio.create_task(self._listen(), name="tus-lock-release-listener")
+        # Do not serve before release requests can be heard.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self._listening.wait()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        for held in list(self.held.values()):
+            if held.extender is not None:
+                held.extender.cancel()
+        if self._client is not None:
+            await self._client.aclose()
+            await self._client.connection_pool.disconnect()
+            self._client = None
+
+    async def script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        with mapped_errors():
+            return await self._scripts[name](keys=list(keys), args=list(args))
+
+    def token(self, upload_id: str) -> str:
+        """The fencing token of a lock this process holds on the upload, or '' (no fence)."""
+        held = self.held.get(upload_id)
+        return "" if held is None else held.token
+
+    def still_holds(self, upload_id: str) -> bool:
+        held = self.held.get(upload_id)
+        return held is None or not held.lost
+
+    # --- release requests ----------------------------------------------------------------
+    async def request_release(self, upload_id: str) -> None:
+        local = self.held.get(upload_id)
+        if local is not None:
+            local.ask()
+            return
+        keys = self.keys
+        with mapped_errors():
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.set(keys.release(upload_id), b"1", px=RELEASE_FLAG_TTL_MS)
+                pipe.publish(keys.release_channel, upload_id.encode())
+                await pipe.execute()
+
+    async def _listen(self) -> None:
+        """Hear "please let go" from every instance; reconnect for as long as we run."""
+        delay = 0.1
+        while True:
+            try:
+                async with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self.keys.release_channel)
+                    self._listening.set()
+                    delay = 0.1
+                    while True:
+                        message = await pubsub.get_message(timeout=None)
+                        if message is None:
+                            continue
+                        held = self.held.get(_text(message["data"]))
+                        if held is not None:
+                            held.ask()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Meanwhile the release flag, seen when a holder extends its lock, still works.
+                log.warning("lock release listener lost Redis (%s); reconnecting", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+
+class RedisLocker:
+    def __init__(self, backend: RedisBackend) -> None:
+        self.backend = backend
+
+    def new_lock(self, upload_id: str) -> RedisLock:
+        return RedisLock(self.backend, upload_id)
+
+    def held(self, upload_id: str) -> bool:
+        """Whether this process holds the upload (other instances may hold it too)."""
+        return upload_id in self.backend.held
+
+
+class RedisLock:
+    def __init__(self, backend: RedisBackend, upload_id: str) -> None:
+        self._backend = backend
+        self._id = upload_id
+        self._held: _Held | None = None
+
+    async def acquire(self, timeout_s: float, on_release_requested: Callable[[], None]) -> None:
+        backend = self._backend
+        keys = backend.keys
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        token = secrets.token_hex(16)
+        asked_at = float("-inf")
+        pause = 0.005
+        while True:
+            won = await backend.script("acquire", [keys.lock(self._id), keys.release(self._id)],
+                                       [token, backend.lock_ttl_ms])
+            if won == 1:
+                break
+            now = loop.time()
+            if now >= deadline:
+                raise errors.UploadLocked()
+            if now - asked_at >= 0.5:
+                # Asked again now and then: a holder that missed the message sees the flag.
+                await backend.request_release(self._id)
+                asked_at = now
+            await asyncio.sleep(min(pause, max(deadline - now, 0.0)))
+            pause = min(pause * 2, 0.05)
+        held = _Held(token, on_release_requested)
+        backend.held[self._id] = held
+        held.extender = asyncio.create_task(self._extend(held), name=f"tus-lock-{self._id}")
+        self._held = held
+
+    async def _extend(self, held: _Held) -> None:
+        backend = self._backend
+        keys = backend.keys
+        ttl_s = backend.lock_ttl_ms / 1000
+        loop = asyncio.get_running_loop()
+        extended_at = loop.time()
+        while True:
+            await asyncio.sleep(ttl_s / 3)
+            try:
+                answer = await backend.script("extend",
+                                              [keys.lock(self._id), keys.release(self._id)],
+                                              [held.token, backend.lock_ttl_ms])
+            except errors.StateUnavailable:
+                if loop.time() - extended_at < ttl_s:
+                    continue
+                answer = -1  # the lock has expired by now; someone else may hold it
+            if answer == -1:
+                held.lost = True
+                held.ask()
+                return
+            extended_at = loop.time()
+            if answer == 1:
+                held.ask()
+
+    async def release(self) -> None:
+        held, self._held = self._held, None
+        if held is None:
+            return
+        backend = self._backend
+        if backend.held.get(self._id) is held:
+            del backend.held[self._id]
+        if held.extender is not None:
+            held.extender.cancel()
+        keys = backend.keys
+        try:
+            await backend.script("release", [keys.lock(self._id), keys.release(self._id)],
+                                 [held.token])
+        except errors.StateUnavailable:
+            log.warning("could not release the lock of %s; it expires by itself", self._id)
+
+
+class _RedisWriter(SpoolWriter):
+    """Appends where Redis holds the offset: uncommitted bytes past it are cut off first."""
+
+    def __init__(self, path: Path, offset: int, checksum: Checksum | None, *, durable: bool,
+                 commit_interval: int, still_holds: Callable[[], bool]) -> None:
+        super().__init__(path, offset, checksum, durable=durable,
+                         commit_interval=commit_interval, sync_windows=True)
+        self.still_holds = still_holds
+
+    def prepare(self, fd: int) -> None:
+        size = os.fstat(fd).st_size
+        if size > self.offset:
+            os.ftruncate(fd, self.offset)  # a writer died before committing these bytes
+        elif size < self.offset:
+            raise OSError(f"the spool file of {self.path.name} holds {size} bytes but "
+                          f"{self.offset} were committed; is the spool volume shared?")
+
+    def write(self, buffers: list[bytes]) -> None:
+        if not self.still_holds():
+            raise errors.UploadInterrupted("the upload's lock expired")
+        super().write(buffers)
+
+    def finish(self, buffers: list[bytes], keep: bool) -> None:
+        if not self.still_holds():
+            # Another request owns the file now: touching it (even to truncate) would harm
+            # its bytes. What we wrote past the committed offset is cut off by its owner.
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+            return
+        super().finish(buffers, keep)
+
+
+class RedisStore:
+    """``UploadStore`` with state in Redis and bytes in a (shared) spool directory."""
+
+    def __init__(self, backend: RedisBackend, root: Path, pool: IoPool, *, fsync: FsyncPolicy,
+                 write_buffer_bytes: int, commit_interval_bytes: int,
+                 tombstone_ttl_s: float) -> None:
+        self.backend = backend
+        self.keys = backend.keys
+        self.root = root
+        self.spool = root / "uploads"
+        self._pool = pool
+        self._durable = fsync is FsyncPolicy.ACK
+        self._buffer_bytes = write_buffer_bytes
+        self._commit_interval = commit_interval_bytes
+        self._tomb_ttl_ms = max(int(tombstone_ttl_s * 1000), 1)
+        self._appending = 0
+
+    async def open(self) -> None:
+        await self._pool.run(lambda: self.spool.mkdir(parents=True, exist_ok=True))
+
+    async def close(self) -> None:
+        return None
+
+    def data_path(self, upload_id: str) -> Path:
+        if not UPLOAD_ID.fullmatch(upload_id):
+            raise errors.NotFound()
+        return self.spool / f"{upload_id}.bin"
+
+    # --- records -----------------------------------------------------------------------------
+    async def create(self, info: UploadInfo) -> UploadState:
+        upload_id = info.upload_id
+        # The index first: an entry without a record is pruned by the sweeper, while a record
+        # missing from the index would never be swept.
+        with mapped_errors():
+            await self.backend.client.zadd(self.keys.index, {upload_id: info.created_at})
+        await self._pool.run(self._create_file, self.data_path(upload_id))
+        created = await self.backend.script(
+            "create", [self.keys.upload(upload_id), self.keys.tomb(upload_id)],
+            [_encode(info), repr(info.created_at)])
+        if created != 1:
+            raise FileExistsError(f"upload id {upload_id} is taken")
+        return UploadState(info, 0, info.created_at)
+
+    def _create_file(self, path: Path) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        os.close(fd)
+        if self._durable:
+            fsync_dir(path.parent)
+
+    async def get(self, upload_id: str) -> UploadState:
+        reply = await self.backend.script(
+            "get", [self.keys.upload(upload_id), self.keys.tomb(upload_id)], [])
+        if len(reply) == 1:
+            raise errors.Gone() if _text(reply[0]) == "gone" else errors.NotFound()
+        info = UploadInfo.from_json(json.loads(reply[0]))
+        offset = int(reply[1])
+        if info.is_final and info.assembled and info.length is not None:
+            offset = info.length
+        return UploadState(info, offset, max(info.created_at, float(reply[2])))
+
+    async def save_info(self, info: UploadInfo, *, durable: bool = True) -> None:
+        upload_id = info.upload_id
+        answer = _text(await self.backend.script(
+            "save_info", [self.keys.upload(upload_id), self.keys.lock(upload_id)],
+            [self.backend.token(upload_id), _encode(info)]))
+        _raise_for(answer)
+
+    async def upload_ids(self) -> list[str]:
+        with mapped_errors():
+            raw = await self.backend.client.zrange(self.keys.index, 0, -1)
+        return [i for i in map(_text, raw) if UPLOAD_ID.fullmatch(i)]
+
+    # --- bytes -------------------------------------------------------------------------------
+    async def append(self, upload_id: str, offset: int, chunks: AsyncIterator[bytes], *,
+                     max_bytes: int | None, checksum: Checksum | None) -> int:
+        backend = self.backend
+        writer = _RedisWriter(self.data_path(upload_id), offset, checksum,
+                              durable=self._durable, commit_interval=self._commit_interval,
+                              still_holds=lambda: backend.still_holds(upload_id))
+        committed = offset
+
+        async def commit() -> None:
+            nonlocal committed
+            if writer.synced > committed and backend.still_holds(upload_id):
+                await self._commit(upload_id, committed, writer.synced)
+                committed = writer.synced
+
+        self._appending += 1
+        try:
+            await pump(writer, chunks, self._pool, buffer_bytes=self._buffer_bytes,
+                       max_bytes=max_bytes, crowded=lambda: self._appending > OVERLAP_UP_TO,
+                       on_batch=commit)
+        except BaseException:
+            # The bytes that were kept are synced now; they count once the offset says so.
+            await run_to_completion(commit())
+            raise
+        finally:
+            self._appending -= 1
+        await commit()
+        return committed
+
+    async def _commit(self, upload_id: str, expected: int, new: int) -> None:
+        reply = await self.backend.script(
+            "commit", [self.keys.upload(upload_id), self.keys.lock(upload_id)],
+            [self.backend.token(upload_id), expected, new, repr(time.time())])
+        answer = _text(reply[0])
+        if answer == "lost":
+            raise errors.UploadInterrupted("the upload's lock expired before its bytes were "
+                                           "committed")
+        if answer == "missing":
+            raise errors.Gone()
+        if answer == "conflict":
+            raise errors.MismatchedOffset(headers={"Upload-Offset": _text(reply[1])})
+
+    async def assemble(self, final: UploadInfo, partial_ids: tuple[str, ...]) -> int:
+        sources = []
+        for partial_id in partial_ids:
+            state = await self.get(partial_id)
+            sources.append((self.data_path(partial_id), state.offset))
+        return await self._pool.run(concatenate, self.data_path(final.upload_id), sources,
+                                    self._durable)
+
+    # --- removal -----------------------------------------------------------------------------
+    async def terminate(self, upload_id: str, reason: str, *,
+                        if_offset: int | None = None) -> bool:
+        keys = self.keys
+        tomb = json.dumps({"reason": reason, "at": time.time()})
+        answer = _text(await self.backend.script(
+            "terminate", [keys.upload(upload_id), keys.lock(upload_id), keys.tomb(upload_id),
+                          keys.ckpt(upload_id), keys.parts(upload_id)],
+            [self.backend.token(upload_id), tomb, self._tomb_ttl_ms,
+             "" if if_offset is None else if_offset]))
+        if answer == "changed":
+            return False
+        _raise_for(answer)
+        await self._pool.run(self.data_path(upload_id).unlink, True)
+        with mapped_errors():
+            await self.backend.client.zrem(keys.index, upload_id)
+        return True
+
+    async def purge_tombstones(self, older_than: float) -> int:
+        """Tombstones expire in Redis by themselves; this prunes index entries without a
+        record (a create that failed half-way, a termination that lost Redis midway)."""
+        ids = await self.upload_ids()
+        if not ids:
+            return 0
+        with mapped_errors():
+            async with self.backend.client.pipeline(transaction=False) as pipe:
+                for upload_id in ids:
+                    pipe.exists(self.keys.upload(upload_id))
+                found = await pipe.execute()
+            stale = [i for i, exists in zip(ids, found, strict=True) if not exists]
+            if stale:
+                await self.backend.client.zrem(self.keys.index, *stale)
+        return len(stale)
+
+    async def remove_orphans(self, older_than: float) -> int:
+        def old_files() -> list[str]:
+            names = []
+            for data in self.spool.glob("*.bin"):
+                with contextlib.suppress(FileNotFoundError):
+                    if data.stat().st_mtime < older_than:
+                        names.append(data.name.removesuffix(".bin"))
+            return [n for n in names if UPLOAD_ID.fullmatch(n)]
+
+        candidates = await self._pool.run(old_files)
+        if not candidates:
+            return 0
+        with mapped_errors():
+            async with self.backend.client.pipeline(transaction=False) as pipe:
+                for upload_id in candidates:
+                    pipe.exists(self.keys.upload(upload_id))
+                found = await pipe.execute()
+        orphans = [i for i, exists in zip(candidates, found, strict=True) if not exists]
+
+        def unlink() -> None:
+            for upload_id in orphans:
+                self.data_path(upload_id).unlink(missing_ok=True)
+
+        await self._pool.run(unlink)
+        return len(orphans)
+
+    # --- finals waiting for partials ---------------------------------------------------------
+    async def register_final(self, final_id: str, partial_ids: tuple[str, ...]) -> None:
+        with mapped_errors():
+            await self.backend.client.hset(self.keys.finals, final_id, json.dumps(partial_ids))
+
+    async def unregister_final(self, final_id: str) -> None:
+        with mapped_errors():
+            await self.backend.client.hdel(self.keys.finals, final_id)
+
+    async def waiting_finals(self) -> dict[str, tuple[str, ...]]:
+        with mapped_errors():
+            raw = await self.backend.client.hgetall(self.keys.finals)
+        return {_text(k): tuple(json.loads(v)) for k, v in raw.items()}
+
+    # --- sink checkpoints --------------------------------------------------------------------
+    async def checkpoint(self, upload_id: str) -> Checkpoint:
+        with mapped_errors():
+            async with self.backend.client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(self.keys.ckpt(upload_id))
+                pipe.smembers(self.keys.parts(upload_id))
+                head, parts = await pipe.execute()
+        head = {_text(k): _text(v) for k, v in head.items()}
+        return Checkpoint(head.get("remote_id"), float(head.get("started_at", 0.0)),
+                          frozenset(int(p) for p in parts))
+
+    async def start_remote(self, upload_id: str, remote_id: str, started_at: float) -> None:
+        keys = self.keys
+        done = await self.backend.script(
+            "start_remote", [keys.upload(upload_id), keys.ckpt(upload_id),
+                             keys.parts(upload_id)], [remote_id, repr(started_at)])
+        if done != 1:
+            raise errors.NotFound()
+
+    async def add_parts(self, upload_id: str, remote_id: str, parts: Sequence[int]) -> bool:
+        if not parts:
+            return True
+        done = await self.backend.script(
+            "add_parts", [self.keys.ckpt(upload_id), self.keys.parts(upload_id)],
+            [remote_id, *parts])
+        return bool(done == 1)
+
+    # --- coordination ------------------------------------------------------------------------
+    async def claim_lease(self, name: str, ttl_s: float) -> bool:
+        with mapped_errors():
+            return bool(await self.backend.client.set(
+                self.keys.lease(name), b"1", nx=True, px=max(int(ttl_s * 1000), 1)))
+
+
+def _raise_for(answer: str) -> None:
+    if answer == "ok":
+        return
+    if answer == "lost":
+        raise errors.UploadInterrupted("the upload's lock expired")
+    if answer == "missing":
+        raise errors.NotFound()
+    if answer == "length_fixed":
+        raise errors.LengthAlreadySet()
+    if answer == "below_offset":
+        raise errors.LengthBelowOffset()
+    raise RuntimeError(f"unexpected answer from Redis: {answer!r}")
+
+
+def _encode(info: UploadInfo) -> str:
+    return json.dumps(info.to_json(), separators=(",", ":"))

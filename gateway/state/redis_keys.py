@@ -1,0 +1,204 @@
+"""Everything the gateway knows about Redis: key names, Lua scripts, typed wrappers.
+
+Key layout (``<p>`` is the configured prefix, ``{<id>}`` a hash tag so a Redis Cluster keeps
+all of an upload's keys in one slot, which multi-key scripts require)::
+
+    <p>:{<id>}:upload    hash: info (JSON record), offset (committed bytes), mtime
+    <p>:{<id>}:tomb      a removed upload: 410 instead of 404; expires by itself (PX)
+    <p>:{<id>}:lock      the upload's lock: a random token; expires unless its holder extends it
+    <p>:{<id>}:release   set by a request that wants the lock; the holder sees it when extending
+    <p>:{<id>}:ckpt      hash: a remote sink's upload (remote_id, started_at)
+    <p>:{<id>}:parts     set: part numbers the remote sink confirmed for that upload
+    <p>:uploads          sorted set: every live upload id (score: creation time), for sweeps
+    <p>:finals           hash: final concatenations waiting for partials -> their ids (JSON)
+    <p>:release          pub/sub channel: "please let go of <id>", heard by every instance
+    <p>:lease:<name>     a short lease so one instance runs a periodic job at a time
+
+The two global keys live in other slots than the uploads, so no script touches them together
+with an upload's keys; they are indexes that the sweeper repairs, never the truth.
+
+Every script starts with its KEYS/ARGV contract, receives every key through KEYS, and is
+registered once per client. Mutating scripts are fenced: given a lock token, they change
+nothing unless that token still holds the upload's lock (a holder whose lock expired while it
+was paused cannot overwrite its successor's work).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# How long a "please let go" flag lives: longer than any holder takes to notice it.
+RELEASE_FLAG_TTL_MS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "tus"
+
+    def upload(self, upload_id: str) -> str:
+        return f"{self.prefix}:{{{upload_id}}}:upload"
+
+    def tomb(self, upload_id: str) -> str:
+        return f"{self.prefix}:{{{upload_id}}}:tomb"
+
+    def lock(self, upload_id: str) -> str:
+        return f"{self.prefix}:{{{upload_id}}}:lock"
+
+    def release(self, upload_id: str) -> str:
+        return f"{self.prefix}:{{{upload_id}}}:release"
+
+    def ckpt(self, upload_id: str) -> str:
+        return f"{self.prefix}:{{{upload_id}}}:ckpt"
+
+    def parts(self, upload_id: str) -> str:
+        return f"{self.prefix}:{{{upload_id}}}:parts"
+
+    @property
+    def index(self) -> str:
+        return f"{self.prefix}:uploads"
+
+    @property
+    def finals(self) -> str:
+        return f"{self.prefix}:finals"
+
+    @property
+    def release_channel(self) -> str:
+        return f"{self.prefix}:release"
+
+    def lease(self, name: str) -> str:
+        return f"{self.prefix}:lease:{name}"
+
+
+# A fence shared by the mutating scripts: ARGV[1] is a lock token or "" (no fence).
+_FENCE = """
+local function fenced(lock_key, token)
+  if token == '' then return true end
+  return redis.call('GET', lock_key) == token
+end
+"""
+
+CREATE = """
+-- KEYS[1] = upload, KEYS[2] = tomb
+-- ARGV[1] = record (JSON), ARGV[2] = now
+-- Returns 1, or 0 when the id is taken (live or tombstoned).
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'info', ARGV[1], 'offset', 0, 'mtime', ARGV[2])
+return 1
+"""
+
+GET = """
+-- KEYS[1] = upload, KEYS[2] = tomb
+-- Returns {record, offset, mtime}, or {'gone'} / {'missing'}.
+local v = redis.call('HMGET', KEYS[1], 'info', 'offset', 'mtime')
+if v[1] then return v end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {'gone'} end
+return {'missing'}
+"""
+
+COMMIT = _FENCE + """
+-- KEYS[1] = upload, KEYS[2] = lock
+-- ARGV[1] = lock token or '', ARGV[2] = expected offset, ARGV[3] = new offset, ARGV[4] = now
+-- Compare-and-set of the committed offset; it only grows.
+-- Returns {'ok', offset} | {'lost'} | {'missing'} | {'conflict', current offset}.
+if not fenced(KEYS[2], ARGV[1]) then return {'lost'} end
+local current = redis.call('HGET', KEYS[1], 'offset')
+if not current then return {'missing'} end
+if current == ARGV[3] then return {'ok', current} end
+if current ~= ARGV[2] or tonumber(ARGV[3]) < tonumber(current) then
+  return {'conflict', current}
+end
+redis.call('HSET', KEYS[1], 'offset', ARGV[3], 'mtime', ARGV[4])
+return {'ok', ARGV[3]}
+"""
+
+SAVE_INFO = _FENCE + """
+-- KEYS[1] = upload, KEYS[2] = lock
+-- ARGV[1] = lock token or '', ARGV[2] = new record (JSON)
+-- Replaces the record; a declared length is never changed and never below the offset.
+-- Returns 'ok' | 'lost' | 'missing' | 'length_fixed' | 'below_offset'.
+if not fenced(KEYS[2], ARGV[1]) then return 'lost' end
+local v = redis.call('HMGET', KEYS[1], 'info', 'offset')
+if not v[1] then return 'missing' end
+local old = cjson.decode(v[1])
+local new = cjson.decode(ARGV[2])
+local final = type(new['concat']) == 'table'
+if not final and old['length'] ~= cjson.null and new['length'] ~= old['length'] then
+  return 'length_fixed'
+end
+if not final and new['length'] ~= cjson.null and new['length'] < tonumber(v[2]) then
+  return 'below_offset'
+end
+redis.call('HSET', KEYS[1], 'info', ARGV[2])
+return 'ok'
+"""
+
+TERMINATE = _FENCE + """
+-- KEYS[1] = upload, KEYS[2] = lock, KEYS[3] = tomb, KEYS[4] = ckpt, KEYS[5] = parts
+-- ARGV[1] = lock token or '', ARGV[2] = tombstone (JSON), ARGV[3] = tombstone TTL in ms,
+-- ARGV[4] = offset the caller decided on, or '' (remove whatever the offset)
+-- Returns 'ok' | 'lost' | 'missing' | 'changed' (bytes arrived since the decision).
+if not fenced(KEYS[2], ARGV[1]) then return 'lost' end
+local offset = redis.call('HGET', KEYS[1], 'offset')
+if not offset then return 'missing' end
+if ARGV[4] ~= '' and offset ~= ARGV[4] then return 'changed' end
+redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[1], KEYS[4], KEYS[5])
+return 'ok'
+"""
+
+START_REMOTE = """
+-- KEYS[1] = upload, KEYS[2] = ckpt, KEYS[3] = parts
+-- ARGV[1] = remote id, ARGV[2] = started at
+-- A new remote upload starts with no confirmed parts. Returns 1, or 0 for a missing upload.
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[2], 'remote_id', ARGV[1], 'started_at', ARGV[2])
+return 1
+"""
+
+ADD_PARTS = """
+-- KEYS[1] = ckpt, KEYS[2] = parts
+-- ARGV[1] = remote id, ARGV[2..] = part numbers
+-- Records parts only for the current remote upload. Returns 1, or 0 if it was replaced.
+if redis.call('HGET', KEYS[1], 'remote_id') ~= ARGV[1] then return 0 end
+for i = 2, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
+return 1
+"""
+
+ACQUIRE = """
+-- KEYS[1] = lock, KEYS[2] = release flag
+-- ARGV[1] = token, ARGV[2] = TTL in ms
+-- Takes a free lock; the winner clears the release flag its own wait may have left behind.
+-- Returns 1 when taken, else 0.
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+"""
+
+RELEASE = """
+-- KEYS[1] = lock, KEYS[2] = release flag
+-- ARGV[1] = token
+-- Deletes the lock (and any pending release request) only if the token still holds it.
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return 1
+end
+return 0
+"""
+
+EXTEND = """
+-- KEYS[1] = lock, KEYS[2] = release flag
+-- ARGV[1] = token, ARGV[2] = TTL in ms
+-- Returns -1 if the lock was lost, 1 if another request asked for it, else 0.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('EXISTS', KEYS[2])
+"""
+
+ALL_SCRIPTS = {"create": CREATE, "get": GET, "commit": COMMIT, "save_info": SAVE_INFO,
+               "terminate": TERMINATE, "start_remote": START_REMOTE, "add_parts": ADD_PARTS,
+               "acquire": ACQUIRE, "release": RELEASE, "extend": EXTEND}
