@@ -43,7 +43,7 @@ from gateway.config import FsyncPolicy
 from gateway.files import atomic_write, fsync_dir
 from gateway.state.spool import OVERLAP_UP_TO, SpoolWriter, concatenate, pump
 from protocol import errors
-from protocol.headers import UPLOAD_ID, Checksum
+from protocol.headers import UPLOAD_ID, Checksum, ConcatFinal
 from protocol.model import Checkpoint, UploadInfo, UploadState
 
 # Enough for every upload that is active at once on a busy gateway; each entry is a record.
@@ -128,7 +128,9 @@ class DiskStore:
             self._rollback_stage(marker.name.removesuffix(".stage"))
         for record in self.uploads.glob("*.info"):
             try:
-                UploadInfo.from_json(json.loads(record.read_bytes()))
+                info = UploadInfo.from_json(json.loads(record.read_bytes()))
+                if isinstance(info.concat, ConcatFinal) and not info.assembled:
+                    self._finals[info.upload_id] = info.concat.upload_ids
             except (ValueError, KeyError, TypeError):
                 # A create that crashed before its 201: nobody knows this id. Drop it.
                 record.unlink(missing_ok=True)
@@ -342,7 +344,8 @@ class DiskStore:
         return await self._pool.run(scan)
 
 
-    # --- finals waiting for partials: one process owns the directory, memory is enough -----
+    # --- finals waiting for partials: one process owns the directory, so memory (rebuilt
+    # from the records at open) is enough ----------------------------------------------------
     async def register_final(self, final_id: str, partial_ids: tuple[str, ...]) -> None:
         self._finals[final_id] = partial_ids
 

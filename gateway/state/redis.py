@@ -405,12 +405,15 @@ class RedisStore:
     async def upload_ids(self) -> list[str]:
         with mapped_errors():
             raw = await self.backend.client.zrange(self.keys.index, 0, -1)
-        return [i for i in map(_text, raw) if UPLOAD_ID.fullmatch(i)]
+        return sorted(i for i in map(_text, raw) if UPLOAD_ID.fullmatch(i))
 
     # --- bytes -------------------------------------------------------------------------------
     async def append(self, upload_id: str, offset: int, chunks: AsyncIterator[bytes], *,
                      max_bytes: int | None, checksum: Checksum | None) -> int:
         backend = self.backend
+        current = (await self.get(upload_id)).offset
+        if current != offset:
+            raise errors.MismatchedOffset(headers={"Upload-Offset": str(current)})
         writer = _RedisWriter(self.data_path(upload_id), offset, checksum,
                               durable=self._durable, commit_interval=self._commit_interval,
                               still_holds=lambda: backend.still_holds(upload_id))
@@ -472,24 +475,35 @@ class RedisStore:
         _raise_for(answer)
         await self._pool.run(self.data_path(upload_id).unlink, True)
         with mapped_errors():
-            await self.backend.client.zrem(keys.index, upload_id)
+            async with self.backend.client.pipeline(transaction=False) as pipe:
+                pipe.zrem(keys.index, upload_id)
+                pipe.zadd(keys.tombs, {upload_id: time.time()})
+                await pipe.execute()
         return True
 
     async def purge_tombstones(self, older_than: float) -> int:
-        """Tombstones expire in Redis by themselves; this prunes index entries without a
-        record (a create that failed half-way, a termination that lost Redis midway)."""
-        ids = await self.upload_ids()
-        if not ids:
-            return 0
+        """Forget old tombstones (their TTL in Redis is a safety net), and prune index entries
+        without a record (a create or a termination that lost Redis half-way)."""
+        client = self.backend.client
         with mapped_errors():
-            async with self.backend.client.pipeline(transaction=False) as pipe:
-                for upload_id in ids:
-                    pipe.exists(self.keys.upload(upload_id))
-                found = await pipe.execute()
-            stale = [i for i, exists in zip(ids, found, strict=True) if not exists]
-            if stale:
-                await self.backend.client.zrem(self.keys.index, *stale)
-        return len(stale)
+            old = [_text(i) for i in await client.zrangebyscore(self.keys.tombs, "-inf",
+                                                                older_than)]
+            async with client.pipeline(transaction=False) as pipe:
+                for upload_id in old:
+                    pipe.delete(self.keys.tomb(upload_id))
+                    pipe.zrem(self.keys.tombs, upload_id)
+                await pipe.execute()
+        ids = await self.upload_ids()
+        if ids:
+            with mapped_errors():
+                async with client.pipeline(transaction=False) as pipe:
+                    for upload_id in ids:
+                        pipe.exists(self.keys.upload(upload_id))
+                    found = await pipe.execute()
+                stale = [i for i, exists in zip(ids, found, strict=True) if not exists]
+                if stale:
+                    await client.zrem(self.keys.index, *stale)
+        return len(old)
 
     async def remove_orphans(self, older_than: float) -> int:
         def old_files() -> list[str]:

@@ -10,11 +10,12 @@ all of an upload's keys in one slot, which multi-key scripts require)::
     <p>:{<id>}:ckpt      hash: a remote sink's upload (remote_id, started_at)
     <p>:{<id>}:parts     set: part numbers the remote sink confirmed for that upload
     <p>:uploads          sorted set: every live upload id (score: creation time), for sweeps
+    <p>:tombs            sorted set: tombstoned ids (score: removal time), for purging them
     <p>:finals           hash: final concatenations waiting for partials -> their ids (JSON)
     <p>:release          pub/sub channel: "please let go of <id>", heard by every instance
     <p>:lease:<name>     a short lease so one instance runs a periodic job at a time
 
-The two global keys live in other slots than the uploads, so no script touches them together
+The global keys live in other slots than the uploads, so no script touches them together
 with an upload's keys; they are indexes that the sweeper repairs, never the truth.
 
 Every script starts with its KEYS/ARGV contract, receives every key through KEYS, and is
@@ -56,6 +57,10 @@ class Keys:
     @property
     def index(self) -> str:
         return f"{self.prefix}:uploads"
+
+    @property
+    def tombs(self) -> str:
+        return f"{self.prefix}:tombs"
 
     @property
     def finals(self) -> str:

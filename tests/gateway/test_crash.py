@@ -150,7 +150,8 @@ def assert_clean_log(gw: GatewayProcess) -> None:
 @pytest.mark.timeout(170)
 async def test_sigkill_during_patches(gateway_process: Callable[..., GatewayProcess]) -> None:
     rng = random.Random(SEED)
-    gw = gateway_process()  # the default fsync policy: ack
+    # A short lock TTL: with Redis, the locks of a killed gateway expire by themselves.
+    gw = gateway_process("--lock-ttl", "1")  # the default fsync policy: ack
     uploads = [Upload(f"crash-{i}.bin", rng.randbytes(rng.randint(8 * MiB, 16 * MiB)), rate)
                for i, rate in enumerate(RATES[:UPLOADS])]
     started = time.monotonic()
@@ -218,7 +219,7 @@ async def test_sigkill_during_creation(gateway_process: Callable[..., GatewayPro
     arrived is there after the restart with at least those bytes, and the gateway always
     starts again (a record torn by the kill must not stop it)."""
     rng = random.Random(SEED + 1)
-    gw = gateway_process()
+    gw = gateway_process("--lock-ttl", "1")
     created: list[Upload] = []
     attempts = [0]
     started = time.monotonic()

@@ -1,7 +1,8 @@
 """The store and lock contract, run against every backend.
 
-Every backend of ``UploadStore`` and ``Locker`` must pass this suite unchanged; today that is
-the disk store and the in-process locker. Real files in a temporary directory, no mocks.
+Every backend of ``UploadStore`` and ``Locker`` must pass this suite unchanged: the disk store
+with the in-process locker, and the Redis store with Redis locks (against a real
+redis-server). Real files in a temporary directory, no mocks.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -19,25 +21,41 @@ from gateway.config import FsyncPolicy
 from gateway.state.base import Locker, UploadStore
 from gateway.state.disk import DiskStore
 from gateway.state.memlock import MemoryLocker
+from gateway.state.redis import RedisBackend, RedisLocker, RedisStore
 from protocol import errors
 from protocol.headers import Checksum, ConcatFinal, ConcatPartial
-from protocol.model import UploadInfo
+from protocol.model import Checkpoint, UploadInfo
+from tests.redis_server import RedisServer
 
 StoreFactory = Callable[[], Awaitable[UploadStore]]
 
 
-@pytest.fixture(params=["disk"])
+@pytest.fixture(params=["disk", "redis"])
 async def open_store(request: pytest.FixtureRequest,
                      tmp_path: Path) -> AsyncIterator[StoreFactory]:
     """Opens a store on the same backing state each time, like a restarted gateway."""
     pool = IoPool(4)
-    opened: list[DiskStore] = []
+    opened: list[DiskStore | RedisStore] = []
+    backends: list[RedisBackend] = []
+    prefix = f"c{uuid.uuid4().hex[:12]}"
 
     async def factory() -> UploadStore:
         for old in opened:
             await old.close()
-        store = DiskStore(tmp_path / "data", pool, fsync=FsyncPolicy.ACK,
-                          write_buffer_bytes=64 * 1024, commit_interval_bytes=256 * 1024)
+        for backend in backends:
+            await backend.close()
+        store: DiskStore | RedisStore
+        if request.param == "disk":
+            store = DiskStore(tmp_path / "data", pool, fsync=FsyncPolicy.ACK,
+                              write_buffer_bytes=64 * 1024, commit_interval_bytes=256 * 1024)
+        else:
+            server: RedisServer = request.getfixturevalue("redis_server")
+            backend = RedisBackend(server.url, prefix=prefix)
+            await backend.open()
+            backends.append(backend)
+            store = RedisStore(backend, tmp_path / "data", pool, fsync=FsyncPolicy.ACK,
+                               write_buffer_bytes=64 * 1024, commit_interval_bytes=256 * 1024,
+                               tombstone_ttl_s=3600)
         await store.open()
         opened.append(store)
         return store
@@ -45,12 +63,38 @@ async def open_store(request: pytest.FixtureRequest,
     yield factory
     for store in opened:
         await store.close()
+    for backend in backends:
+        await backend.close()
     await asyncio.get_running_loop().run_in_executor(None, pool.close)
 
 
-@pytest.fixture(params=["memory"])
-def locker(request: pytest.FixtureRequest) -> Locker:
-    return MemoryLocker()
+LockerFactory = Callable[[], Awaitable[Locker]]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def lockers(request: pytest.FixtureRequest) -> AsyncIterator[LockerFactory]:
+    """Lockers of one deployment: the same one in-process, or one per instance with Redis."""
+    backends: list[RedisBackend] = []
+    memory = MemoryLocker()
+    prefix = f"l{uuid.uuid4().hex[:12]}"
+
+    async def factory() -> Locker:
+        if request.param == "memory":
+            return memory
+        server: RedisServer = request.getfixturevalue("redis_server")
+        backend = RedisBackend(server.url, prefix=prefix, lock_ttl_s=1.0)
+        await backend.open()
+        backends.append(backend)
+        return RedisLocker(backend)
+
+    yield factory
+    for backend in backends:
+        await backend.close()
+
+
+@pytest.fixture
+async def locker(lockers: LockerFactory) -> Locker:
+    return await lockers()
 
 
 def new_info(n: int, length: int | None = 100, **kw: object) -> UploadInfo:
@@ -232,3 +276,133 @@ async def test_lock_times_out_when_the_holder_does_not_let_go(locker: Locker) ->
     again = locker.new_lock("b" * 32)
     await asyncio.wait_for(again.acquire(0.1, lambda: None), 1.0)
     await again.release()
+
+
+async def test_terminate_only_if_the_offset_is_unchanged(open_store: StoreFactory) -> None:
+    store = await open_store()
+    info = new_info(30)
+    await store.create(info)
+    await store.append(info.upload_id, 0, chunks(b"abc"), max_bytes=100, checksum=None)
+    assert not await store.terminate(info.upload_id, "expired", if_offset=0)
+    assert (await store.get(info.upload_id)).offset == 3
+    assert await store.terminate(info.upload_id, "expired", if_offset=3)
+    with pytest.raises(errors.Gone):
+        await store.get(info.upload_id)
+
+
+async def test_waiting_finals_are_shared_and_kept(open_store: StoreFactory) -> None:
+    store = await open_store()
+    waiting = new_info(34, None, concat=ConcatFinal(("a" * 32, "b" * 32)))
+    removed = new_info(35, None, concat=ConcatFinal(("c" * 32,)))
+    for info in (waiting, removed):
+        await store.create(info)
+        assert isinstance(info.concat, ConcatFinal)
+        await store.register_final(info.upload_id, info.concat.upload_ids)
+    await store.terminate(removed.upload_id, "terminated")
+    await store.unregister_final(removed.upload_id)
+    expected = {waiting.upload_id: ("a" * 32, "b" * 32)}
+    assert await store.waiting_finals() == expected
+    assert await (await open_store()).waiting_finals() == expected
+
+
+async def test_checkpoint_records_parts_of_the_current_remote_upload(
+        open_store: StoreFactory) -> None:
+    store = await open_store()
+    info = new_info(31)
+    await store.create(info)
+    upload_id = info.upload_id
+    assert await store.checkpoint(upload_id) == Checkpoint()
+    await store.start_remote(upload_id, "remote-1", 100.0)
+    assert await store.add_parts(upload_id, "remote-1", [1, 3])
+    assert await store.add_parts(upload_id, "remote-1", [3, 2])
+    restarted = await open_store()
+    assert await restarted.checkpoint(upload_id) == Checkpoint("remote-1", 100.0,
+                                                               frozenset({1, 2, 3}))
+    # A new remote upload (the old one expired) starts from no parts, and a late sender of
+    # the old one cannot record into it.
+    await restarted.start_remote(upload_id, "remote-2", 200.0)
+    assert not await restarted.add_parts(upload_id, "remote-1", [4])
+    assert await restarted.checkpoint(upload_id) == Checkpoint("remote-2", 200.0)
+    await restarted.terminate(upload_id, "terminated")
+    assert await restarted.checkpoint(upload_id) == Checkpoint()
+    with pytest.raises((errors.NotFound, errors.Gone)):
+        await restarted.start_remote(upload_id, "remote-3", 300.0)
+
+
+async def test_parallel_part_records_are_all_kept(open_store: StoreFactory) -> None:
+    store = await open_store()
+    info = new_info(32)
+    await store.create(info)
+    await store.start_remote(info.upload_id, "r", 1.0)
+    await asyncio.gather(*(store.add_parts(info.upload_id, "r", [n]) for n in range(1, 21)))
+    assert (await store.checkpoint(info.upload_id)).parts == frozenset(range(1, 21))
+
+
+async def test_lease_goes_to_one_caller_per_period(open_store: StoreFactory,
+                                                   request: pytest.FixtureRequest) -> None:
+    store = await open_store()
+    assert await store.claim_lease("sweep", 0.3)
+    shared = request.node.callspec.params["open_store"] == "redis"
+    # With a shared store the second instance waits its turn; alone, the disk store's one
+    # process always has it.
+    assert await (await open_store()).claim_lease("sweep", 0.3) is not shared
+
+
+async def test_lock_asks_a_holder_in_another_instance(lockers: LockerFactory) -> None:
+    """Instance A writes; a request on instance B makes A let go within about a second."""
+    a, b = await lockers(), await lockers()
+    asked = asyncio.Event()
+    holder = a.new_lock("d" * 32)
+    await holder.acquire(1.0, asked.set)
+    started = time.monotonic()
+    newcomer = asyncio.create_task(b.new_lock("d" * 32).acquire(5.0, lambda: None))
+    await asyncio.wait_for(asked.wait(), 1.0)
+    await holder.release()
+    await asyncio.wait_for(newcomer, 1.0)
+    assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.parametrize("lockers", ["redis"], indirect=True)
+async def test_lock_of_a_crashed_holder_expires(lockers: LockerFactory) -> None:
+    crashed = await lockers()
+    assert isinstance(crashed, RedisLocker)
+    await crashed.new_lock("9" * 32).acquire(1.0, lambda: None)
+    await crashed.backend.close()  # gone without releasing: no extension, no release
+    started = time.monotonic()
+    await (await lockers()).new_lock("9" * 32).acquire(5.0, lambda: None)
+    assert 0.3 < time.monotonic() - started < 2.5  # the TTL is 1 s
+
+
+@pytest.mark.parametrize("open_store", ["redis"], indirect=True)
+async def test_a_holder_that_lost_its_lock_cannot_commit(open_store: StoreFactory) -> None:
+    """Fencing: a writer paused past its lock's TTL must not overwrite its successor."""
+    store = await open_store()
+    assert isinstance(store, RedisStore)
+    backend = store.backend
+    info = new_info(33, 1000)
+    await store.create(info)
+    lock = RedisLocker(backend).new_lock(info.upload_id)
+    await lock.acquire(1.0, lambda: None)
+    # The lock changes hands behind the holder's back, as if it had expired.
+    await backend.client.set(backend.keys.lock(info.upload_id), b"someone-else")
+    with pytest.raises(errors.UploadInterrupted):
+        await store.append(info.upload_id, 0, chunks(b"x" * 10), max_bytes=1000,
+                           checksum=None)
+    with pytest.raises(errors.UploadInterrupted):
+        await store.save_info(info.replace(metadata={"k": b"v"}))
+    assert (await store.get(info.upload_id)).offset == 0
+    await lock.release()
+
+
+@pytest.mark.parametrize("open_store", ["redis"], indirect=True)
+async def test_uncommitted_bytes_of_a_dead_writer_are_cut_off(open_store: StoreFactory) -> None:
+    """A writer killed between its write and its commit leaves bytes past the offset."""
+    store = await open_store()
+    info = new_info(36, 10)
+    await store.create(info)
+    await store.append(info.upload_id, 0, chunks(b"abc"), max_bytes=10, checksum=None)
+    with store.data_path(info.upload_id).open("ab") as f:
+        f.write(b"GARBAGE")
+    assert (await store.get(info.upload_id)).offset == 3
+    await store.append(info.upload_id, 3, chunks(b"defghij"), max_bytes=7, checksum=None)
+    assert store.data_path(info.upload_id).read_bytes() == b"abcdefghij"
