@@ -4,7 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 JS := tests/js
 
-.PHONY: run test install install-test lint typecheck check bench clean
+.PHONY: run test install install-test system-packages lint typecheck check bench clean
+
+# Debian packages the tests run for real: a Redis server and HAProxy (scale-out tests).
+SYSTEM_PACKAGES := redis-server haproxy
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +17,14 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 
-install-test: $(BIN)/python
+system-packages:
+	@if ! command -v redis-server >/dev/null || ! { command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null; then \
+		echo "installing $(SYSTEM_PACKAGES) (Debian packages used by the tests)"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	fi
+
+install-test: $(BIN)/python system-packages
 	$(BIN)/pip install --quiet -e '.[test]'
 	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
 
