@@ -10,6 +10,12 @@ deleted. Results go to bench/RESULTS.md and are printed.
     bash bench/setup.sh && .venv/bin/python bench/run.py
     .venv/bin/python bench/run.py --quick                   # small sizes, ~1 minute
     .venv/bin/python bench/run.py --servers ours,tus-node --scenarios a,c --reps 5
+
+Our gateway on its Redis state store (started by bench/peers/ours_cluster.py with its
+own redis-server, and HAProxy for the -x1/-x3 variants) is not in the default list:
+
+    .venv/bin/python bench/run.py --servers ours,ours-redis --scenarios a,c,d
+    .venv/bin/python bench/run.py --servers ours-redis-x1,ours-redis-x3 --scenarios c
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ PEERS_DIR = BENCH / "peers"
 INSTALL_DIR = BENCH / ".peers"
 SCRATCH = BENCH / ".scratch"
 OURS_BIN = REPO / ".venv" / "bin" / "tus-gateway"
+OURS_PY = REPO / ".venv" / "bin" / "python"
+CLUSTER_LAUNCHER = PEERS_DIR / "ours_cluster.py"
+HAPROXY_CFG = REPO / "deploy" / "haproxy.cfg"
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -66,6 +75,13 @@ class ServerSpec:
     # memory beyond what the machine can afford; bigger single PATCHes are skipped.
     max_single_patch: int | None = None
     note: str = ""
+    # Run by plain `bench/run.py` (no --servers); False for the Redis variants.
+    in_default: bool = True
+    # Runs our gateway's code (gets the snapshot of gateway/ and protocol/).
+    ours: bool = False
+    # Also wait for this line in the server's output before the run starts (the server
+    # listens on its port before all of it is ready).
+    ready_line: str | None = None
 
 
 def _need(*paths: Path) -> Callable[[], str | None]:
@@ -88,6 +104,53 @@ def _ours_check() -> str | None:
     if not OURS_BIN.exists():
         return f"not installed: {OURS_BIN} missing"
     return None
+
+
+def _tool(name: str, fallback: str) -> str | None:
+    found = shutil.which(name)
+    if found is None and Path(fallback).exists():
+        found = fallback
+    return found
+
+
+def _cluster_check(proxy: bool) -> Callable[[], str | None]:
+    def check() -> str | None:
+        missing = _ours_check()
+        if missing:
+            return missing
+        if _tool("redis-server", "/usr/bin/redis-server") is None:
+            return "redis-server not found (Debian package redis-server)"
+        if proxy and _tool("haproxy", "/usr/sbin/haproxy") is None:
+            return "haproxy not found (Debian package haproxy)"
+        if proxy and not HAPROXY_CFG.exists():
+            return f"{HAPROXY_CFG} missing"
+        return None
+
+    return check
+
+
+def _cluster(instances: int, proxy: bool) -> Callable[[int, Path], list[str]]:
+    def argv(port: int, data: Path) -> list[str]:
+        return [
+            str(OURS_PY),
+            str(CLUSTER_LAUNCHER),
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data),
+            "--instances",
+            str(instances),
+            *(["--proxy"] if proxy else []),
+        ]
+
+    return argv
+
+
+# Printed by bench/peers/ours_cluster.py once Redis, every instance and the proxy answer.
+CLUSTER_READY = "ours_cluster: ready"
+_CLUSTER_RSS = (
+    "peak RSS and CPU are summed over the launcher (a small Python process), redis-server"
+)
 
 
 # Our gateway is installed editable, so edits made to the work tree while a long
@@ -142,6 +205,7 @@ SERVERS: dict[str, ServerSpec] = {
             env=_ours_env,
             installed=_ours_check,
             note="default (durable) fsync policy",
+            ours=True,
         ),
         ServerSpec(
             name="ours-nofsync",
@@ -154,6 +218,47 @@ SERVERS: dict[str, ServerSpec] = {
             installed=_ours_check,
             note="durability traded away like the peers: survives a process crash, not a "
             "power cut",
+            ours=True,
+        ),
+        ServerSpec(
+            name="ours-redis",
+            label="ours, Redis store (1 instance)",
+            argv=_cluster(1, proxy=False),
+            env=_ours_env,
+            installed=_cluster_check(proxy=False),
+            note="state in a redis-server of its own (appendonly yes, appendfsync always, no "
+            "RDB), bytes in <data>/spool; one gateway listening itself, default fsync "
+            f"policy; {_CLUSTER_RSS} and the gateway",
+            in_default=False,
+            ours=True,
+            ready_line=CLUSTER_READY,
+        ),
+        ServerSpec(
+            name="ours-redis-x1",
+            label="ours, Redis store, 1 instance behind HAProxy",
+            argv=_cluster(1, proxy=True),
+            env=_ours_env,
+            installed=_cluster_check(proxy=True),
+            note="as ours-redis, plus HAProxy running deploy/haproxy.cfg (round-robin per "
+            "request, health checks) with its three servers all pointing at the one "
+            f"instance (--behind-proxy); {_CLUSTER_RSS}, haproxy and the gateway",
+            in_default=False,
+            ours=True,
+            ready_line=CLUSTER_READY,
+        ),
+        ServerSpec(
+            name="ours-redis-x3",
+            label="ours, Redis store, 3 instances behind HAProxy",
+            argv=_cluster(3, proxy=True),
+            env=_ours_env,
+            installed=_cluster_check(proxy=True),
+            note="three gateways sharing one Redis and one spool directory behind HAProxy "
+            "running deploy/haproxy.cfg (round-robin per request, so the POST and PATCH of "
+            f"one upload may land on different instances); {_CLUSTER_RSS}, haproxy and "
+            "the three gateways",
+            in_default=False,
+            ours=True,
+            ready_line=CLUSTER_READY,
         ),
         ServerSpec(
             name="tus-node",
@@ -237,6 +342,10 @@ SERVERS: dict[str, ServerSpec] = {
 }
 
 
+# Our gateway on the Redis state store, started by bench/peers/ours_cluster.py.
+REDIS_SERVERS = ("ours-redis", "ours-redis-x1", "ours-redis-x3")
+
+
 # ------------------------------------------------------------------------- scenarios
 
 
@@ -282,6 +391,24 @@ def _size(n: int) -> str:
 
 
 # ----------------------------------------------------------------------------- /proc
+
+
+def process_role(pid: int) -> str:
+    """What a process of a server's tree is, for the RSS breakdown of the Redis servers."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "other"
+    words = [a.decode(errors="replace") for a in args if a]
+    if any(Path(w).name == "tus-gateway" for w in words[:2]):
+        return "gateway"
+    if any(Path(w).name == CLUSTER_LAUNCHER.name for w in words[:2]):
+        return "launcher"
+    # redis-server rewrites its title to "/usr/bin/redis-server 127.0.0.1:PORT"
+    first = Path(words[0].split(" ")[0]).name if words else ""
+    if first in ("redis-server", "haproxy"):
+        return first
+    return "other"
 
 
 def _children_map() -> dict[int, list[int]]:
@@ -343,9 +470,11 @@ def start_server(
     spec: ServerSpec, port: int, data_dir: Path, log_path: Path
 ) -> subprocess.Popen[bytes]:
     # Servers run with their defaults: drop PYTHONPATH and any TUS_* setting
-    # (our gateway reads every flag from TUS_<FLAG> too, e.g. TUS_FSYNC).
+    # (our gateway reads every flag from TUS_<FLAG> too, e.g. TUS_FSYNC) and
+    # REDIS_URL (it would turn ours onto the Redis store).
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUS_")}
     env.pop("PYTHONPATH", None)
+    env.pop("REDIS_URL", None)
     env.update(spec.env(data_dir))
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -361,14 +490,34 @@ def start_server(
     return proc
 
 
-def wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float) -> str | None:
+def wait_ready(
+    proc: subprocess.Popen[bytes],
+    port: int,
+    timeout: float,
+    ready_line: str | None = None,
+    log_path: Path | None = None,
+) -> str | None:
     deadline = time.monotonic() + timeout
+    listening = False
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            return f"exited with code {proc.returncode} before listening"
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return None
+            what = "getting ready" if listening else "listening"
+            return f"exited with code {proc.returncode} before {what}"
+        if not listening:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+                listening = True
+        if listening:
+            if ready_line is None or log_path is None:
+                return None
+            with contextlib.suppress(OSError):
+                if any(
+                    line.strip() == ready_line
+                    for line in log_path.read_text(errors="replace").splitlines()
+                ):
+                    return None
         time.sleep(0.1)
+    if listening:
+        return f"listening on port {port} but no {ready_line!r} after {timeout:.0f} s"
     return f"not listening on port {port} after {timeout:.0f} s"
 
 
@@ -468,6 +617,8 @@ class RunRecord:
     elapsed_s: float = 0.0  # whole load generator process
     timed_s: float = 0.0  # timed phase only
     rss_mib: float | None = None
+    # peak RSS by part of the server's process tree (gateway, redis-server, haproxy, ...)
+    rss_parts: dict[str, float] = field(default_factory=dict)
     processes: int = 0
     server_cpu_s: float | None = None
     client_cpu_s: float | None = None
@@ -504,7 +655,7 @@ def run_once(
         port = free_port()
         (data_dir / "data").mkdir()
         proc = start_server(spec, port, data_dir / "data", log_path)
-        problem = wait_ready(proc, port, 45)
+        problem = wait_ready(proc, port, 45, spec.ready_line, log_path)
         if problem:
             rec.reason = f"server did not start: {problem}; log: {log_tail(log_path)}"
             return rec
@@ -551,7 +702,11 @@ def run_once(
         tree = process_tree(proc.pid) if alive else []
         rec.processes = len(tree)
         if alive:
-            rec.rss_mib = sum(vm_hwm_kib(p) for p in tree) / 1024
+            hwm = {p: vm_hwm_kib(p) for p in tree}
+            rec.rss_mib = sum(hwm.values()) / 1024
+            for p, kib in hwm.items():
+                role = process_role(p)
+                rec.rss_parts[role] = rec.rss_parts.get(role, 0.0) + kib / 1024
             rec.server_cpu_s = sum(cpu_seconds(p) for p in tree) - cpu_at_ready
         rec.client_cpu_s = float(res["client_cpu_s"])
         rec.timed_s = float(res["elapsed_s"])
@@ -652,6 +807,8 @@ def collect(records: list[RunRecord], server: str, scenario: str, what: str) -> 
             cell.values.append(rec.value)
         elif what == "rss" and rec.rss_mib is not None:
             cell.values.append(rec.rss_mib)
+        elif what.startswith("rss:") and what[4:] in rec.rss_parts:
+            cell.values.append(rec.rss_parts[what[4:]])
         elif what == "cpu_gib" and rec.server_cpu_s is not None and rec.bytes_total:
             cell.values.append(rec.server_cpu_s / (rec.bytes_total / GIB))
         elif what == "cpu_upload" and rec.server_cpu_s is not None and rec.uploads:
@@ -665,7 +822,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def versions() -> dict[str, str]:
+def versions(servers: list[str]) -> dict[str, str]:
     found: dict[str, str] = {}
 
     def cmd(key: str, argv: list[str]) -> None:
@@ -693,6 +850,11 @@ def versions() -> dict[str, str]:
 
     found["aiohttp (ours, bare, load generator)"] = aiohttp.__version__
     cmd("node", ["node", "--version"])
+    if any(name in REDIS_SERVERS for name in servers):
+        if redis := _tool("redis-server", "/usr/bin/redis-server"):
+            cmd("redis-server", [redis, "--version"])
+        if haproxy := _tool("haproxy", "/usr/sbin/haproxy"):
+            cmd("haproxy", [haproxy, "-v"])
     found["python"] = platform.python_version()
     cmd("ours git commit", ["git", "-C", str(REPO), "log", "-1", "--format=%h %cs"])
     return found
@@ -799,6 +961,12 @@ def report(
             "- Peak RSS: VmHWM from /proc/<pid>/status, summed over the server process and its "
             "live descendants, read at the end of the run (fresh process per run)."
         )
+        if any(name in REDIS_SERVERS for name in servers):
+            add(
+                "  For the Redis servers (ours-redis*) that tree is the launcher, redis-server, "
+                "HAProxy if any and every gateway instance, and their CPU time likewise; the "
+                "Redis section breaks the RSS down."
+            )
     busy = [
         (run.client_cpu_s / run.timed_s, run)
         for run in records
@@ -861,7 +1029,8 @@ def report(
     add("")
 
     if "ours" in servers:
-        peers = [s for s in servers if s != "ours"]
+        # the Redis variants are compared with ours in their own section below
+        peers = [s for s in servers if s != "ours" and s not in REDIS_SERVERS]
         if peers:
             add("## Ratios: ours / peer (throughput; > 1 means ours is faster)")
             add("")
@@ -926,6 +1095,9 @@ def report(
             )
         add("")
 
+    if any(name in REDIS_SERVERS for name in servers):
+        L.extend(redis_report(records, servers, scens, chosen))
+
     failed = [r for r in records if r.status != "ok"]
     add("## Failures and skips")
     add("")
@@ -963,6 +1135,102 @@ def report(
     return "\n".join(L)
 
 
+# (label, numerator server, denominator server, scenarios, minimum ratio per scenario)
+REDIS_COMPARISONS: tuple[tuple[str, str, str, tuple[str, ...], dict[str, float]], ...] = (
+    ("Redis store / disk store", "ours-redis", "ours", ("a", "c", "d"), {"a": 0.9, "c": 0.9}),
+    ("3 instances / 1, both behind HAProxy", "ours-redis-x3", "ours-redis-x1", ("c",), {"c": 1.5}),
+    ("1 instance behind HAProxy / direct", "ours-redis-x1", "ours-redis", ("a", "c", "d"), {}),
+    ("3 instances behind HAProxy / disk store", "ours-redis-x3", "ours", ("c",), {}),
+)
+
+
+def redis_report(
+    records: list[RunRecord],
+    servers: list[str],
+    scens: dict[str, ScenarioSpec],
+    chosen: list[str],
+) -> list[str]:
+    """The Redis state store against the disk store, and 3 instances against 1."""
+    L: list[str] = []
+    add = L.append
+    has = set(chosen)
+    add("## Redis state store and scale-out")
+    add("")
+    add(
+        "The ours-redis servers are started by `bench/peers/ours_cluster.py`: a redis-server "
+        "of their own (appendonly yes, appendfsync always, no RDB snapshots), the gateway "
+        "instance(s) with `--redis-url` sharing one spool directory, and for -x1/-x3 HAProxy "
+        "running `deploy/haproxy.cfg` (round-robin per request). Ratios are of the medians "
+        "of this run (throughput; > 1 means the first server is faster). The load generator, "
+        f"HAProxy, Redis and every instance share this machine's {os.cpu_count()} cores."
+    )
+    add("")
+    add("| comparison | scen | first | second | ratio | target | verdict |")
+    add("|---|---|---|---|---|---|---|")
+    rows = 0
+    for label, num, den, keys, targets in REDIS_COMPARISONS:
+        if num not in servers or den not in servers:
+            continue
+        for key in keys:
+            if key not in has:
+                continue
+            rows += 1
+            digits = 0 if scens[key].metric == "uploads_per_s" else 1
+            a = collect(records, num, key, "value")
+            b = collect(records, den, key, "value")
+            r = ratio(a.med, b.med)
+            want = targets.get(key)
+            if want is None:
+                goal, verdict = "—", ""
+            elif r is None:
+                goal, verdict = f"≥ {want:.2f}x", "not measured"
+            else:
+                goal, verdict = f"≥ {want:.2f}x", "PASS" if r >= want else "FAIL"
+            add(
+                f"| {label} | {key} | {num}: {a.show(digits)} {scens[key].unit} "
+                f"| {den}: {b.show(digits)} {scens[key].unit} "
+                f"| {'—' if r is None else f'{r:.2f}x'} | {goal} | {verdict} |"
+            )
+    if not rows:
+        add("| (no pair of servers to compare in this run) | | | | | | |")
+    add("")
+    missing = []
+    if not {"ours", "ours-redis"} <= set(servers):
+        missing.append(
+            "Redis vs disk store: `--servers ours,ours-redis --scenarios a,c,d` "
+            "(targets: ≥ 0.90x on a and c)"
+        )
+    if not {"ours-redis-x1", "ours-redis-x3"} <= set(servers):
+        missing.append(
+            "scale-out: `--servers ours-redis-x1,ours-redis-x3 --scenarios c` (target: ≥ 1.5x)"
+        )
+    if missing:
+        add("Not in this run: " + "; ".join(missing) + ".")
+        add("")
+
+    rss_keys = [k for k in ("a", "c", "e") if k in has]
+    parts = ("gateway", "redis-server", "haproxy", "launcher")
+    shown = [s for s in servers if s in REDIS_SERVERS or s == "ours"]
+    if rss_keys and shown:
+        add("### Peak RSS by process (medians, MiB)")
+        add("")
+        add(
+            "VmHWM of each kind of process in the server's tree, summed over processes of "
+            "that kind (all instances for `gateway`); `total` is the figure of the main table. "
+            "The launcher is benchmark scaffolding that a deployment does not have."
+        )
+        add("")
+        add("| server | scen | total | " + " | ".join(parts) + " |")
+        add("|---|---|---|" + "---|" * len(parts))
+        for name in shown:
+            for key in rss_keys:
+                cells = [collect(records, name, key, "rss").show(1)]
+                cells += [collect(records, name, key, f"rss:{part}").show(1) for part in parts]
+                add(f"| {name} | {key} | " + " | ".join(cells) + " |")
+        add("")
+    return L
+
+
 # ------------------------------------------------------------------------------ main
 
 
@@ -973,7 +1241,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog=__doc__,
     )
     parser.add_argument(
-        "--servers", default=",".join(SERVERS), help="comma list of: " + ", ".join(SERVERS)
+        "--servers",
+        default=",".join(name for name, spec in SERVERS.items() if spec.in_default),
+        help="comma list of: "
+        + ", ".join(SERVERS)
+        + " (default: all but "
+        + ", ".join(name for name, spec in SERVERS.items() if not spec.in_default)
+        + ")",
     )
     parser.add_argument("--scenarios", default="a,c,d,e", help="comma list of: a, c, d, e")
     parser.add_argument(
@@ -1032,14 +1306,14 @@ def main(argv: list[str] | None = None) -> int:
     meta: dict[str, Any] = {
         "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "command": command,
-        "versions": versions(),
+        "versions": versions(servers),
         "write_probe": write_probe(args.tmp_root, probe_size),
         "write_probe_size": probe_size,
         "mem_gib": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GIB,
         "loadavg_start": os.getloadavg(),
     }
     print(f"write probe: {meta['write_probe']:.0f} MiB/s", file=sys.stderr)
-    if "ours" in servers and OURS_BIN.exists():
+    if any(SERVERS[name].ours for name in servers) and OURS_BIN.exists():
         meta["ours"], meta["ours_fingerprint"] = describe_ours(args)
         print(f"ours: {meta['ours']}", file=sys.stderr)
     records: list[RunRecord] = []
@@ -1056,7 +1330,7 @@ def main(argv: list[str] | None = None) -> int:
                     reason=f"overall bound of {args.max_minutes:.0f} min reached",
                 )
             else:
-                sha = not args.no_sha and (key == "a" or name == "ours")
+                sha = not args.no_sha and (key == "a" or name == "ours" or name in REDIS_SERVERS)
                 rec = run_once(SERVERS[name], scen, rep, args.tmp_root, args.min_rate, sha)
             records.append(rec)
             shown = (
