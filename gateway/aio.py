@@ -13,8 +13,12 @@ T = TypeVar("T")
 class IoPool:
     """The worker threads that do every blocking file operation (design invariant 7)."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, background_threads: int = 4) -> None:
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tus-io")
+        # Syncs nobody waits for (a window of a long body) get threads of their own, so they
+        # never hold up the writes and reads that requests are waiting for.
+        self._background = ThreadPoolExecutor(max_workers=background_threads,
+                                              thread_name_prefix="tus-sync")
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -22,8 +26,12 @@ class IoPool:
     def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    def submit_background(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(self._background, fn, *args)
+
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        self._background.shutdown(wait=True)
 
 
 async def run_to_completion(step: Coroutine[Any, Any, T] | asyncio.Future[T]) -> T:

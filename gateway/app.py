@@ -60,6 +60,7 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
         store = RedisStore(backend, config.data_dir, pool, fsync=config.fsync,
                            write_buffer_bytes=config.write_buffer_bytes,
                            commit_interval_bytes=config.commit_interval_bytes,
+                           sync_interval_bytes=config.sync_interval_bytes,
                            tombstone_ttl_s=config.tombstone_ttl_s)
         locker = RedisLocker(backend)
         journal = None  # the folder is shared; Redis records each delivery

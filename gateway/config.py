@@ -92,6 +92,10 @@ class GatewayConfig:
     instance mounts. Empty: state on local disk, one process per data dir."""
     redis_prefix: str = "tus"
     """Prefix of every Redis key, so several gateways can share one Redis database."""
+    sync_interval_bytes: int = 32 * MiB
+    """With Redis: inside a long PATCH, make the bytes durable and commit the offset this
+    often, so an instance killed mid-request loses at most this much unacknowledged data
+    (its client sends it again). Each costs an fdatasync beside the stream."""
     lock_ttl_s: float = 5.0
     """With Redis: an upload's lock expires this long after its holder last extended it, so
     a crashed instance's uploads are free again within this time."""
@@ -121,6 +125,8 @@ class GatewayConfig:
                 problems.append(f"{name} must be positive")
         if not 4 * KiB <= self.write_buffer_bytes <= 16 * MiB:
             problems.append("write_buffer_bytes must be between 4 KiB and 16 MiB")
+        if self.sync_interval_bytes < self.commit_interval_bytes:
+            problems.append("sync_interval_bytes must be at least commit_interval_bytes")
         if self.commit_interval_bytes < self.write_buffer_bytes:
             problems.append("commit_interval_bytes must be at least write_buffer_bytes")
         unknown = set(self.extensions) - set(ALL_EXTENSIONS)

@@ -10,9 +10,9 @@ and scripts: ``redis_keys``); the bytes live in a spool directory that every ins
   fdatasync'ed; only then does a compare-and-set advance the offset (style rule 7). Bytes in
   the file past the offset belong to a writer that died before committing: the next append
   cuts them off before it writes.
-- A long PATCH commits every ``commit_interval`` bytes (a sync, then the compare-and-set),
-  so an instance killed mid-request loses at most one window of unacknowledged bytes, and a
-  request that takes over reports a recent offset.
+- A long PATCH commits every ``sync_interval`` bytes (an fdatasync in a background thread,
+  then the compare-and-set, neither holding up the stream), so an instance killed
+  mid-request loses at most that much unacknowledged data, which the client sends again.
 - Locks are ``SET NX PX`` with a random token; a live holder extends its lock every third of
   the TTL, and a dead holder's lock expires by itself. A request that finds the lock held
   sets a release flag (seen by the holder when it extends) and publishes the id on a channel
@@ -96,6 +96,9 @@ class _Held:
     on_release_requested: Callable[[], None]
     asked: bool = False
     lost: bool = False
+    # The committed offset as last seen under this lock: nobody else can move it meanwhile,
+    # so an append need not ask Redis again.
+    offset: int | None = None
     extender: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def ask(self) -> None:
@@ -306,9 +309,10 @@ class _RedisWriter(SpoolWriter):
     """Appends where Redis holds the offset: uncommitted bytes past it are cut off first."""
 
     def __init__(self, path: Path, offset: int, checksum: Checksum | None, *, durable: bool,
-                 commit_interval: int, still_holds: Callable[[], bool]) -> None:
+                 commit_interval: int, sync_interval: int,
+                 still_holds: Callable[[], bool]) -> None:
         super().__init__(path, offset, checksum, durable=durable,
-                         commit_interval=commit_interval, sync_windows=True)
+                         commit_interval=commit_interval, sync_interval=sync_interval)
         self.still_holds = still_holds
 
     def prepare(self, fd: int) -> None:
@@ -340,7 +344,7 @@ class RedisStore:
 
     def __init__(self, backend: RedisBackend, root: Path, pool: IoPool, *, fsync: FsyncPolicy,
                  write_buffer_bytes: int, commit_interval_bytes: int,
-                 tombstone_ttl_s: float) -> None:
+                 sync_interval_bytes: int, tombstone_ttl_s: float) -> None:
         self.backend = backend
         self.keys = backend.keys
         self.root = root
@@ -349,6 +353,7 @@ class RedisStore:
         self._durable = fsync is FsyncPolicy.ACK
         self._buffer_bytes = write_buffer_bytes
         self._commit_interval = commit_interval_bytes
+        self._sync_interval = sync_interval_bytes
         self._tomb_ttl_ms = max(int(tombstone_ttl_s * 1000), 1)
         self._appending = 0
 
@@ -391,6 +396,9 @@ class RedisStore:
             raise errors.Gone() if _text(reply[0]) == "gone" else errors.NotFound()
         info = UploadInfo.from_json(json.loads(reply[0]))
         offset = int(reply[1])
+        held = self.backend.held.get(upload_id)
+        if held is not None:
+            held.offset = offset
         if info.is_final and info.assembled and info.length is not None:
             offset = info.length
         return UploadState(info, offset, max(info.created_at, float(reply[2])))
@@ -411,25 +419,30 @@ class RedisStore:
     async def append(self, upload_id: str, offset: int, chunks: AsyncIterator[bytes], *,
                      max_bytes: int | None, checksum: Checksum | None) -> int:
         backend = self.backend
-        current = (await self.get(upload_id)).offset
+        held = backend.held.get(upload_id)
+        current = held.offset if held is not None and not held.lost else None
+        if current is None:
+            current = (await self.get(upload_id)).offset
         if current != offset:
             raise errors.MismatchedOffset(headers={"Upload-Offset": str(current)})
         writer = _RedisWriter(self.data_path(upload_id), offset, checksum,
                               durable=self._durable, commit_interval=self._commit_interval,
+                              sync_interval=self._sync_interval,
                               still_holds=lambda: backend.still_holds(upload_id))
         committed = offset
 
         async def commit() -> None:
             nonlocal committed
-            if writer.synced > committed and backend.still_holds(upload_id):
-                await self._commit(upload_id, committed, writer.synced)
-                committed = writer.synced
+            target = writer.synced  # a later window may become durable during the await
+            if target > committed and backend.still_holds(upload_id):
+                await self._commit(upload_id, committed, target)
+                committed = target
 
         self._appending += 1
         try:
             await pump(writer, chunks, self._pool, buffer_bytes=self._buffer_bytes,
                        max_bytes=max_bytes, crowded=lambda: self._appending > OVERLAP_UP_TO,
-                       on_batch=commit)
+                       on_window=commit)
         except BaseException:
             # The bytes that were kept are synced now; they count once the offset says so.
             await run_to_completion(commit())
@@ -449,6 +462,9 @@ class RedisStore:
                                            "committed")
         if answer == "missing":
             raise errors.Gone()
+        held = self.backend.held.get(upload_id)
+        if held is not None:
+            held.offset = new if answer == "ok" else None
         if answer == "conflict":
             raise errors.MismatchedOffset(headers={"Upload-Offset": _text(reply[1])})
 
@@ -470,6 +486,9 @@ class RedisStore:
                           keys.ckpt(upload_id), keys.parts(upload_id)],
             [self.backend.token(upload_id), tomb, self._tomb_ttl_ms,
              "" if if_offset is None else if_offset]))
+        held = self.backend.held.get(upload_id)
+        if held is not None:
+            held.offset = None
         if answer == "changed":
             return False
         _raise_for(answer)

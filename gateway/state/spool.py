@@ -7,17 +7,20 @@ worker thread (design invariant 7). One batch is written while the next one fill
 upload holds two buffers at most; when many uploads are active at once, one each (the others
 keep the disk busy anyway), so memory stays flat (invariant 5).
 
-A ``SpoolWriter`` owns one append's file handle. Its methods run in worker threads, one at a
-time. Stores adapt it through two hooks: ``prepare`` (checks or repairs the file before the
-first write) and ``after_close``. Inside a long body, every ``commit_interval`` bytes are
-either written back without waiting (the disk store, whose offset is the file size) or
-synced and offered as a committable offset (stores that keep the offset elsewhere, which then
-record it through ``on_batch``).
+A ``SpoolWriter`` owns one append's file handle. Its write steps run in worker threads, one
+at a time. Stores adapt it through two hooks: ``prepare`` (checks or repairs the file before
+the first write) and ``after_close``. Inside a long body, write-back of every
+``commit_interval`` bytes is started without waiting. A store whose offset is the file size
+(disk) needs no more. A store that keeps the offset elsewhere (Redis) also wants windows made
+durable and committed while the body streams: ``pump`` then runs an fdatasync in another
+worker thread, beside the writes, and calls ``on_window`` with the durable end once it is
+done; the writes never wait for a sync.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import os
@@ -57,23 +60,26 @@ def pwrite_all(fd: int, buffers: list[bytes], offset: int, hasher: Any) -> int:
 
 
 class SpoolWriter:
-    """One append's file handle; every method runs in a worker thread, one at a time."""
+    """One append's file handle; write steps run in worker threads, one at a time."""
 
     def __init__(self, path: Path, offset: int, checksum: Checksum | None, *, durable: bool,
-                 commit_interval: int, sync_windows: bool = False) -> None:
+                 commit_interval: int, sync_interval: int | None = None) -> None:
         self.path = path
         self.offset = offset
         self.checksum = checksum
         self.hasher = hashlib.new(checksum.algorithm) if checksum is not None else None
         self.durable = durable
         self.commit_interval = commit_interval
-        # An unverified body must not become visible before its checksum is known.
-        self.sync_windows = sync_windows and checksum is None
+        # Windows made durable and offered for commit while the body streams; never for an
+        # unverified body, which must not become visible before its checksum is known.
+        self.sync_interval = sync_interval if checksum is None else None
+        self.sync_windows = self.sync_interval is not None
         self.fd: int | None = None
         self.submitted = 0  # bytes handed to writes (maintained by the event loop side)
         self.written = 0
         self.window_start = 0
-        self.synced = offset  # bytes known durable, for stores that commit windows
+        self.window_end = offset  # end of the last full window written (absolute)
+        self.synced = offset  # bytes known durable and committable (absolute)
         self.size = offset
 
     # --- hooks -------------------------------------------------------------------------------
@@ -100,16 +106,21 @@ class SpoolWriter:
         self.written += pwrite_all(fd, buffers, self.offset + self.written, self.hasher)
         if self.written - self.window_start < self.commit_interval:
             return
-        if self.sync_windows:
-            if self.durable:
-                os.fdatasync(fd)
-            self.synced = self.offset + self.written
-        elif self.durable:
+        if self.durable:
             # Start writing this window back without waiting for it: receiving goes on,
-            # and the fdatasync that acknowledges the bytes later has little left to do.
+            # and the fdatasync that makes it durable later has little left to do.
             start_writeback(fd, self.offset + self.window_start,
                             self.written - self.window_start)
         self.window_start = self.written
+        if self.sync_interval is not None and \
+                self.offset + self.written - self.window_end >= self.sync_interval:
+            self.window_end = self.offset + self.written
+
+    def sync_window(self, end: int) -> int:
+        """Make everything up to ``end`` durable; runs beside the writes, never after close."""
+        if self.durable and self.fd is not None:
+            os.fdatasync(self.fd)
+        return end
 
     def finish(self, buffers: list[bytes], keep: bool) -> None:
         """Write the rest, verify, then commit (sync) or roll back (truncate); close."""
@@ -140,20 +151,77 @@ class SpoolWriter:
         self.after_close(keep)
 
 
+class _Pump:
+    """The event-loop side of one append: batches, the write in flight, the window sync."""
+
+    def __init__(self, writer: SpoolWriter, pool: IoPool,
+                 on_window: Callable[[], Awaitable[None]] | None) -> None:
+        self.writer = writer
+        self.pool = pool
+        self.on_window = on_window
+        self.pending: asyncio.Future[None] | None = None
+        self.syncing: asyncio.Future[int] | None = None
+        self.committing: asyncio.Future[None] | None = None
+
+    def after_write(self) -> None:
+        """Between batches: note a finished window sync or commit, start the next ones.
+
+        Neither is waited for: the body keeps streaming while a window syncs in a worker
+        thread and its offset is recorded; one of each is in flight at a time."""
+        writer = self.writer
+        if not writer.sync_windows:
+            return
+        if self.committing is not None and self.committing.done():
+            committing, self.committing = self.committing, None
+            committing.result()  # a commit that failed (lock lost, conflict) ends the body
+        if self.syncing is not None and self.syncing.done():
+            writer.synced = self.syncing.result()
+            self.syncing = None
+            if self.on_window is not None and self.committing is None:
+                self.committing = asyncio.ensure_future(self.on_window())
+        if self.syncing is None and writer.window_end > writer.synced:
+            self.syncing = self.pool.submit_background(writer.sync_window, writer.window_end)
+
+    async def settle(self, buffers: list[bytes], keep: bool,
+                     on_settled: Callable[[bool], None] | None) -> None:
+        writer = self.writer
+        try:
+            if self.pending is not None:
+                await self.pending
+        finally:
+            # The file must stay open until the sync is done (the close syncs anyway); the
+            # store's last commit follows this one, and repeats an error it had.
+            for step in (self.syncing, self.committing):
+                if step is not None:
+                    with contextlib.suppress(Exception):
+                        await step
+            try:
+                # The last batch, the checksum verdict, the sync and the close in one step:
+                # a small body costs a single trip to a worker thread.
+                await self.pool.run(writer.finish, buffers if keep else [], keep)
+            except BaseException:
+                if on_settled is not None:
+                    on_settled(False)
+                raise
+            if on_settled is not None:
+                on_settled(True)
+
+
 async def pump(writer: SpoolWriter, chunks: AsyncIterator[bytes], pool: IoPool, *,
                buffer_bytes: int, max_bytes: int | None, crowded: Callable[[], bool],
-               on_batch: Callable[[], Awaitable[None]] | None = None,
+               on_window: Callable[[], Awaitable[None]] | None = None,
                on_settled: Callable[[bool], None] | None = None) -> int:
     """Stream ``chunks`` through ``writer``; returns the new size of the data file.
 
     Stalls, disconnects, lock release and shutdown keep the bytes that arrived (TUS-PATCH-06)
     unless they are unverifiable or over the limit. The final write, sync and close run to
     completion even when the caller is cancelled, so a lock is never released before the
-    commit. ``on_batch`` runs after each batch is written; ``on_settled(ok)`` after the close.
+    commit. ``on_window`` is started when a window became durable (``writer.synced`` moved)
+    and runs beside the stream; ``on_settled(ok)`` runs after the close.
     """
+    state = _Pump(writer, pool, on_window)
     buffers: list[bytes] = []
     buffered = 0
-    pending: asyncio.Future[None] | None = None
     keep = True
     try:
         async for chunk in chunks:
@@ -164,43 +232,23 @@ async def pump(writer: SpoolWriter, chunks: AsyncIterator[bytes], pool: IoPool, 
             buffered += len(chunk)
             if buffered < buffer_bytes:
                 continue
-            if pending is not None:
+            if state.pending is not None:
                 # Shielded: cancelling the handler must not cancel a write in flight.
-                await asyncio.shield(pending)
-                if on_batch is not None:
-                    await on_batch()
+                await asyncio.shield(state.pending)
+                state.after_write()
             # One batch is written while the next one fills: two buffers per upload.
-            pending = pool.submit(writer.write, buffers)
+            state.pending = pool.submit(writer.write, buffers)
             writer.submitted += buffered
             buffers, buffered = [], 0
             if crowded():
                 # Many uploads keep the disk busy already; one buffer each bounds memory.
-                await asyncio.shield(pending)
+                await asyncio.shield(state.pending)
     except BaseException as exc:
         keep = writer.checksum is None and not isinstance(exc, errors.SizeExceeded)
         raise
     finally:
-        await run_to_completion(_settle(pool, pending, writer, buffers, keep, on_settled))
+        await run_to_completion(state.settle(buffers, keep, on_settled))
     return writer.size
-
-
-async def _settle(pool: IoPool, pending: asyncio.Future[None] | None, writer: SpoolWriter,
-                  buffers: list[bytes], keep: bool,
-                  on_settled: Callable[[bool], None] | None) -> None:
-    try:
-        if pending is not None:
-            await pending
-    finally:
-        try:
-            # The last batch, the checksum verdict, the sync and the close in one step: a
-            # small body costs a single trip to a worker thread.
-            await pool.run(writer.finish, buffers if keep else [], keep)
-        except BaseException:
-            if on_settled is not None:
-                on_settled(False)
-            raise
-        if on_settled is not None:
-            on_settled(True)
 
 
 def concatenate(target: Path, sources: list[tuple[Path, int | None]], durable: bool) -> int:

@@ -55,7 +55,7 @@ async def open_store(request: pytest.FixtureRequest,
             backends.append(backend)
             store = RedisStore(backend, tmp_path / "data", pool, fsync=FsyncPolicy.ACK,
                                write_buffer_bytes=64 * 1024, commit_interval_bytes=256 * 1024,
-                               tombstone_ttl_s=3600)
+                               sync_interval_bytes=256 * 1024, tombstone_ttl_s=3600)
         await store.open()
         opened.append(store)
         return store
@@ -406,3 +406,24 @@ async def test_uncommitted_bytes_of_a_dead_writer_are_cut_off(open_store: StoreF
     assert (await store.get(info.upload_id)).offset == 3
     await store.append(info.upload_id, 3, chunks(b"defghij"), max_bytes=7, checksum=None)
     assert store.data_path(info.upload_id).read_bytes() == b"abcdefghij"
+
+
+@pytest.mark.parametrize("open_store", ["redis"], indirect=True)
+async def test_a_long_append_commits_windows_as_it_streams(open_store: StoreFactory) -> None:
+    """An instance killed mid-PATCH must not lose more than a window: the offset moves while
+    the body is still arriving (the sync interval here is 256 KiB)."""
+    store = await open_store()
+    info = new_info(37, 8 * 1024 * 1024)
+    await store.create(info)
+    seen: list[int] = []
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        for _ in range(64):
+            yield b"w" * (64 * 1024)
+            await asyncio.sleep(0.005)
+            seen.append((await store.get(info.upload_id)).offset)
+
+    assert await store.append(info.upload_id, 0, slow_body(), max_bytes=info.length,
+                              checksum=None) == 4 * 1024 * 1024
+    assert any(0 < offset < 4 * 1024 * 1024 for offset in seen), seen
+    assert seen == sorted(seen), "the committed offset went back"
