@@ -61,8 +61,10 @@ async def post(request: web.Request, headers: Headers) -> web.Response:
 async def head(request: web.Request, headers: Headers) -> web.Response:
     uploads = uploads_of(request)
     upload_id = checked_id(request.match_info["upload_id"])
-    async with uploads.locked(upload_id):
-        state = await uploads.live(upload_id)
+    # A writer is asked to commit and let go, but the read needs no lock of its own: the
+    # store reports committed offsets only.
+    await uploads.settled(upload_id)
+    state = await uploads.live(upload_id)
     return web.Response(status=200, headers=decisions.upload_headers(state, uploads.settings))
 
 

@@ -78,6 +78,10 @@ class Uploads:
         finally:
             await asyncio.shield(lock.release())
 
+    async def settled(self, upload_id: str) -> None:
+        """Wait until nobody writes the upload, asking a writer to commit and let go."""
+        await self.locker.new_lock(upload_id).wait_free(self.config.lock_wait_s)
+
     @asynccontextmanager
     async def receiving(self, reader: BodyReader) -> AsyncIterator[None]:
         if self.shutting_down:

@@ -97,6 +97,10 @@ class Lock(Protocol):
     async def release(self) -> None:
         """Give the lock back; waiting requests may proceed."""
 
+    async def wait_free(self, timeout_s: float) -> None:
+        """Ask a current holder to let go and wait until nobody holds the upload, without
+        taking it (a reader of committed state); ``errors.UploadLocked`` on timeout."""
+
 
 class Locker(Protocol):
     def new_lock(self, upload_id: str) -> Lock:

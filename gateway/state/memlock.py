@@ -47,8 +47,13 @@ class MemoryLock:
         self._holder: _Holder | None = None
 
     async def acquire(self, timeout_s: float, on_release_requested: Callable[[], None]) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        await self.wait_free(timeout_s)
+        # No await since the upload was seen free: nobody can have taken it meanwhile.
+        self._holder = _Holder(on_release_requested)
+        self._locker._held[self._id] = self._holder
+
+    async def wait_free(self, timeout_s: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
         held = self._locker._held
         while (holder := held.get(self._id)) is not None:
             holder.ask()
@@ -57,8 +62,6 @@ class MemoryLock:
                     await holder.released.wait()
             except TimeoutError:
                 raise errors.UploadLocked() from None
-        self._holder = _Holder(on_release_requested)
-        held[self._id] = self._holder
 
     async def release(self) -> None:
         holder, self._holder = self._holder, None

@@ -32,7 +32,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,16 +240,36 @@ class RedisLock:
     async def acquire(self, timeout_s: float, on_release_requested: Callable[[], None]) -> None:
         backend = self._backend
         keys = backend.keys
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
         token = secrets.token_hex(16)
-        asked_at = float("-inf")
-        pause = 0.005
-        while True:
+
+        async def take() -> bool:
             won = await backend.script("acquire", [keys.lock(self._id), keys.release(self._id)],
                                        [token, backend.lock_ttl_ms])
-            if won == 1:
-                break
+            return bool(won == 1)
+
+        await self._poll(take, timeout_s)
+        held = _Held(token, on_release_requested)
+        backend.held[self._id] = held
+        held.extender = asyncio.create_task(self._extend(held), name=f"tus-lock-{self._id}")
+        self._held = held
+
+    async def wait_free(self, timeout_s: float) -> None:
+        backend = self._backend
+
+        async def free() -> bool:
+            with mapped_errors():
+                return not await backend.client.exists(backend.keys.lock(self._id))
+
+        await self._poll(free, timeout_s)
+
+    async def _poll(self, attempt: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
+        """Repeat ``attempt`` until it succeeds, asking the holder to let go meanwhile."""
+        backend = self._backend
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        asked_at = float("-inf")
+        pause = 0.005
+        while not await attempt():
             now = loop.time()
             if now >= deadline:
                 raise errors.UploadLocked()
@@ -259,10 +279,6 @@ class RedisLock:
                 asked_at = now
             await asyncio.sleep(min(pause, max(deadline - now, 0.0)))
             pause = min(pause * 2, 0.05)
-        held = _Held(token, on_release_requested)
-        backend.held[self._id] = held
-        held.extender = asyncio.create_task(self._extend(held), name=f"tus-lock-{self._id}")
-        self._held = held
 
     async def _extend(self, held: _Held) -> None:
         backend = self._backend

@@ -427,3 +427,20 @@ async def test_a_long_append_commits_windows_as_it_streams(open_store: StoreFact
                               checksum=None) == 4 * 1024 * 1024
     assert any(0 < offset < 4 * 1024 * 1024 for offset in seen), seen
     assert seen == sorted(seen), "the committed offset went back"
+
+
+async def test_wait_free_asks_the_holder_but_takes_nothing(lockers: LockerFactory) -> None:
+    a, b = await lockers(), await lockers()
+    asked = asyncio.Event()
+    holder = a.new_lock("8" * 32)
+    await holder.acquire(1.0, asked.set)
+    reader = asyncio.create_task(b.new_lock("8" * 32).wait_free(5.0))
+    await asyncio.wait_for(asked.wait(), 1.0)
+    assert not reader.done()
+    await holder.release()
+    await asyncio.wait_for(reader, 1.0)
+    taker = a.new_lock("8" * 32)
+    await asyncio.wait_for(taker.acquire(0.1, lambda: None), 1.0)  # nothing was left held
+    with pytest.raises(errors.UploadLocked):
+        await b.new_lock("8" * 32).wait_free(0.2)
+    await taker.release()
