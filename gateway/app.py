@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
@@ -27,9 +29,11 @@ from gateway.sinks import DirectorySink
 from gateway.state.base import Locker, UploadStore
 from gateway.state.disk import DiskStore
 from gateway.state.memlock import MemoryLocker
-from gateway.state.redis import RedisBackend, RedisLocker, RedisStore
 from gateway.uploads import Uploads
 from protocol import errors
+
+if TYPE_CHECKING:
+    from gateway.state.redis import RedisBackend
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,11 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
     locker: Locker
     journal: Path | None = config.data_dir / "delivered.log"
     if config.redis_url:
+        # Imported only when configured (redis-py costs a single-process gateway ~7 MiB),
+        # and in a thread, since an import reads files.
+        redis_state = await asyncio.to_thread(importlib.import_module, "gateway.state.redis")
+        RedisBackend, RedisLocker, RedisStore = (
+            redis_state.RedisBackend, redis_state.RedisLocker, redis_state.RedisStore)
         backend = RedisBackend(config.redis_url, prefix=config.redis_prefix,
                                lock_ttl_s=config.lock_ttl_s)
         store = RedisStore(backend, config.data_dir, pool, fsync=config.fsync,

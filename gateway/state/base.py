@@ -21,6 +21,11 @@ class ReleaseRequested(Exception):
 
 
 class UploadStore(Protocol):
+    async def open(self) -> None:
+        """Prepare the backing state (folders, connections, crash clean-up)."""
+
+    async def close(self) -> None: ...
+
     async def create(self, info: UploadInfo) -> UploadState:
         """Persist a new, empty upload. Raises nothing for a fresh id."""
 
