@@ -37,10 +37,19 @@ def test_environment_then_flags() -> None:
     assert config.fsync is FsyncPolicy.OFF
 
 
+def test_redis_url_comes_from_the_usual_variable() -> None:
+    env = {"REDIS_URL": "redis://cache:6379/2", "TUS_LOCK_TTL": "3s"}
+    config = config_from_args(build_parser().parse_args(["serve"]), env)
+    assert config.redis_url == "redis://cache:6379/2" and config.lock_ttl_s == 3.0
+    flag = build_parser().parse_args(["serve", "--redis-url", "unix:///run/redis.sock"])
+    assert config_from_args(flag, env).redis_url == "unix:///run/redis.sock"
+
+
 @pytest.mark.parametrize("overrides", [
     {"base_path": "files"}, {"port": 70000}, {"stall_timeout_s": 0}, {"max_size_bytes": -1},
     {"write_buffer_bytes": 1}, {"extensions": ("creation-with-upload",)},
-    {"extensions": ("bogus",)}, {"cors_origins": ()},
+    {"extensions": ("bogus",)}, {"cors_origins": ()}, {"redis_url": "localhost:6379"},
+    {"lock_ttl_s": 0.5}, {"redis_prefix": "a{b}"}, {"sync_interval_bytes": 1024 * 1024},
 ])
 def test_validate_refuses_impossible_values(overrides: dict[str, object]) -> None:
     with pytest.raises(ValueError):
