@@ -19,9 +19,9 @@ The global keys live in other slots than the uploads, so no script touches them 
 with an upload's keys; they are indexes that the sweeper repairs, never the truth.
 
 Every script starts with its KEYS/ARGV contract, receives every key through KEYS, and is
-registered once per client. Mutating scripts are fenced: given a lock token, they change
-nothing unless that token still holds the upload's lock (a holder whose lock expired while it
-was paused cannot overwrite its successor's work).
+registered once per client. Mutating scripts are fenced: given a lock token (ARGV[1]; ''
+means no fence), they change nothing unless that token still holds the upload's lock (a
+holder whose lock expired while it was paused cannot overwrite its successor's work).
 """
 
 from __future__ import annotations
@@ -74,14 +74,6 @@ class Keys:
         return f"{self.prefix}:lease:{name}"
 
 
-# A fence shared by the mutating scripts: ARGV[1] is a lock token or "" (no fence).
-_FENCE = """
-local function fenced(lock_key, token)
-  if token == '' then return true end
-  return redis.call('GET', lock_key) == token
-end
-"""
-
 CREATE = """
 -- KEYS[1] = upload, KEYS[2] = tomb
 -- ARGV[1] = record (JSON), ARGV[2] = now
@@ -102,12 +94,12 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return {'gone'} end
 return {'missing'}
 """
 
-COMMIT = _FENCE + """
+COMMIT = """
 -- KEYS[1] = upload, KEYS[2] = lock
 -- ARGV[1] = lock token or '', ARGV[2] = expected offset, ARGV[3] = new offset, ARGV[4] = now
 -- Compare-and-set of the committed offset; it only grows.
 -- Returns {'ok', offset} | {'lost'} | {'missing'} | {'conflict', current offset}.
-if not fenced(KEYS[2], ARGV[1]) then return {'lost'} end
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lost'} end
 local current = redis.call('HGET', KEYS[1], 'offset')
 if not current then return {'missing'} end
 if current == ARGV[3] then return {'ok', current} end
@@ -118,12 +110,12 @@ redis.call('HSET', KEYS[1], 'offset', ARGV[3], 'mtime', ARGV[4])
 return {'ok', ARGV[3]}
 """
 
-SAVE_INFO = _FENCE + """
+SAVE_INFO = """
 -- KEYS[1] = upload, KEYS[2] = lock
 -- ARGV[1] = lock token or '', ARGV[2] = new record (JSON)
 -- Replaces the record; a declared length is never changed and never below the offset.
 -- Returns 'ok' | 'lost' | 'missing' | 'length_fixed' | 'below_offset'.
-if not fenced(KEYS[2], ARGV[1]) then return 'lost' end
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'lost' end
 local v = redis.call('HMGET', KEYS[1], 'info', 'offset')
 if not v[1] then return 'missing' end
 local old = cjson.decode(v[1])
@@ -139,12 +131,12 @@ redis.call('HSET', KEYS[1], 'info', ARGV[2])
 return 'ok'
 """
 
-TERMINATE = _FENCE + """
+TERMINATE = """
 -- KEYS[1] = upload, KEYS[2] = lock, KEYS[3] = tomb, KEYS[4] = ckpt, KEYS[5] = parts
 -- ARGV[1] = lock token or '', ARGV[2] = tombstone (JSON), ARGV[3] = tombstone TTL in ms,
 -- ARGV[4] = offset the caller decided on, or '' (remove whatever the offset)
 -- Returns 'ok' | 'lost' | 'missing' | 'changed' (bytes arrived since the decision).
-if not fenced(KEYS[2], ARGV[1]) then return 'lost' end
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'lost' end
 local offset = redis.call('HGET', KEYS[1], 'offset')
 if not offset then return 'missing' end
 if ARGV[4] ~= '' and offset ~= ARGV[4] then return 'changed' end
