@@ -37,7 +37,7 @@ def blockbuster(request: pytest.FixtureRequest) -> Iterator[BlockBuster | None]:
     if request.node.get_closest_marker("allow_blocking"):
         yield None
         return
-    with blockbuster_ctx(["gateway", "protocol"]) as bb:
+    with blockbuster_ctx(["gateway", "protocol", "notion_sink"]) as bb:
         yield bb
 
 
