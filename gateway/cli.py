@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             serve.add_argument(flag, dest=f.name, default=None, metavar=_metavar(f.name),
                                help=help_text)
+    fake = commands.add_parser(
+        "fake-notion", add_help=False,
+        help="run a fake Notion API server for trying the Notion sink locally "
+             "(`tus-gateway fake-notion --help` for its options)")
+    del fake  # its arguments are the fake's own: main() hands them over unparsed
     return parser
 
 
@@ -104,6 +109,10 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Gatew
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["fake-notion"]:
+        from notion_sink.fake import main as fake_main
+        return fake_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,230 @@
+"""The Notion HTTP API, as far as the sink uses it: file uploads, pages, database queries.
+
+Everything that can go wrong on the wire is turned into a ``SinkError`` here, at the
+boundary (``retry.classify`` is the one table by HTTP status and Notion error code): callers
+never see aiohttp's exceptions. Part bodies stream from the spool file in bounded reads that
+run in worker threads, so a 20 MiB part never sits in memory and the event loop never blocks
+on the disk.
+
+Only the ``Notion-Version`` this client is configured with is sent; the database endpoints
+follow the 2022-06-28 shape (``POST /v1/databases/{id}/query``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import payload as aiohttp_payload
+from aiohttp.abc import AbstractStreamWriter
+
+from notion_sink.retry import Retryable, SinkError, classify
+
+DEFAULT_BASE_URL = "https://api.notion.com"
+DEFAULT_VERSION = "2022-06-28"
+READ_CHUNK = 256 * 1024
+
+# Reads ``length`` bytes at ``start`` of a file without blocking the loop (a worker thread).
+ReadRange = Callable[[Path, int, int], Awaitable[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    base_url: str = DEFAULT_BASE_URL
+    token: str = ""
+    version: str = DEFAULT_VERSION
+    timeout_s: float = 60.0
+    # A 20 MiB part on a slow link takes longer than a JSON call (notion-api.md §10.12).
+    send_timeout_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class FileUpload:
+    """The fields of a Notion File Upload object that the sink acts on."""
+
+    id: str
+    status: str
+    expiry_time: str | None
+    parts_sent: int | None
+    raw: Mapping[str, Any]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FileUpload:
+        parts = data.get("number_of_parts")
+        sent = parts.get("sent") if isinstance(parts, Mapping) else None
+        return cls(str(data["id"]), str(data.get("status")), data.get("expiry_time"),
+                   sent if isinstance(sent, int) else None, data)
+
+
+class SpoolRange(aiohttp_payload.Payload):
+    """``length`` bytes of a spool file from ``start``, read in worker threads as sent."""
+
+    def __init__(self, path: Path, start: int, length: int,
+                 read: ReadRange, *, filename: str,
+                 content_type: str) -> None:
+        super().__init__(path, content_type=content_type, filename=filename)
+        self._path = path
+        self._start = start
+        self._length = length
+        self._size = length  # aiohttp announces it as the part's length
+        self._read = read
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        done = 0
+        while done < self._length:
+            want = min(READ_CHUNK, self._length - done)
+            chunk = await self._read(self._path, self._start + done, want)
+            if len(chunk) != want:
+                # The spool never shrinks below a committed offset; a short read means the
+                # file changed under us, and sending less than announced would be worse.
+                raise OSError(f"{self._path.name}: short read at {self._start + done}")
+            done += want
+            yield chunk
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        async for chunk in self._chunks():
+            await writer.write(chunk)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        raise TypeError("a spool range is binary and is streamed, never decoded")
+
+
+def read_range(path: Path, start: int, length: int) -> bytes:
+    """Blocking: ``length`` bytes of ``path`` from ``start`` (for a worker thread)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, start)
+    finally:
+        os.close(fd)
+
+
+class NotionClient:
+    def __init__(self, session: aiohttp.ClientSession, settings: ClientSettings,
+                 read: ReadRange) -> None:
+        self._session = session
+        self._settings = settings
+        self._read = read
+        self._base = settings.base_url.rstrip("/")
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._settings.token}",
+                "Notion-Version": self._settings.version}
+
+    async def _call(self, method: str, path: str, *, json_body: Any = None,
+                    data: Any = None, timeout_s: float | None = None) -> dict[str, Any]:
+        timeout = aiohttp.ClientTimeout(total=timeout_s or self._settings.timeout_s)
+        headers = self._headers()
+        if json_body is not None:
+            data = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
+        with mapped_errors():
+            async with self._session.request(method, self._base + path, data=data,
+                                             headers=headers, timeout=timeout) as response:
+                body = await response.read()
+                if response.status >= 400:
+                    raise _http_error(response.status, response.headers, body)
+        try:
+            parsed = json.loads(body)
+        except ValueError as exc:
+            raise Retryable(f"{method} {path}: the answer is not JSON",
+                            status=response.status) from exc
+        if not isinstance(parsed, dict):
+            raise Retryable(f"{method} {path}: the answer is not an object",
+                            status=response.status)
+        return parsed
+
+    # --- file uploads ------------------------------------------------------------------------
+    async def create_upload(self, *, filename: str, content_type: str,
+                            number_of_parts: int | None) -> FileUpload:
+        body: dict[str, Any] = {"filename": filename, "content_type": content_type}
+        if number_of_parts is None:
+            body["mode"] = "single_part"
+        else:
+            body.update(mode="multi_part", number_of_parts=number_of_parts)
+        return FileUpload.from_json(await self._call("POST", "/v1/file_uploads",
+                                                     json_body=body))
+
+    async def send_part(self, upload_id: str, path: Path, start: int, length: int, *,
+                        part_number: int | None, filename: str,
+                        content_type: str) -> FileUpload:
+        form = aiohttp.MultipartWriter("form-data")
+        if part_number is not None:
+            number = form.append(str(part_number))
+            number.set_content_disposition("form-data", name="part_number")
+        part = SpoolRange(path, start, length, self._read, filename=filename,
+                          content_type=content_type)
+        form.append_payload(part)
+        part.set_content_disposition("form-data", name="file", filename=filename)
+        return FileUpload.from_json(await self._call(
+            "POST", f"/v1/file_uploads/{upload_id}/send", data=form,
+            timeout_s=self._settings.send_timeout_s))
+
+    async def complete(self, upload_id: str) -> FileUpload:
+        return FileUpload.from_json(await self._call(
+            "POST", f"/v1/file_uploads/{upload_id}/complete", json_body={}))
+
+    async def retrieve(self, upload_id: str) -> FileUpload:
+        return FileUpload.from_json(await self._call("GET", f"/v1/file_uploads/{upload_id}"))
+
+    # --- pages and databases -----------------------------------------------------------------
+    async def create_page(self, database_id: str,
+                          properties: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._call("POST", "/v1/pages", json_body={
+            "parent": {"database_id": database_id}, "properties": properties})
+
+    async def query_equals(self, database_id: str, prop: str, value: str,
+                           kind: str = "rich_text") -> list[dict[str, Any]]:
+        """Pages whose ``prop`` (rich_text or title) is exactly ``value``; every page."""
+        pages: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            body: dict[str, Any] = {"filter": {"property": prop, kind: {"equals": value}},
+                                    "page_size": 100}
+            if cursor:
+                body["start_cursor"] = cursor
+            answer = await self._call("POST", f"/v1/databases/{database_id}/query",
+                                      json_body=body)
+            pages.extend(r for r in answer.get("results", []) if isinstance(r, dict))
+            cursor = answer.get("next_cursor")
+            if not answer.get("has_more") or not cursor:
+                return pages
+
+
+@contextlib.contextmanager
+def mapped_errors() -> Iterator[None]:
+    """aiohttp's transport failures become retryable sink errors."""
+    try:
+        yield
+    except SinkError:
+        raise
+    except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+        raise Retryable(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _http_error(status: int, headers: Mapping[str, str], body: bytes) -> SinkError:
+    code: str | None = None
+    reason: str | None = None
+    message = body[:300].decode("utf-8", "replace")
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        code = data.get("code") if isinstance(data.get("code"), str) else None
+        message = str(data.get("message", message))
+        extra = data.get("additional_data")
+        if isinstance(extra, dict) and isinstance(extra.get("rate_limit_reason"), str):
+            reason = extra["rate_limit_reason"]
+    retry_after: float | None = None
+    with contextlib.suppress(TypeError, ValueError):
+        raw = headers.get("Retry-After")
+        retry_after = float(raw) if raw is not None else None
+    error = classify(status, code, retry_after, reason)
+    error.args = (f"{status} {code or ''}: {message}".strip(),)
+    return error
