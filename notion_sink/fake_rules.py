@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from notion_sink.filetypes import FileTypes, extension_of
+
 # --- limits (§4, with the docs' units turned into bytes) ---------------------------------------
 MIB = 1024 * 1024
 SINGLE_PART_MAX = 20 * MIB  # "Files larger than 20 MiB must be split into parts"
@@ -54,65 +56,6 @@ def not_found(kind: str, object_id: str) -> NotionError:
     return NotionError(404, "object_not_found",
                        f"Could not find {kind} with ID: {object_id}. Make sure the relevant "
                        "pages and databases are shared with your integration.")
-
-
-# --- accepted file types (§5: the official table, every stored copy 2025-2026) -----------------
-# Extension -> MIME types that may go with it. The first MIME type is what the fake infers
-# from the extension, except .mp4, which OBS showed inferred as application/mp4 (rule 9).
-_WORD = "application/vnd.openxmlformats-officedocument.wordprocessingml"
-_SHEET = "application/vnd.openxmlformats-officedocument.spreadsheetml"
-_SLIDES = "application/vnd.openxmlformats-officedocument.presentationml"
-DEFAULT_FILE_TYPES: Mapping[str, tuple[str, ...]] = {
-    # audio
-    "aac": ("audio/aac",), "adts": ("audio/aac",), "mid": ("audio/midi",),
-    "midi": ("audio/midi",), "mp3": ("audio/mpeg",), "mpga": ("audio/mpeg",),
-    "m4a": ("audio/mp4",), "m4b": ("audio/mp4",), "oga": ("audio/ogg",),
-    "ogg": ("audio/ogg",), "wav": ("audio/wav",), "wma": ("audio/x-ms-wma",),
-    # documents
-    "pdf": ("application/pdf",), "txt": ("text/plain",), "json": ("application/json",),
-    "doc": ("application/msword",), "dot": ("application/msword",),
-    "docx": (f"{_WORD}.document",), "dotx": (f"{_WORD}.template",),
-    "xls": ("application/vnd.ms-excel",), "xlt": ("application/vnd.ms-excel",),
-    "xla": ("application/vnd.ms-excel",), "xlsx": (f"{_SHEET}.sheet",),
-    "xltx": (f"{_SHEET}.template",), "ppt": ("application/vnd.ms-powerpoint",),
-    "pot": ("application/vnd.ms-powerpoint",), "pps": ("application/vnd.ms-powerpoint",),
-    "ppa": ("application/vnd.ms-powerpoint",), "pptx": (f"{_SLIDES}.presentation",),
-    "potx": (f"{_SLIDES}.template",),
-    # images
-    "gif": ("image/gif",), "heic": ("image/heic",), "jpeg": ("image/jpeg",),
-    "jpg": ("image/jpeg",), "png": ("image/png",), "svg": ("image/svg+xml",),
-    "tif": ("image/tiff",), "tiff": ("image/tiff",), "webp": ("image/webp",),
-    "ico": ("image/vnd.microsoft.icon",),
-    # video (.mp4 is listed under audio and video: all three types go with it)
-    "amv": ("video/x-amv",), "asf": ("video/x-ms-asf",), "wmv": ("video/x-ms-asf",),
-    "avi": ("video/x-msvideo",), "f4v": ("video/x-f4v",), "flv": ("video/x-flv",),
-    "gifv": ("video/mp4",), "m4v": ("video/mp4",),
-    "mp4": ("application/mp4", "video/mp4", "audio/mp4"),
-    "mkv": ("video/webm",), "webm": ("video/webm",), "mov": ("video/quicktime",),
-    "qt": ("video/quicktime",), "mpeg": ("video/mpeg",),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class FileTypes:
-    """The allow-list (configurable, §5): extension -> MIME types."""
-
-    table: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: DEFAULT_FILE_TYPES)
-
-    def mime_types(self) -> frozenset[str]:
-        return frozenset(m for mimes in self.table.values() for m in mimes)
-
-    def extension_for(self, mime: str) -> str | None:
-        for ext, mimes in self.table.items():
-            if mime in mimes:
-                return ext
-        return None
-
-
-def extension_of(filename: str) -> str | None:
-    """The lower-cased text after the last dot, or None (``notes.md.txt`` -> ``txt``)."""
-    _stem, dot, ext = filename.rpartition(".")
-    return ext.lower() if dot and ext else None
 
 
 def bare_mime(content_type: str) -> str:

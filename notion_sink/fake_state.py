@@ -26,13 +26,13 @@ from notion_sink.fake_rules import (
     PAID_WORKSPACE_LIMIT,
     SCHEMA_TYPES,
     UPLOAD_TTL_S,
-    FileTypes,
     Property,
     normalize_id,
     not_found,
     plain_text,
     validation,
 )
+from notion_sink.filetypes import FileTypes
 
 DEFAULT_VERSION = "2022-06-28"
 # From 2025-09-03 the query path moved to data sources (§7.3); versions before it keep
