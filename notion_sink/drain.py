@@ -1,0 +1,228 @@
+"""Draining one finished upload to Notion: parts in parallel, checkpointed, resumable.
+
+Theory of operation
+-------------------
+``plan_parts`` fixes how the file is cut (one ``single_part`` send up to 20 MiB, otherwise
+``multi_part`` parts of at least the window). The Notion upload is created when its first
+part is ready, and its id goes into the store's checkpoint; every part Notion confirms is
+recorded there too, so a gateway restarted mid-drain sends only the parts that are missing.
+
+Every Notion call goes through ``Resilient.run``: it waits for the circuit breaker (while
+Notion is failing, nothing is sent, and nothing is lost: the bytes stay in the spool), then
+for the shared rate limiter, then retries retryable failures by the ``RetryPolicy``, and
+makes every sender pause when Notion answers 429 or 529 with a Retry-After.
+
+A Notion upload expires one hour after it was created, and sends do not extend it. A drain
+that finds its upload expired (or too old to finish in time) creates a new one and sends
+every part again from the spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from gateway.state.base import UploadStore
+from notion_sink.breaker import CircuitBreaker
+from notion_sink.client import FileUpload, NotionClient
+from notion_sink.filetypes import DEFAULT_FILE_TYPES, extension_of
+from notion_sink.ratelimit import Limiter
+from notion_sink.retry import Permanent, RateLimited, RetryPolicy, SinkError
+from notion_sink.windows import PartPlan, part_range, plan_parts
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Notion uploads live one hour; one that has less than this left is not worth resuming.
+UPLOAD_LIFETIME_S = 3600.0
+RESUME_MARGIN_S = 600.0
+# A drain that keeps losing its Notion upload to expiry gives up after this many new ones.
+MAX_FRESH_UPLOADS = 3
+
+
+class Resilient:
+    """The one loop where a Notion call meets the breaker, the rate limiter and retries."""
+
+    def __init__(self, breaker: CircuitBreaker, limiter: Limiter, policy: RetryPolicy, *,
+                 rng: random.Random | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.breaker = breaker
+        self.limiter = limiter
+        self.policy = policy
+        self._rng = rng or random.Random()
+        self._clock = clock
+
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+
+    async def run(self, call: Callable[[], Awaitable[T]]) -> T:
+        attempt = 0
+        started = self._now()
+        while True:
+            permit = self.breaker.admit(self._now())
+            if permit is None:
+                # Notion is failing: wait for the breaker's probe instead of spending
+                # attempts; the time spent waiting does not count against the deadline.
+                retry_at = self.breaker.retry_at
+                await asyncio.sleep(0.05 if retry_at is None else
+                                    max(retry_at - self._now(), 0.05))
+                started = self._now()
+                continue
+            await self.limiter.acquire()
+            try:
+                result = await call()
+            except SinkError as error:
+                self.breaker.record_failure(self._now(), error, permit)
+                if isinstance(error, RateLimited) and error.retry_after:
+                    self.limiter.penalize(error.retry_after)
+                attempt += 1
+                delay = self.policy.next_delay(attempt, error, self._now() - started,
+                                               self._rng)
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+                continue
+            except BaseException:
+                self.breaker.record_abandoned(self._now(), permit)
+                raise
+            self.breaker.record_success(self._now(), permit)
+            return result
+
+
+@dataclass(frozen=True, slots=True)
+class NotionName:
+    """How a file is presented to Notion, and whether its real name had to be hidden."""
+
+    filename: str
+    content_type: str
+    opaque: bool
+
+
+def notion_name(filename: str, upload_id: str) -> NotionName:
+    """Notion accepts a fixed list of types: anything else goes as opaque ``.txt`` text."""
+    ext = extension_of(filename)
+    if ext is not None and ext in DEFAULT_FILE_TYPES:
+        return NotionName(filename, DEFAULT_FILE_TYPES[ext][0], False)
+    return NotionName(f"{upload_id}.txt", "text/plain", True)
+
+
+@dataclass
+class DrainProgress:
+    """What a status page shows while a drain runs."""
+
+    parts_total: int = 0
+    parts_sent: int = 0
+    remote_id: str | None = None
+    fresh_uploads: int = 0
+
+
+class Drain:
+    """Sends one complete upload to Notion; ``run`` returns the Notion file upload id."""
+
+    def __init__(self, client: NotionClient, store: UploadStore, resilient: Resilient, *,
+                 window: int, concurrency: int, wall_clock: Callable[[], float] = time.time
+                 ) -> None:
+        self.client = client
+        self.store = store
+        self.resilient = resilient
+        self.window = window
+        self.concurrency = concurrency
+        self.wall_clock = wall_clock
+
+    async def run(self, upload_id: str, data: Path, length: int, name: NotionName,
+                  progress: DrainProgress | None = None) -> str:
+        progress = progress or DrainProgress()
+        plan = plan_parts(length, self.window)
+        progress.parts_total = plan.number_of_parts
+        while True:
+            remote_id, done = await self._remote_upload(upload_id, plan, name, progress)
+            progress.remote_id = remote_id
+            progress.parts_sent = len(done)
+            try:
+                await self._send_missing(upload_id, data, plan, name, remote_id, done, progress)
+                if plan.mode == "multi_part":
+                    await self._complete(remote_id)
+                return remote_id
+            except Permanent:
+                # An expired Notion upload refuses sends and complete with a 400; anything
+                # else is a real refusal.
+                state = await self._retrieve(remote_id)
+                if state.status != "expired":
+                    raise
+                log.info("Notion upload %s of %s expired; starting a new one", remote_id,
+                         upload_id)
+                await self._start_fresh(upload_id, plan, name, progress)
+
+    async def _remote_upload(self, upload_id: str, plan: PartPlan, name: NotionName,
+                             progress: DrainProgress) -> tuple[str, frozenset[int]]:
+        checkpoint = await self.store.checkpoint(upload_id)
+        age = self.wall_clock() - checkpoint.started_at
+        if checkpoint.remote_id is not None and age < UPLOAD_LIFETIME_S - RESUME_MARGIN_S:
+            remote = checkpoint.remote_id
+            state = await self._retrieve(remote)
+            if state.status == "pending" and _parts_total(state) in (None,
+                                                                    plan.number_of_parts):
+                return remote, checkpoint.parts
+            if state.status == "uploaded" and len(checkpoint.parts) == plan.number_of_parts:
+                return remote, checkpoint.parts  # only the complete (or the record) is left
+        return await self._start_fresh(upload_id, plan, name, progress), frozenset()
+
+    async def _start_fresh(self, upload_id: str, plan: PartPlan, name: NotionName,
+                           progress: DrainProgress) -> str:
+        if progress.fresh_uploads >= MAX_FRESH_UPLOADS:
+            raise Permanent(f"{upload_id}: {MAX_FRESH_UPLOADS} Notion uploads expired before "
+                            "the file was complete")
+        progress.fresh_uploads += 1
+        parts = plan.number_of_parts if plan.mode == "multi_part" else None
+        created = await self.resilient.run(lambda: self.client.create_upload(
+            filename=name.filename, content_type=name.content_type, number_of_parts=parts))
+        await self.store.start_remote(upload_id, created.id, self.wall_clock())
+        return created.id
+
+    async def _send_missing(self, upload_id: str, data: Path, plan: PartPlan,
+                            name: NotionName, remote_id: str, done: frozenset[int],
+                            progress: DrainProgress) -> None:
+        slots = asyncio.Semaphore(self.concurrency)
+        multi = plan.mode == "multi_part"
+
+        async def send(n: int) -> None:
+            start, end = part_range(plan, n)
+            async with slots:
+                await self.resilient.run(lambda: self.client.send_part(
+                    remote_id, data, start, end - start, part_number=n if multi else None,
+                    filename=name.filename, content_type=name.content_type))
+            if not await self.store.add_parts(upload_id, remote_id, [n]):
+                raise Permanent(f"{upload_id}: the checkpoint moved to another Notion upload")
+            progress.parts_sent += 1
+
+        missing = [n for n in range(1, plan.number_of_parts + 1) if n not in done]
+        # Every send runs to its own end (each is bounded by the retry policy), so no part
+        # is left half-sent; then the first failure speaks for the drain.
+        outcomes = await asyncio.gather(*(send(n) for n in missing), return_exceptions=True)
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures:
+            raise next((f for f in failures if isinstance(f, Permanent)), failures[0])
+
+    async def _retrieve(self, remote_id: str) -> FileUpload:
+        return await self.resilient.run(lambda: self.client.retrieve(remote_id))
+
+    async def _complete(self, remote_id: str) -> None:
+        try:
+            await self.resilient.run(lambda: self.client.complete(remote_id))
+        except Permanent:
+            # An earlier attempt whose answer was lost may have completed it already.
+            state = await self._retrieve(remote_id)
+            if state.status != "uploaded":
+                raise
+
+
+def _parts_total(state: FileUpload) -> int | None:
+    parts = state.raw.get("number_of_parts")
+    total = parts.get("total") if isinstance(parts, dict) else None
+    return total if isinstance(total, int) else None
