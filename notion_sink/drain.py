@@ -61,7 +61,10 @@ class Resilient:
     def _now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
 
-    async def run(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def run(self, call: Callable[[], Awaitable[T]], *, retry: bool = True) -> T:
+        """``call`` once the breaker and the limiter allow it; with ``retry``, again after
+        each retryable failure as the policy says (without, the first failure is raised:
+        for requests whose repetition is not safe, like creating a page)."""
         attempt = 0
         started = self._now()
         while True:
@@ -84,7 +87,7 @@ class Resilient:
                 attempt += 1
                 delay = self.policy.next_delay(attempt, error, self._now() - started,
                                                self._rng)
-                if delay is None:
+                if delay is None or not retry:
                     raise
                 await asyncio.sleep(delay)
                 continue

@@ -1,0 +1,82 @@
+"""Records in Notion: both pages exactly once, with the right properties, even when a page
+creation is committed but answered with a 503."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from notion_sink.breaker import BreakerPolicy, CircuitBreaker
+from notion_sink.client import ClientSettings, NotionClient, read_range
+from notion_sink.drain import Resilient
+from notion_sink.fake_faults import PAGE_CREATE, Fault
+from notion_sink.ratelimit import RateLimiter
+from notion_sink.records import FileKey, Recorder, RecordSettings, new_salt, salted_sha512
+from notion_sink.retry import RetryPolicy
+from tests.notion.conftest import FakeNotionServer
+
+USER_SCHEMA = {"Name": "title", "Size": "number", "Hash": "rich_text", "Salt": "rich_text",
+               "Created": "date", "File": "files"}
+INDEX_SCHEMA = {"Hash": "title", "Database": "rich_text", "Page": "rich_text"}
+
+
+async def threaded_read(path: Path, start: int, length: int) -> bytes:
+    return await asyncio.to_thread(read_range, path, start, length)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def test_salted_sha512_is_salt_then_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 3_000_000)
+    assert salted_sha512(path, "ab") == hashlib.sha512(b"ab" + b"x" * 3_000_000).hexdigest()
+    assert new_salt() != new_salt()
+
+
+@pytest.mark.parametrize("fault", [None, Fault(status=503, after=True),
+                                   Fault(kind="reset", after=True), Fault(status=502)])
+async def test_both_pages_exactly_once(fake_notion: FakeNotionServer,
+                                       http: aiohttp.ClientSession, tmp_path: Path,
+                                       fault: Fault | None) -> None:
+    fake = fake_notion.fake
+    settings = RecordSettings(fake.add_database("Uploads", USER_SCHEMA),
+                              fake.add_database("Index", INDEX_SCHEMA))
+    client = NotionClient(http, ClientSettings(base_url=fake_notion.url,
+                                               token=fake_notion.token), threaded_read)
+    data = tmp_path / "report.pdf"
+    data.write_bytes(b"%PDF-1.4 fake")
+    created = await client.create_upload(filename="report.pdf",
+                                         content_type="application/pdf", number_of_parts=None)
+    await client.send_part(created.id, data, 0, data.stat().st_size, part_number=None,
+                           filename="report.pdf", content_type="application/pdf")
+    salt = new_salt()
+    key = FileKey(salt, await asyncio.to_thread(salted_sha512, data, salt))
+    if fault is not None:
+        fake.faults.script(fault, endpoint=PAGE_CREATE)
+    recorder = Recorder(client, Resilient(CircuitBreaker(BreakerPolicy(5, 0.2)),
+                                          RateLimiter(rate=25.0, burst=5),
+                                          RetryPolicy(base_delay=0.01, max_delay=0.05)),
+                        settings)
+    page_id, index_id = await recorder.record(
+        filename="Q3 report.pdf", sent_as="report.pdf", size=13, key=key,
+        created_at=time.time(), remote_id=created.id)
+    pages = fake.pages_in(settings.user_database)
+    assert [p.id for p in pages] == [page_id]
+    assert [p.id for p in fake.pages_in(settings.index_database)] == [index_id]
+    assert fake.page_text(page_id, "Name") == "Q3 report.pdf"
+    assert fake.page_text(page_id, "Hash") == key.sha512
+    assert fake.page_text(page_id, "Salt") == salt
+    assert fake.page_text(index_id, "Page") == page_id
+    assert fake.page_text(index_id, "Database") == settings.user_database
+    # Attaching the upload to the page made it permanent (no expiry any more).
+    assert fake.upload(created.id).attached
