@@ -14,9 +14,10 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 from aiohttp import web
 
 from gateway.aio import IoPool
@@ -25,7 +26,7 @@ from gateway.cors import setup_cors
 from gateway.keys import CONFIG, RUNTIME, Runtime
 from gateway.middleware import tus_errors
 from gateway.routes import setup_routes
-from gateway.sinks import DirectorySink
+from gateway.sinks import DirectorySink, Sink
 from gateway.state.base import Locker, UploadStore
 from gateway.state.disk import DiskStore
 from gateway.state.memlock import MemoryLocker
@@ -78,7 +79,17 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
                           write_buffer_bytes=config.write_buffer_bytes,
                           commit_interval_bytes=config.commit_interval_bytes)
         locker = MemoryLocker()
-    sink = DirectorySink(config.data_dir / "complete", journal, pool, durable=durable)
+    directory: DirectorySink | None = None
+    notion: Any = None
+    session: aiohttp.ClientSession | None = None
+    sink: Sink
+    if config.sink == "notion":
+        notion_module = await asyncio.to_thread(importlib.import_module, "notion_sink.sink")
+        session = aiohttp.ClientSession()
+        sink = notion = notion_module.NotionSink(config, store, pool, session)
+    else:
+        sink = directory = DirectorySink(config.data_dir / "complete", journal, pool,
+                                         durable=durable)
     try:
         if backend is not None:
             try:
@@ -87,12 +98,17 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
                 raise StartupError(f"cannot reach Redis at {_safe_url(config.redis_url)}: "
                                    f"{exc.__cause__ or exc}") from exc
         await store.open()
-        await sink.open()
+        if directory is not None:
+            await directory.open()
         uploads = Uploads(config, store, locker, sink)
         await uploads.recover()
         app[RUNTIME].uploads = uploads
         yield
     finally:
+        if notion is not None:
+            await notion.close()
+        if session is not None:
+            await session.close()
         await store.close()
         if backend is not None:
             await backend.close()

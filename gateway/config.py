@@ -92,6 +92,26 @@ class GatewayConfig:
     instance mounts. Empty: state on local disk, one process per data dir."""
     redis_prefix: str = "tus"
     """Prefix of every Redis key, so several gateways can share one Redis database."""
+    sink: str = "directory"
+    """Where finished uploads go: 'directory' (<data-dir>/complete/) or 'notion' (the Notion
+    File Upload API, recorded in two Notion databases; needs the notion-* settings)."""
+    notion_token: str = ""
+    """The Notion integration's secret (Bearer token)."""
+    notion_base_url: str = "https://api.notion.com"
+    """The Notion API; point it at `tus-gateway fake-notion` to try the sink locally."""
+    notion_version: str = "2022-06-28"
+    """The Notion-Version every request sends (the database query endpoint needs this one)."""
+    notion_user_database: str = ""
+    """Id of the database that gets one page per file (title, size, salted hash, the file)."""
+    notion_index_database: str = ""
+    """Id of the global index database (salted hash -> user database and page)."""
+    notion_window_bytes: int = 5 * MiB
+    """Part size for files over 20 MiB (5 to 20 MiB; larger files use bigger parts so that
+    no file needs more than 1,000)."""
+    notion_concurrency: int = 4
+    """Parts sent at once, over all uploads."""
+    notion_rate: float = 3.0
+    """Requests per second to Notion, shared by every sender (Notion allows about 3)."""
     sync_interval_bytes: int = 32 * MiB
     """With Redis: inside a long PATCH, make the bytes durable and commit the offset this
     often, so an instance killed mid-request loses at most this much unacknowledged data
@@ -125,6 +145,16 @@ class GatewayConfig:
                 problems.append(f"{name} must be positive")
         if not 4 * KiB <= self.write_buffer_bytes <= 16 * MiB:
             problems.append("write_buffer_bytes must be between 4 KiB and 16 MiB")
+        if self.sink not in ("directory", "notion"):
+            problems.append("sink must be 'directory' or 'notion'")
+        if self.sink == "notion":
+            for name in ("notion_token", "notion_user_database", "notion_index_database"):
+                if not getattr(self, name):
+                    problems.append(f"the notion sink needs {name}")
+        if not 5 * MiB <= self.notion_window_bytes <= 20 * MiB:
+            problems.append("notion_window_bytes must be between 5 and 20 MiB")
+        if self.notion_concurrency < 1 or self.notion_rate <= 0:
+            problems.append("notion_concurrency and notion_rate must be positive")
         if self.sync_interval_bytes < self.commit_interval_bytes:
             problems.append("sync_interval_bytes must be at least commit_interval_bytes")
         if self.commit_interval_bytes < self.write_buffer_bytes:
@@ -177,7 +207,7 @@ def option_name(field_name: str) -> str:
 
 
 # Settings whose environment variable is a name other tools already use.
-_ENV_NAMES = {"redis_url": "REDIS_URL"}
+_ENV_NAMES = {"redis_url": "REDIS_URL", "notion_token": "NOTION_TOKEN"}
 
 
 def env_name(field_name: str) -> str:

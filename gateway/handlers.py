@@ -111,3 +111,22 @@ async def get(request: web.Request, headers: Headers) -> web.StreamResponse:
         "X-Content-Type-Options": "nosniff",
         "Cache-Control": "no-store",
     })
+
+
+async def upload_status(request: web.Request) -> web.Response:
+    """``GET /api/upload/status/{id}``: the upload's progress and its sink's, as JSON."""
+    uploads = uploads_of(request)
+    upload_id = checked_id(request.match_info["upload_id"])
+    state = await uploads.live(upload_id)
+    sink = state.info.sink
+    body: dict[str, object] = {
+        "id": upload_id, "offset": state.offset, "length": state.info.length,
+        "status": str(state.status),
+        "sink": None if sink is None else {
+            "status": str(sink.status), "ref": sink.ref, "error": sink.error,
+            "will_retry": sink.will_retry, "detail": dict(sink.detail)},
+    }
+    progress = getattr(uploads.sink, "progress", None)
+    if callable(progress):
+        body["progress"] = progress(upload_id)
+    return web.json_response(body, headers={"Cache-Control": "no-store"})

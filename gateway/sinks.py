@@ -42,6 +42,9 @@ class Sink(Protocol):
     async def retain(self, upload_ids: set[str]) -> None:
         """Forget deliveries of uploads that no longer exist (called after recovery)."""
 
+    def handed_over(self, state: UploadState, data: Path) -> None:
+        """The delivery's state is saved: work that continues in the background may start."""
+
 
 class DirectorySink:
     def __init__(self, folder: Path, journal: Path | None, pool: IoPool, *,
@@ -93,6 +96,9 @@ class DirectorySink:
         finally:
             os.close(fd)
         return target.name
+
+    def handed_over(self, state: UploadState, data: Path) -> None:
+        return None  # a directory delivery is finished when ``deliver`` returns
 
     async def retain(self, upload_ids: set[str]) -> None:
         keep = {k: v for k, v in self._delivered.items() if k in upload_ids}

@@ -154,6 +154,8 @@ class Uploads:
                 info = state.info.replace(sink=sink_state)
                 await self.store.save_info(info, durable=self.sink.state_needs_saving)
                 state = UploadState(info, state.offset, state.last_activity)
+                # Only now, with the hand-over on record, may background work begin.
+                self.sink.handed_over(state, self.store.data_path(state.info.upload_id))
         if state.info.is_partial:
             await self._wake_finals(state.info.upload_id)
         return state

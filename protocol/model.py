@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,9 @@ class SinkState:
     status: UploadStatus
     ref: str | None = None  # where the sink put it (a path, a remote id)
     error: str | None = None
+    # Facts a sink must keep across restarts (a remote sink's file key, its record ids).
+    detail: Mapping[str, str] = field(default_factory=dict)
+    will_retry: bool = False  # for FAILED: whether the sink tries again by itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +89,8 @@ class UploadInfo:
             "concat": concat,
             "created_at": self.created_at,
             "sink": None if self.sink is None else {
-                "status": str(self.sink.status), "ref": self.sink.ref, "error": self.sink.error},
+                "status": str(self.sink.status), "ref": self.sink.ref, "error": self.sink.error,
+                "detail": dict(self.sink.detail), "will_retry": self.sink.will_retry},
             "assembled": self.assembled,
         }
 
@@ -101,7 +106,9 @@ class UploadInfo:
         sink = None
         if raw_sink is not None:
             sink = SinkState(UploadStatus(raw_sink["status"]), raw_sink.get("ref"),
-                             raw_sink.get("error"))
+                             raw_sink.get("error"),
+                             {str(k): str(v) for k, v in (raw_sink.get("detail") or {}).items()},
+                             bool(raw_sink.get("will_retry", False)))
         return cls(
             upload_id=str(data["id"]),
             length=None if data.get("length") is None else int(data["length"]),
