@@ -15,6 +15,8 @@ import itertools
 import logging
 import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
@@ -95,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a fake Notion API server for trying the Notion sink locally "
              "(`tus-gateway fake-notion --help` for its options)")
     del fake  # its arguments are the fake's own: main() hands them over unparsed
+    sink = commands.add_parser("sink", help="act on deliveries of a running gateway")
+    sink_commands = sink.add_subparsers(dest="sink_command", required=True)
+    retry = sink_commands.add_parser("retry", help="deliver a failed upload again")
+    retry.add_argument("upload_id")
+    retry.add_argument("--url", default="http://127.0.0.1:1080",
+                       help="the running gateway (default http://127.0.0.1:1080)")
     return parser
 
 
@@ -114,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from notion_sink.fake import main as fake_main
         return fake_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "sink":
+        return sink_retry(args.url, args.upload_id)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -136,6 +146,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tus-gateway: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def sink_retry(url: str, upload_id: str) -> int:
+    """Ask a running gateway to deliver a failed upload again; 0 when it started."""
+    request = urllib.request.Request(f"{url.rstrip('/')}/api/sink/retry/{upload_id}",
+                                     method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            print(response.read().decode())
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(f"tus-gateway: {exc.code}: {exc.read().decode().strip()}", file=sys.stderr)
+    except OSError as exc:
+        print(f"tus-gateway: cannot reach the gateway at {url}: {exc}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

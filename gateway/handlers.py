@@ -130,3 +130,15 @@ async def upload_status(request: web.Request) -> web.Response:
     if callable(progress):
         body["progress"] = progress(upload_id)
     return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+async def sink_retry(request: web.Request) -> web.Response:
+    """``POST /api/sink/retry/{id}``: deliver a failed upload again."""
+    uploads = uploads_of(request)
+    upload_id = checked_id(request.match_info["upload_id"])
+    await uploads.live(upload_id)
+    retry = getattr(uploads.sink, "retry", None)
+    if not callable(retry):
+        raise errors.SinkCannotRetry()
+    await retry(upload_id)
+    return web.json_response({"id": upload_id, "status": "draining"}, status=202)

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway import handlers
 from gateway.config import GatewayConfig
-from gateway.handlers import upload_status
+from gateway.handlers import sink_retry, upload_status
 from gateway.http import defer_continue, headers_of
 from protocol import decisions, errors
 from protocol.headers import Headers
@@ -62,4 +62,5 @@ def setup_routes(app: web.Application, config: GatewayConfig) -> list[web.Abstra
         app.router.add_route("*", base + "{upload_id}", UploadView,
                              expect_handler=defer_continue),
         app.router.add_get("/api/upload/status/{upload_id}", upload_status),
+        app.router.add_post("/api/sink/retry/{upload_id}", sink_retry),
     ]

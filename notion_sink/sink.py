@@ -157,6 +157,14 @@ class NotionSink:
                          will_retry)
         await self.store.save_info(state.info.replace(sink=sink))
 
+    async def retry(self, upload_id: str) -> None:
+        """Start a failed delivery again (``tus-gateway sink retry``)."""
+        state = await self.store.get(upload_id)
+        if state.status is not UploadStatus.FAILED:
+            raise errors.SinkNotFailed()
+        await self._save(upload_id, advance(state.status, Input.SINK_START))
+        self.start(upload_id, self._data_path(upload_id))
+
     # --- status ------------------------------------------------------------------------------
     def progress(self, upload_id: str) -> dict[str, object]:
         tracked = self.active.get(upload_id)

@@ -88,6 +88,10 @@ MethodNotAllowed = _error("ERR_METHOD_NOT_ALLOWED", 405, "method not allowed on 
 # recover without another HEAD.
 MismatchedOffset = _error("ERR_MISMATCHED_OFFSET", 409, "Upload-Offset does not match the upload")
 UploadNotFinished = _error("ERR_UPLOAD_NOT_FINISHED", 409, "the upload is not finished yet")
+# Only a failed delivery can be retried, and only by a sink that delivers in the background.
+SinkNotFailed = _error("ERR_SINK_NOT_FAILED", 409, "the upload's delivery has not failed")
+SinkCannotRetry = _error("ERR_SINK_CANNOT_RETRY", 409,
+                         "the configured sink does not retry deliveries")
 Gone = _error("ERR_UPLOAD_GONE", 410, "the upload was terminated or has expired")
 # TUS-CRE-04 / TUS-PATCH-08.
 TooLarge = _error("ERR_UPLOAD_TOO_LARGE", 413, "the upload exceeds the maximum size")

@@ -11,12 +11,13 @@ import asyncio
 import hashlib
 import io
 import os
+import sys
 import time
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import ClientFactory
+from tests.conftest import ROOT, ClientFactory
 from tests.helpers import TUS, metadata, patch_headers, path_of
 from tests.notion.conftest import FakeNotionServer
 from tests.notion.test_records import INDEX_SCHEMA, USER_SCHEMA
@@ -82,3 +83,35 @@ async def test_files_drain_to_notion_and_are_recorded_once(
     user_db = next(iter(fake.databases))
     assert len(fake.pages_in(user_db)) == 3
     assert fake.peak_burst() <= fake.config.burst
+
+
+async def test_a_failed_delivery_shows_and_is_retried_from_the_cli(
+        make_client: ClientFactory, fake_notion: FakeNotionServer) -> None:
+    client = await gateway(make_client, fake_notion)
+    fake_notion.fake.block_token(fake_notion.token)  # 429 "blocked": never to be retried
+    data = os.urandom(4096)
+    upload_id = await tus_upload(client, data, "a.txt")
+    deadline = time.monotonic() + 30
+    while True:
+        status = await (await client.get(f"/api/upload/status/{upload_id}")).json()
+        if status["sink"]["status"] == "failed":
+            break
+        assert time.monotonic() < deadline, status
+        await asyncio.sleep(0.05)
+    assert status["status"] == "failed" and status["sink"]["will_retry"] is False
+    assert "429" in status["sink"]["error"]
+    r = await client.post(f"/api/sink/retry/{'f' * 32}")
+    assert r.status == 404
+    fake_notion.fake.blocked.clear()  # the integration is allowed again
+    url = str(client.make_url("/")).rstrip("/")
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "sink", "retry", upload_id, "--url", url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT)
+    out, err = await cli.communicate()
+    assert cli.returncode == 0, err.decode()
+    assert b"draining" in out
+    status = await drained(client, upload_id)
+    assert await fake_notion.fake.uploaded_sha256(status["sink"]["detail"]["file_upload"]) == \
+        hashlib.sha256(data).hexdigest()
+    again = await client.post(f"/api/sink/retry/{upload_id}")
+    assert again.status == 409 and "ERR_SINK_NOT_FAILED" in await again.text()
