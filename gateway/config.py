@@ -112,6 +112,13 @@ class GatewayConfig:
     """Parts sent at once, over all uploads."""
     notion_rate: float = 3.0
     """Requests per second to Notion, shared by every sender (Notion allows about 3)."""
+    notion_retry_deadline_s: float = 300.0
+    """How long one Notion request is retried (backoff with full jitter, Retry-After
+    honoured) before its delivery is marked failed; waiting on an open breaker does not
+    count."""
+    notion_retry_failed_s: float = 300.0
+    """A delivery that failed for a reason that may pass starts again after this long;
+    0: only `tus-gateway sink retry` starts it."""
     sync_interval_bytes: int = 32 * MiB
     """With Redis: inside a long PATCH, make the bytes durable and commit the offset this
     often, so an instance killed mid-request loses at most this much unacknowledged data
@@ -153,6 +160,9 @@ class GatewayConfig:
                     problems.append(f"the notion sink needs {name}")
         if not 5 * MiB <= self.notion_window_bytes <= 20 * MiB:
             problems.append("notion_window_bytes must be between 5 and 20 MiB")
+        if self.notion_retry_deadline_s <= 0 or self.notion_retry_failed_s < 0:
+            problems.append("notion_retry_deadline_s must be positive, "
+                            "notion_retry_failed_s not negative")
         if self.notion_concurrency < 1 or self.notion_rate <= 0:
             problems.append("notion_concurrency and notion_rate must be positive")
         if self.sync_interval_bytes < self.commit_interval_bytes:

@@ -64,7 +64,7 @@ class NotionSink:
         self.resilient = Resilient(self.breaker,
                                    RateLimiter(rate=config.notion_rate,
                                                burst=max(1, round(config.notion_rate))),
-                                   RetryPolicy())
+                                   RetryPolicy(deadline=config.notion_retry_deadline_s))
         self.drain = Drain(self.client, store, self.resilient,
                            window=config.notion_window_bytes,
                            concurrency=config.notion_concurrency)
@@ -72,6 +72,8 @@ class NotionSink:
                                  RecordSettings(config.notion_user_database,
                                                 config.notion_index_database))
         self.active: dict[str, Tracked] = {}
+        self.retry_failed_s = config.notion_retry_failed_s
+        self._later: set[asyncio.Task[None]] = set()
 
     async def _read(self, path: Path, start: int, length: int) -> bytes:
         return await self.pool.run(read_range, path, start, length)
@@ -106,6 +108,8 @@ class NotionSink:
         self.active[upload_id] = Tracked(task, progress)
 
     async def close(self) -> None:
+        for later in list(self._later):
+            later.cancel()
         for tracked in self.active.values():
             tracked.task.cancel()
         for tracked in self.active.values():
@@ -118,9 +122,15 @@ class NotionSink:
         except (errors.NotFound, errors.Gone):
             log.info("upload %s was removed during its Notion drain", upload_id)
         except SinkError as exc:
-            log.warning("Notion drain of %s failed: %s", upload_id, exc)
+            will_retry = not isinstance(exc, Permanent) and self.retry_failed_s > 0
+            log.warning("Notion drain of %s failed (%s): %s", upload_id,
+                        "will retry" if will_retry else "for good", exc)
             await self._save(upload_id, UploadStatus.FAILED, error=str(exc),
-                             will_retry=not isinstance(exc, Permanent))
+                             will_retry=will_retry)
+            if will_retry:
+                later = asyncio.create_task(self._retry_later(upload_id))
+                self._later.add(later)
+                later.add_done_callback(self._later.discard)
         except Exception as exc:
             log.exception("Notion drain of %s failed", upload_id)
             await self._save(upload_id, UploadStatus.FAILED, error=repr(exc), will_retry=False)
@@ -156,6 +166,11 @@ class NotionSink:
                          dict(detail if detail is not None else (old.detail if old else {})),
                          will_retry)
         await self.store.save_info(state.info.replace(sink=sink))
+
+    async def _retry_later(self, upload_id: str) -> None:
+        await asyncio.sleep(self.retry_failed_s)
+        with contextlib.suppress(errors.NotFound, errors.Gone, errors.SinkNotFailed):
+            await self.retry(upload_id)
 
     async def retry(self, upload_id: str) -> None:
         """Start a failed delivery again (``tus-gateway sink retry``)."""

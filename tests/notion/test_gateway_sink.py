@@ -15,8 +15,12 @@ import sys
 import time
 from typing import Any
 
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.keys import RUNTIME
+from notion_sink.breaker import BreakerPolicy, CircuitBreaker
+from notion_sink.fake_faults import SEND, Fault
+from notion_sink.sink import NotionSink
 from tests.conftest import ROOT, ClientFactory
 from tests.helpers import TUS, metadata, patch_headers, path_of
 from tests.notion.conftest import FakeNotionServer
@@ -47,7 +51,7 @@ async def tus_upload(client: TestClient[Any, Any], data: bytes, filename: str) -
 
 
 async def drained(client: TestClient[Any, Any], upload_id: str,
-                  timeout_s: float = 60.0) -> dict[str, Any]:
+                  timeout_s: float = 60.0, failed_ok: bool = False) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while True:
         r = await client.get(f"/api/upload/status/{upload_id}")
@@ -56,7 +60,7 @@ async def drained(client: TestClient[Any, Any], upload_id: str,
         sink = status["sink"]
         if sink is not None and sink["status"] == "drained":
             return status
-        assert sink is None or sink["status"] != "failed", status
+        assert failed_ok or sink is None or sink["status"] != "failed", status
         assert time.monotonic() < deadline, f"not drained in {timeout_s}s: {status}"
         await asyncio.sleep(0.05)
 
@@ -115,3 +119,35 @@ async def test_a_failed_delivery_shows_and_is_retried_from_the_cli(
         hashlib.sha256(data).hexdigest()
     again = await client.post(f"/api/sink/retry/{upload_id}")
     assert again.status == 409 and "ERR_SINK_NOT_FAILED" in await again.text()
+
+
+async def test_a_failure_that_may_pass_is_retried_by_itself(
+        make_client: ClientFactory, fake_notion: FakeNotionServer) -> None:
+    # Requests give up after a second of retries; the delivery starts again 0.5 s later.
+    client: TestClient[Any, Any] = await make_client(
+        sink="notion", notion_token=fake_notion.token, notion_base_url=fake_notion.url,
+        notion_user_database=fake_notion.fake.add_database("Uploads", USER_SCHEMA),
+        notion_index_database=fake_notion.fake.add_database("Index", INDEX_SCHEMA),
+        notion_rate=20.0, notion_retry_deadline_s=1.0, notion_retry_failed_s=0.5)
+    # A breaker that never opens: otherwise it would hold the drain until Notion is back,
+    # and the retry policy would never give up.
+    server = client.server
+    assert isinstance(server, TestServer)
+    sink = server.app[RUNTIME].require().sink
+    assert isinstance(sink, NotionSink)
+    sink.resilient.breaker = CircuitBreaker(BreakerPolicy(failure_threshold=10_000))
+    fake_notion.fake.faults.script(Fault(status=409), endpoint=SEND, times=200)
+    data = os.urandom(4096)
+    upload_id = await tus_upload(client, data, "b.txt")
+    deadline = time.monotonic() + 30
+    while True:
+        status = await (await client.get(f"/api/upload/status/{upload_id}")).json()
+        if status["sink"]["status"] == "failed":
+            break
+        assert time.monotonic() < deadline, status
+        await asyncio.sleep(0.02)
+    assert status["sink"]["will_retry"] is True and "409" in status["sink"]["error"]
+    fake_notion.fake.faults.clear()  # the storage outage is over
+    status = await drained(client, upload_id, failed_ok=True)  # no one asked: by itself
+    assert await fake_notion.fake.uploaded_sha256(status["sink"]["detail"]["file_upload"]) == \
+        hashlib.sha256(data).hexdigest()
