@@ -152,6 +152,9 @@ class FakeNotion:
         self.faults = FaultPlan(seed)
         self.limiter = RateLimiter(self.config.rate_per_s, self.config.burst)
         self.log: list[RequestRecord] = []
+        # How often each (upload id, part number) was stored: a resent part counts again,
+        # so tests can prove that a resumed drain sent nothing twice.
+        self.parts_stored: Counter[tuple[str, int]] = Counter()
         self.uploads: dict[str, FakeUpload] = {}
         self.databases: dict[str, FakeDatabase] = {}
         self.pages: dict[str, FakePage] = {}

@@ -410,6 +410,7 @@ def _accept_part(fake: FakeNotion, upload: FakeUpload, form: _Form) -> Path | No
         raise validation(f"The file size of {total} bytes exceeds the limit of "
                          f"{fake.config.workspace_limit_bytes} bytes.")
     upload.parts[number] = StoredPart(form.file.path, size, form.sha256)
+    fake.parts_stored[(upload.id, number)] += 1
     return old.path if old else None
 
 
@@ -441,6 +442,7 @@ def _accept_single(fake: FakeNotion, upload: FakeUpload, form: _Form) -> Path | 
         raise validation("The file's content type could not be determined.")
     upload.filename, upload.content_type = filename, content_type
     upload.parts[1] = StoredPart(form.file.path, size, form.sha256)
+    fake.parts_stored[(upload.id, 1)] += 1
     upload.status = "uploaded"
     upload.completed = True
     return None
