@@ -116,6 +116,8 @@ class GatewayConfig:
     """How long one Notion request is retried (backoff with full jitter, Retry-After
     honoured) before its delivery is marked failed; waiting on an open breaker does not
     count."""
+    notion_breaker_open_s: float = 30.0
+    """After repeated failures, Notion is left alone this long before one probe request."""
     notion_retry_failed_s: float = 300.0
     """A delivery that failed for a reason that may pass starts again after this long;
     0: only `tus-gateway sink retry` starts it."""
@@ -160,7 +162,8 @@ class GatewayConfig:
                     problems.append(f"the notion sink needs {name}")
         if not 5 * MiB <= self.notion_window_bytes <= 20 * MiB:
             problems.append("notion_window_bytes must be between 5 and 20 MiB")
-        if self.notion_retry_deadline_s <= 0 or self.notion_retry_failed_s < 0:
+        if self.notion_retry_deadline_s <= 0 or self.notion_retry_failed_s < 0 or \
+                self.notion_breaker_open_s <= 0:
             problems.append("notion_retry_deadline_s must be positive, "
                             "notion_retry_failed_s not negative")
         if self.notion_concurrency < 1 or self.notion_rate <= 0:

@@ -197,9 +197,16 @@ class Drain:
         async def send(n: int) -> None:
             start, end = part_range(plan, n)
             async with slots:
-                await self.resilient.run(lambda: self.client.send_part(
-                    remote_id, data, start, end - start, part_number=n if multi else None,
-                    filename=name.filename, content_type=name.content_type))
+                try:
+                    await self.resilient.run(lambda: self.client.send_part(
+                        remote_id, data, start, end - start, part_number=n if multi else None,
+                        filename=name.filename, content_type=name.content_type))
+                except Permanent:
+                    # A single-part send whose answer was lost may have landed: Notion then
+                    # refuses the repeat because the upload is no longer pending. (A part
+                    # of a multi-part upload may simply be sent again.)
+                    if multi or (await self._retrieve(remote_id)).status != "uploaded":
+                        raise
             if not await self.store.add_parts(upload_id, remote_id, [n]):
                 raise Permanent(f"{upload_id}: the checkpoint moved to another Notion upload")
             progress.parts_sent += 1

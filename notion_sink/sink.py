@@ -60,7 +60,7 @@ class NotionSink:
         self.client = NotionClient(
             session, ClientSettings(base_url=config.notion_base_url, token=config.notion_token,
                                     version=config.notion_version), self._read)
-        self.breaker = CircuitBreaker(BreakerPolicy())
+        self.breaker = CircuitBreaker(BreakerPolicy(open_for=config.notion_breaker_open_s))
         self.resilient = Resilient(self.breaker,
                                    RateLimiter(rate=config.notion_rate,
                                                burst=max(1, round(config.notion_rate))),

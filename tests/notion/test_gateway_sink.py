@@ -19,11 +19,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.keys import RUNTIME
 from notion_sink.breaker import BreakerPolicy, CircuitBreaker
+from notion_sink.fake import FakeConfig
 from notion_sink.fake_faults import SEND, Fault
 from notion_sink.sink import NotionSink
 from tests.conftest import ROOT, ClientFactory
 from tests.helpers import TUS, metadata, patch_headers, path_of
-from tests.notion.conftest import FakeNotionServer
+from tests.notion.conftest import FakeNotionFactory, FakeNotionServer
 from tests.notion.test_records import INDEX_SCHEMA, USER_SCHEMA
 
 MiB = 1024 * 1024
@@ -34,7 +35,7 @@ async def gateway(make_client: ClientFactory, fake: FakeNotionServer) -> TestCli
         sink="notion", notion_token=fake.token, notion_base_url=fake.url,
         notion_user_database=fake.fake.add_database("Uploads", USER_SCHEMA),
         notion_index_database=fake.fake.add_database("Index", INDEX_SCHEMA),
-        notion_rate=20.0)
+        notion_rate=20.0, notion_breaker_open_s=0.5)
     return client
 
 
@@ -151,3 +152,59 @@ async def test_a_failure_that_may_pass_is_retried_by_itself(
     status = await drained(client, upload_id, failed_ok=True)  # no one asked: by itself
     assert await fake_notion.fake.uploaded_sha256(status["sink"]["detail"]["file_upload"]) == \
         hashlib.sha256(data).hexdigest()
+
+
+async def test_twenty_uploads_through_faults_and_rate_limits(
+        make_client: ClientFactory, make_fake_notion: FakeNotionFactory) -> None:
+    server = await make_fake_notion(config=FakeConfig(rate_per_s=15.0, burst=5), seed=7)
+    fake = server.fake
+    # The gateway asks for more than the fake allows: it gets 429s with Retry-After.
+    client: TestClient[Any, Any] = await make_client(
+        sink="notion", notion_token=server.token, notion_base_url=server.url,
+        notion_user_database=fake.add_database("Uploads", USER_SCHEMA),
+        notion_index_database=fake.add_database("Index", INDEX_SCHEMA),
+        notion_rate=30.0, notion_concurrency=6, notion_breaker_open_s=0.5)
+    for kind in (Fault(status=500), Fault(status=502), Fault(status=503), Fault(status=504),
+                 Fault(status=529, retry_after_s=1), Fault(kind="reset"),
+                 Fault(status=503, after=True), Fault(kind="reset", after=True)):
+        fake.faults.chance(kind, 0.025)  # 20% of requests in all
+    files = {f"f{i:02d}.pdf": os.urandom(100_000 + i) for i in range(18)}
+    files.update({"big1.mp4": os.urandom(21 * MiB), "big2.mp4": os.urandom(22 * MiB + 3)})
+    ids = dict(zip(files, await asyncio.gather(
+        *(tus_upload(client, data, name) for name, data in files.items())), strict=True))
+    statuses = await asyncio.gather(*(drained(client, ids[n], timeout_s=120) for n in files))
+    for (name, data), status in zip(files.items(), statuses, strict=True):
+        remote = status["sink"]["detail"]["file_upload"]
+        assert await fake.uploaded_sha256(remote) == hashlib.sha256(data).hexdigest(), name
+    users = next(iter(fake.databases))
+    titles = sorted(fake.page_text(p.id, "Name") for p in fake.pages_in(users))
+    assert titles == sorted(files), "each file recorded exactly once"
+    assert fake.count(status=429) > 0 and fake.count(status=503) > 0
+    assert fake.peak_burst() <= fake.config.burst
+
+
+async def test_notion_down_opens_the_breaker_and_uploads_go_on(
+        make_client: ClientFactory, fake_notion: FakeNotionServer) -> None:
+    client = await gateway(make_client, fake_notion)
+    fake = fake_notion.fake
+    fake.faults.chance(Fault(status=503), 1.0)  # Notion is down
+    first = os.urandom(5000)
+    first_id = await tus_upload(client, first, "first.txt")
+    deadline = time.monotonic() + 30
+    while True:
+        status = await (await client.get(f"/api/upload/status/{first_id}")).json()
+        if status["progress"]["breaker"] == "open":
+            break
+        assert time.monotonic() < deadline, status
+        await asyncio.sleep(0.05)
+    assert status["sink"]["status"] == "draining"
+    # Uploads are still accepted and finish into the spool meanwhile.
+    second = os.urandom(7000)
+    second_id = await tus_upload(client, second, "second.txt")
+    assert (await client.head(f"/files/{second_id}", headers=TUS)).headers[
+        "Upload-Offset"] == "7000"
+    fake.faults.clear()  # Notion is back
+    for upload_id, data in ((first_id, first), (second_id, second)):
+        status = await drained(client, upload_id)
+        assert await fake.uploaded_sha256(status["sink"]["detail"]["file_upload"]) == \
+            hashlib.sha256(data).hexdigest()
