@@ -62,8 +62,10 @@ class NotionSink:
                                     version=config.notion_version), self._read)
         self.breaker = CircuitBreaker(BreakerPolicy(open_for=config.notion_breaker_open_s))
         self.resilient = Resilient(self.breaker,
-                                   RateLimiter(rate=config.notion_rate,
-                                               burst=max(1, round(config.notion_rate))),
+                                   # Evenly spaced, no burst of our own: Notion's burst
+                                   # allowance then absorbs network jitter instead of
+                                   # answering 429.
+                                   RateLimiter(rate=config.notion_rate, burst=1),
                                    RetryPolicy(deadline=config.notion_retry_deadline_s))
         self.drain = Drain(self.client, store, self.resilient,
                            window=config.notion_window_bytes,
