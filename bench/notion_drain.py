@@ -180,7 +180,7 @@ async def run_once(args: argparse.Namespace, scenario: str) -> dict[str, float]:
 async def main_async(args: argparse.Namespace) -> int:
     results: dict[str, list[dict[str, float]]] = {"throughput": [], "memory": []}
     for rep in range(args.reps):
-        for scenario in ("throughput", "memory"):
+        for scenario in args.scenarios:
             outcome = await run_once(args, scenario)
             results[scenario].append(outcome)
             print(f"rep {rep + 1} {scenario}: {outcome}", file=sys.stderr)
@@ -190,6 +190,18 @@ async def main_async(args: argparse.Namespace) -> int:
     print(f"Command: `python bench/notion_drain.py {' '.join(sys.argv[1:])}`\n")
     print("| measure | median (lowest-highest) | target | verdict |")
     print("|---|---|---|---|")
+    if thr:
+        report_throughput(args, thr)
+    if mem:
+        rss = [r["rss_mib"] for r in mem]
+        print(f"| gateway peak RSS, {args.files} uploads of {args.file_mib} MiB uploaded and "
+              f"drained at once (MiB) | {med(rss):.1f} ({min(rss):.1f}-{max(rss):.1f}) | "
+              f"≤ 128 | {'PASS' if max(rss) <= 128 else 'FAIL'} |")
+    return 0
+
+
+def report_throughput(args: argparse.Namespace, thr: list[dict[str, float]]) -> None:
+    med = statistics.median
     ratios = [r["ratio"] for r in thr]
     print(f"| drain of {args.mib} MiB at {args.rate:g} requests/s, 5 MiB parts: MiB/s "
           f"(ceiling {thr[0]['ceiling']:.0f}) | {med(r['mib_s'] for r in thr):.1f} "
@@ -199,11 +211,6 @@ async def main_async(args: argparse.Namespace) -> int:
     r429 = sum(r["r429"] for r in thr)
     print(f"| 429 answers during the throughput runs | {r429:.0f} | 0 | "
           f"{'PASS' if r429 == 0 else 'FAIL'} |")
-    rss = [r["rss_mib"] for r in mem]
-    print(f"| gateway peak RSS, {args.files} uploads of {args.file_mib} MiB uploaded and "
-          f"drained at once (MiB) | {med(rss):.1f} ({min(rss):.1f}-{max(rss):.1f}) | ≤ 128 | "
-          f"{'PASS' if max(rss) <= 128 else 'FAIL'} |")
-    return 0
 
 
 def main() -> int:
@@ -221,9 +228,12 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--tmp-root", default=str(REPO / "bench" / ".scratch"))
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition")
+    parser.add_argument("--only", choices=["throughput", "memory"],
+                        help="run one of the two measurements")
     args = parser.parse_args()
     if args.quick:
         args.mib, args.files, args.file_mib, args.reps = 40, 3, 32, 1
+    args.scenarios = [args.only] if args.only else ["throughput", "memory"]
     Path(args.tmp_root).mkdir(parents=True, exist_ok=True)
     return asyncio.run(main_async(args))
 

@@ -23,7 +23,7 @@ from notion_sink.client import NotionClient
 from notion_sink.drain import Resilient
 from notion_sink.retry import Permanent, Retryable
 
-HASH_CHUNK = 1024 * 1024
+HASH_CHUNK = 256 * 1024
 # Lookups and creations tried for one page before the record is given up for now.
 CREATE_ROUNDS = 6
 
@@ -59,10 +59,14 @@ def new_salt() -> str:
 def salted_sha512(path: Path, salt: str) -> str:
     """Blocking (run it in a worker thread): SHA-512 of ``salt`` then the file's bytes."""
     digest = hashlib.sha512(salt.encode())
+    # One buffer, filled again and again: hashing a large file allocates nothing per read,
+    # so worker threads do not leave freed chunks behind in their malloc arenas.
+    buffer = bytearray(HASH_CHUNK)
+    view = memoryview(buffer)
     fd = os.open(path, os.O_RDONLY)
     try:
-        while block := os.read(fd, HASH_CHUNK):
-            digest.update(block)
+        while n := os.readv(fd, [buffer]):
+            digest.update(view[:n])
     finally:
         os.close(fd)
     return digest.hexdigest()

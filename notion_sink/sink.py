@@ -74,6 +74,9 @@ class NotionSink:
                                  RecordSettings(config.notion_user_database,
                                                 config.notion_index_database))
         self.active: dict[str, Tracked] = {}
+        # Hashing is CPU and disk bound: a few at a time finish as fast as all at once, and
+        # keep memory and worker threads free for uploads.
+        self._hashing = asyncio.Semaphore(2)
         self.retry_failed_s = config.notion_retry_failed_s
         self._later: set[asyncio.Task[None]] = set()
 
@@ -142,8 +145,9 @@ class NotionSink:
         detail = dict(state.info.sink.detail) if state.info.sink else {}
         if "salt" not in detail:
             salt = new_salt()
-            detail = {"salt": salt,
-                      "sha512": await self.pool.run(salted_sha512, data, salt)}
+            async with self._hashing:
+                digest = await self.pool.run(salted_sha512, data, salt)
+            detail = {"salt": salt, "sha512": digest}
             await self._save(upload_id, UploadStatus.DRAINING, detail=detail)
         # One clean path component: what Notion gets (when its type is accepted) and what the
         # record shows.
