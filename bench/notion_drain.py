@@ -165,8 +165,10 @@ async def run_once(args: argparse.Namespace, scenario: str) -> dict[str, float]:
             size = args.file_mib * MIB
             ids = await asyncio.gather(*(upload(http, port, size, f"f{i}.mp4")
                                          for i in range(args.files)))
+            after_upload = vm_hwm_mib(proc.pid)  # the drains have only just begun
             await asyncio.gather(*(wait_drained(http, port, i, 7200) for i in ids))
-            return {"rss_mib": vm_hwm_mib(proc.pid), "r429": float(fake.count(status=429))}
+            return {"rss_mib": vm_hwm_mib(proc.pid), "rss_upload_mib": after_upload,
+                    "r429": float(fake.count(status=429))}
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -137,6 +137,9 @@ class Drain:
         self.window = window
         self.concurrency = concurrency
         self.wall_clock = wall_clock
+        # Shared by every upload this drain serves: ``concurrency`` parts in flight in all,
+        # so memory and sockets stay bounded however many uploads drain at once.
+        self._slots = asyncio.Semaphore(concurrency)
 
     async def run(self, upload_id: str, data: Path, length: int, name: NotionName,
                   progress: DrainProgress | None = None) -> str:
@@ -191,7 +194,7 @@ class Drain:
     async def _send_missing(self, upload_id: str, data: Path, plan: PartPlan,
                             name: NotionName, remote_id: str, done: frozenset[int],
                             progress: DrainProgress) -> None:
-        slots = asyncio.Semaphore(self.concurrency)
+        slots = self._slots
         multi = plan.mode == "multi_part"
 
         async def send(n: int) -> None:
@@ -212,10 +215,20 @@ class Drain:
             progress.parts_sent += 1
 
         missing = [n for n in range(1, plan.number_of_parts + 1) if n not in done]
-        # Every send runs to its own end (each is bounded by the retry policy), so no part
-        # is left half-sent; then the first failure speaks for the drain.
-        outcomes = await asyncio.gather(*(send(n) for n in missing), return_exceptions=True)
-        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        failures: list[BaseException] = []
+
+        async def worker() -> None:
+            # A few workers take the parts in turn: a thousand-part file does not become a
+            # thousand waiting coroutines. After a failure, no new part is started; every
+            # send that began runs to its own end, so none is left half-sent.
+            while missing and not failures:
+                n = missing.pop(0)
+                try:
+                    await send(n)
+                except Exception as exc:
+                    failures.append(exc)
+
+        await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(missing)))))
         if failures:
             raise next((f for f in failures if isinstance(f, Permanent)), failures[0])
 
