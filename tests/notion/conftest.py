@@ -9,13 +9,16 @@ meets it; a module can override ``fake_notion_config`` to change that.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from notion_sink.client import read_range
 from notion_sink.fake import FakeConfig, FakeNotion, create_fake_app
 from notion_sink.fake_state import DEFAULT_VERSION
 
@@ -70,3 +73,14 @@ async def make_fake_notion(tmp_path: Path, fake_notion_config: FakeConfig
 @pytest.fixture
 async def fake_notion(make_fake_notion: FakeNotionFactory) -> FakeNotionServer:
     return await make_fake_notion()
+
+
+async def threaded_read(path: Path, start: int, length: int) -> bytes:
+    """How the sink reads part bytes: in a worker thread, never on the event loop."""
+    return await asyncio.to_thread(read_range, path, start, length)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -7,29 +7,21 @@ import contextlib
 import hashlib
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from notion_sink.client import ClientSettings, NotionClient, read_range
+from notion_sink.client import ClientSettings, NotionClient
 from notion_sink.fake import FakeConfig
 from notion_sink.fake_faults import SEND, Fault
 from notion_sink.retry import Permanent, RateLimited, Retryable
-from tests.notion.conftest import FakeNotionFactory, FakeNotionServer
+from tests.notion.conftest import FakeNotionFactory, FakeNotionServer, threaded_read
 
 MiB = 1024 * 1024
 
 
-async def threaded_read(path: Path, start: int, length: int) -> bytes:
-    return await asyncio.to_thread(read_range, path, start, length)
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def client_for(session: aiohttp.ClientSession, server: FakeNotionServer,
@@ -44,9 +36,9 @@ def spool_file(path: Path, size: int) -> Path:
 
 
 async def test_multi_part_upload_streams_parts_from_the_spool_in_any_order(
-        fake_notion: FakeNotionServer, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+        fake_notion: FakeNotionServer, http: aiohttp.ClientSession, tmp_path: Path) -> None:
     data = spool_file(tmp_path / "spool.bin", 10 * MiB + 12345)
-    client = client_for(session, fake_notion)
+    client = client_for(http, fake_notion)
     upload = await client.create_upload(filename="movie.mp4", content_type="video/mp4",
                                         number_of_parts=3)
     assert upload.status == "pending"
@@ -63,11 +55,11 @@ async def test_multi_part_upload_streams_parts_from_the_spool_in_any_order(
 
 
 async def test_single_part_then_a_page_found_by_its_key(
-        fake_notion: FakeNotionServer, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+        fake_notion: FakeNotionServer, http: aiohttp.ClientSession, tmp_path: Path) -> None:
     data = spool_file(tmp_path / "note.bin", 3 * 1024)
     db = fake_notion.fake.add_database("files", {"Name": "title", "Hash": "rich_text",
                                                  "File": "files"})
-    client = client_for(session, fake_notion)
+    client = client_for(http, fake_notion)
     upload = await client.create_upload(filename="note.txt", content_type="text/plain",
                                         number_of_parts=None)
     sent = await client.send_part(upload.id, data, 0, 3 * 1024, part_number=None,
@@ -85,12 +77,12 @@ async def test_single_part_then_a_page_found_by_its_key(
 
 
 async def test_errors_are_mapped_at_the_boundary(
-        fake_notion: FakeNotionServer, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+        fake_notion: FakeNotionServer, http: aiohttp.ClientSession, tmp_path: Path) -> None:
     data = spool_file(tmp_path / "x.bin", 1024)
     with pytest.raises(Permanent) as refused:
-        await client_for(session, fake_notion, token="ntn_wrong").retrieve("0" * 32)
+        await client_for(http, fake_notion, token="ntn_wrong").retrieve("0" * 32)
     assert refused.value.status == 401
-    client = client_for(session, fake_notion)
+    client = client_for(http, fake_notion)
     with pytest.raises(Permanent) as bad_type:
         await client.create_upload(filename="notes.md", content_type="text/markdown",
                                    number_of_parts=None)
@@ -110,10 +102,10 @@ async def test_errors_are_mapped_at_the_boundary(
 
 
 async def test_rate_limit_answers_carry_their_wait(
-        make_fake_notion: FakeNotionFactory, session: aiohttp.ClientSession) -> None:
+        make_fake_notion: FakeNotionFactory, http: aiohttp.ClientSession) -> None:
     server = await make_fake_notion(config=FakeConfig(rate_per_s=1.0, burst=1))
     server.fake.clock.freeze()  # no refill while the test runs, however slow the machine
-    client = client_for(session, server)
+    client = client_for(http, server)
     with pytest.raises(Permanent) as missing:  # a 404 spends the one request there is
         await client.retrieve("0" * 32)
     assert missing.value.status == 404
@@ -122,9 +114,9 @@ async def test_rate_limit_answers_carry_their_wait(
     assert limited.value.retry_after is not None and limited.value.retry_after >= 1
 
 
-async def test_an_unreachable_notion_is_retryable(session: aiohttp.ClientSession) -> None:
+async def test_an_unreachable_notion_is_retryable(http: aiohttp.ClientSession) -> None:
     with socket_closed() as port:
-        client = NotionClient(session, ClientSettings(base_url=f"http://127.0.0.1:{port}",
+        client = NotionClient(http, ClientSettings(base_url=f"http://127.0.0.1:{port}",
                                                       token="t", timeout_s=2), threaded_read)
         with pytest.raises(Retryable):
             await client.retrieve("0" * 32)

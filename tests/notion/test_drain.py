@@ -22,13 +22,13 @@ from gateway.aio import IoPool
 from gateway.config import FsyncPolicy
 from gateway.state.disk import DiskStore
 from notion_sink.breaker import BreakerPolicy, BreakerState, CircuitBreaker
-from notion_sink.client import ClientSettings, FileUpload, NotionClient, read_range
+from notion_sink.client import ClientSettings, FileUpload, NotionClient
 from notion_sink.drain import Drain, DrainProgress, NotionName, Resilient, notion_name
 from notion_sink.fake_faults import CREATE, SEND, Fault
 from notion_sink.ratelimit import RateLimiter
 from notion_sink.retry import RetryPolicy
 from protocol.model import UploadInfo
-from tests.notion.conftest import FakeNotionServer
+from tests.notion.conftest import FakeNotionServer, threaded_read
 
 MiB = 1024 * 1024
 WINDOW = 5 * MiB
@@ -45,11 +45,6 @@ async def store(tmp_path: Path) -> AsyncIterator[DiskStore]:
     await asyncio.get_running_loop().run_in_executor(None, pool.close)
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
 
 async def spooled(store: DiskStore, n: int, size: int) -> tuple[str, Path, str]:
     """A complete upload in the store: its id, its data file and the SHA-256 of its bytes."""
@@ -64,9 +59,6 @@ async def spooled(store: DiskStore, n: int, size: int) -> tuple[str, Path, str]:
     await store.append(info.upload_id, 0, body(), max_bytes=size, checksum=None)
     return info.upload_id, store.data_path(info.upload_id), hashlib.sha256(data).hexdigest()
 
-
-async def threaded_read(path: Path, start: int, length: int) -> bytes:
-    return await asyncio.to_thread(read_range, path, start, length)
 
 
 def make_drain(server: FakeNotionServer, store: DiskStore, http: aiohttp.ClientSession, *,

@@ -66,6 +66,18 @@ async def drained(client: TestClient[Any, Any], upload_id: str,
         await asyncio.sleep(0.05)
 
 
+async def failed(client: TestClient[Any, Any], upload_id: str,
+                 timeout_s: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status: dict[str, Any] = await (
+            await client.get(f"/api/upload/status/{upload_id}")).json()
+        if status["sink"]["status"] == "failed":
+            return status
+        assert time.monotonic() < deadline, status
+        await asyncio.sleep(0.02)
+
+
 async def test_files_drain_to_notion_and_are_recorded_once(
         make_client: ClientFactory, fake_notion: FakeNotionServer) -> None:
     client = await gateway(make_client, fake_notion)
@@ -96,13 +108,7 @@ async def test_a_failed_delivery_shows_and_is_retried_from_the_cli(
     fake_notion.fake.block_token(fake_notion.token)  # 429 "blocked": never to be retried
     data = os.urandom(4096)
     upload_id = await tus_upload(client, data, "a.txt")
-    deadline = time.monotonic() + 30
-    while True:
-        status = await (await client.get(f"/api/upload/status/{upload_id}")).json()
-        if status["sink"]["status"] == "failed":
-            break
-        assert time.monotonic() < deadline, status
-        await asyncio.sleep(0.05)
+    status = await failed(client, upload_id)
     assert status["status"] == "failed" and status["sink"]["will_retry"] is False
     assert "429" in status["sink"]["error"]
     r = await client.post(f"/api/sink/retry/{'f' * 32}")
@@ -140,13 +146,7 @@ async def test_a_failure_that_may_pass_is_retried_by_itself(
     fake_notion.fake.faults.script(Fault(status=409), endpoint=SEND, times=200)
     data = os.urandom(4096)
     upload_id = await tus_upload(client, data, "b.txt")
-    deadline = time.monotonic() + 30
-    while True:
-        status = await (await client.get(f"/api/upload/status/{upload_id}")).json()
-        if status["sink"]["status"] == "failed":
-            break
-        assert time.monotonic() < deadline, status
-        await asyncio.sleep(0.02)
+    status = await failed(client, upload_id)
     assert status["sink"]["will_retry"] is True and "409" in status["sink"]["error"]
     fake_notion.fake.faults.clear()  # the storage outage is over
     status = await drained(client, upload_id, failed_ok=True)  # no one asked: by itself

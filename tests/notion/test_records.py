@@ -6,34 +6,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from notion_sink.breaker import BreakerPolicy, CircuitBreaker
-from notion_sink.client import ClientSettings, NotionClient, read_range
+from notion_sink.client import ClientSettings, NotionClient
 from notion_sink.drain import Resilient
 from notion_sink.fake_faults import PAGE_CREATE, Fault
 from notion_sink.ratelimit import RateLimiter
 from notion_sink.records import FileKey, Recorder, RecordSettings, new_salt, salted_sha512
 from notion_sink.retry import RetryPolicy
-from tests.notion.conftest import FakeNotionServer
+from tests.notion.conftest import FakeNotionServer, threaded_read
 
 USER_SCHEMA = {"Name": "title", "Size": "number", "Hash": "rich_text", "Salt": "rich_text",
                "Created": "date", "File": "files"}
 INDEX_SCHEMA = {"Hash": "title", "Database": "rich_text", "Page": "rich_text"}
 
 
-async def threaded_read(path: Path, start: int, length: int) -> bytes:
-    return await asyncio.to_thread(read_range, path, start, length)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def test_salted_sha512_is_salt_then_bytes(tmp_path: Path) -> None:
