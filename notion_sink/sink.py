@@ -95,7 +95,7 @@ class NotionSink:
             with contextlib.suppress(errors.NotFound, errors.Gone):
                 state = await self.store.get(upload_id)
                 if state.status is UploadStatus.DRAINING:
-                    self.start(upload_id, Path(self._data_path(upload_id)))
+                    self.start(upload_id, self._data_path(upload_id))
 
     def handed_over(self, state: UploadState, data: Path) -> None:
         self.start(state.info.upload_id, data)

@@ -528,17 +528,22 @@ class RedisStore:
                     pipe.delete(self.keys.tomb(upload_id))
                     pipe.zrem(self.keys.tombs, upload_id)
                 await pipe.execute()
-        ids = await self.upload_ids()
-        if ids:
+        stale = await self._without_record(await self.upload_ids())
+        if stale:
             with mapped_errors():
-                async with client.pipeline(transaction=False) as pipe:
-                    for upload_id in ids:
-                        pipe.exists(self.keys.upload(upload_id))
-                    found = await pipe.execute()
-                stale = [i for i, exists in zip(ids, found, strict=True) if not exists]
-                if stale:
-                    await client.zrem(self.keys.index, *stale)
+                await client.zrem(self.keys.index, *stale)
         return len(old)
+
+    async def _without_record(self, upload_ids: list[str]) -> list[str]:
+        """The ids among ``upload_ids`` that have no record in Redis (one round trip)."""
+        if not upload_ids:
+            return []
+        with mapped_errors():
+            async with self.backend.client.pipeline(transaction=False) as pipe:
+                for upload_id in upload_ids:
+                    pipe.exists(self.keys.upload(upload_id))
+                found = await pipe.execute()
+        return [i for i, exists in zip(upload_ids, found, strict=True) if not exists]
 
     async def remove_orphans(self, older_than: float) -> int:
         def old_files() -> list[str]:
@@ -549,15 +554,7 @@ class RedisStore:
                         names.append(data.name.removesuffix(".bin"))
             return [n for n in names if UPLOAD_ID.fullmatch(n)]
 
-        candidates = await self._pool.run(old_files)
-        if not candidates:
-            return 0
-        with mapped_errors():
-            async with self.backend.client.pipeline(transaction=False) as pipe:
-                for upload_id in candidates:
-                    pipe.exists(self.keys.upload(upload_id))
-                found = await pipe.execute()
-        orphans = [i for i, exists in zip(candidates, found, strict=True) if not exists]
+        orphans = await self._without_record(await self._pool.run(old_files))
 
         def unlink() -> None:
             for upload_id in orphans:
