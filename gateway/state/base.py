@@ -91,6 +91,13 @@ class UploadStore(Protocol):
     async def claim_lease(self, name: str, ttl_s: float) -> bool:
         """True for one caller per ``ttl_s`` among all processes sharing the store."""
 
+    async def hold_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take the lease ``name`` for ``owner``, or extend it if ``owner`` holds it; False
+        while someone else holds it. A lease its owner stops extending ends by itself."""
+
+    async def drop_lease(self, name: str, owner: str) -> None:
+        """End ``owner``'s lease now (nothing happens if someone else holds it)."""
+
 
 class Lock(Protocol):
     async def acquire(self, timeout_s: float, on_release_requested: Callable[[], None]) -> None:

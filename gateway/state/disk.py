@@ -105,6 +105,7 @@ class DiskStore:
         self._dir_lock_fd: int | None = None
         self._finals: dict[str, tuple[str, ...]] = {}
         self._ckpt_locks: dict[str, asyncio.Lock] = {}
+        self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, expires, monotonic)
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -392,6 +393,21 @@ class DiskStore:
 
     async def claim_lease(self, name: str, ttl_s: float) -> bool:
         return True  # one process per data directory: nobody to share periodic work with
+
+    async def hold_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        # One process per data directory: the leases only keep this process's own tasks
+        # from doing one job twice.
+        now = time.monotonic()
+        holder = self._leases.get(name)
+        if holder is not None and holder[0] != owner and holder[1] > now:
+            return False
+        self._leases[name] = (owner, now + ttl_s)
+        return True
+
+    async def drop_lease(self, name: str, owner: str) -> None:
+        holder = self._leases.get(name)
+        if holder is not None and holder[0] == owner:
+            del self._leases[name]
 
 
 def _encode(info: UploadInfo) -> bytes:

@@ -610,6 +610,13 @@ class RedisStore:
             return bool(await self.backend.client.set(
                 self.keys.lease(name), b"1", nx=True, px=max(int(ttl_s * 1000), 1)))
 
+    async def hold_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        return bool(await self.backend.script("hold_lease", [self.keys.lease(name)],
+                                              [owner, max(int(ttl_s * 1000), 1)]))
+
+    async def drop_lease(self, name: str, owner: str) -> None:
+        await self.backend.script("drop_lease", [self.keys.lease(name)], [owner])
+
 
 def _raise_for(answer: str) -> None:
     if answer == "ok":

@@ -348,6 +348,21 @@ async def test_lease_goes_to_one_caller_per_period(open_store: StoreFactory,
     assert await (await open_store()).claim_lease("sweep", 0.3) is not shared
 
 
+async def test_a_held_lease_is_one_owners_until_dropped_or_expired(
+        open_store: StoreFactory) -> None:
+    store = await open_store()
+    assert await store.hold_lease("drain:x", "a", 0.4)
+    assert not await store.hold_lease("drain:x", "b", 0.4)
+    assert await store.hold_lease("drain:x", "a", 0.4), "the owner extends its lease"
+    await store.drop_lease("drain:x", "b")  # not b's to drop
+    assert not await store.hold_lease("drain:x", "b", 0.4)
+    await store.drop_lease("drain:x", "a")
+    assert await store.hold_lease("drain:x", "b", 0.2)
+    await asyncio.sleep(0.3)
+    assert await store.hold_lease("drain:x", "a", 0.4), "an unextended lease ends by itself"
+    assert not await store.hold_lease("drain:x", "b", 0.4)
+
+
 async def test_lock_asks_a_holder_in_another_instance(lockers: LockerFactory) -> None:
     """Instance A writes; a request on instance B makes A let go within about a second."""
     a, b = await lockers(), await lockers()
