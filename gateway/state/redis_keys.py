@@ -13,7 +13,8 @@ all of an upload's keys in one slot, which multi-key scripts require)::
     <p>:tombs            sorted set: tombstoned ids (score: removal time), for purging them
     <p>:finals           hash: final concatenations waiting for partials -> their ids (JSON)
     <p>:release          pub/sub channel: "please let go of <id>", heard by every instance
-    <p>:lease:<name>     a short lease so one instance runs a periodic job at a time
+    <p>:lease:<name>     a short lease so one instance runs a job at a time (a periodic
+                         sweep, or one upload's drain: its holder's id, extended while it runs)
 
 The global keys live in other slots than the uploads, so no script touches them together
 with an upload's keys; they are indexes that the sweeper repairs, never the truth.
@@ -187,6 +188,26 @@ end
 return 0
 """
 
+HOLD_LEASE = """
+-- KEYS[1] = lease
+-- ARGV[1] = owner, ARGV[2] = TTL in ms
+-- Takes a free lease or extends one the owner holds. Returns 1, or 0 if another holds it.
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+DROP_LEASE = """
+-- KEYS[1] = lease
+-- ARGV[1] = owner
+-- Ends the lease only if the owner still holds it.
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 EXTEND = """
 -- KEYS[1] = lock, KEYS[2] = release flag
 -- ARGV[1] = token, ARGV[2] = TTL in ms
@@ -198,4 +219,5 @@ return redis.call('EXISTS', KEYS[2])
 
 ALL_SCRIPTS = {"create": CREATE, "get": GET, "commit": COMMIT, "save_info": SAVE_INFO,
                "terminate": TERMINATE, "start_remote": START_REMOTE, "add_parts": ADD_PARTS,
-               "acquire": ACQUIRE, "release": RELEASE, "extend": EXTEND}
+               "acquire": ACQUIRE, "release": RELEASE, "extend": EXTEND,
+               "hold_lease": HOLD_LEASE, "drop_lease": DROP_LEASE}
