@@ -86,7 +86,14 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
     if config.sink == "notion":
         notion_module = await asyncio.to_thread(importlib.import_module, "notion_sink.sink")
         session = aiohttp.ClientSession()
-        sink = notion = notion_module.NotionSink(config, store, pool, session)
+        limiter = None
+        if backend is not None:
+            # Several instances share one integration's request budget.
+            shared = await asyncio.to_thread(importlib.import_module,
+                                             "notion_sink.shared_limit")
+            limiter = shared.RedisRateLimiter(backend, rate=config.notion_rate, burst=1)
+        sink = notion = notion_module.NotionSink(config, store, pool, session,
+                                                 limiter=limiter)
     else:
         sink = directory = DirectorySink(config.data_dir / "complete", journal, pool,
                                          durable=durable)

@@ -22,6 +22,11 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 
 
+# What each record property holds (see notion_sink.records.RecordSettings).
+NOTION_PROPERTY_ROLES = ("title", "size", "hash", "salt", "created", "file", "index_title",
+                         "index_database", "index_page")
+
+
 class FsyncPolicy(enum.StrEnum):
     """When bytes are forced to stable storage.
 
@@ -121,6 +126,13 @@ class GatewayConfig:
     notion_retry_failed_s: float = 300.0
     """A delivery that failed for a reason that may pass starts again after this long;
     0: only `tus-gateway sink retry` starts it."""
+    notion_scan_s: float = 10.0
+    """How often each instance looks for drains that nobody runs (their instance died) and
+    for failed deliveries due for a retry."""
+    notion_properties: tuple[str, ...] = ()
+    """Property names of the records, as role=Name pairs overriding the defaults (roles:
+    title=Name, size=Size, hash=Hash, salt=Salt, created=Created, file=File in the user
+    database; index_title=Hash, index_database=Database, index_page=Page in the index)."""
     sync_interval_bytes: int = 32 * MiB
     """With Redis: inside a long PATCH, make the bytes durable and commit the offset this
     often, so an instance killed mid-request loses at most this much unacknowledged data
@@ -166,8 +178,14 @@ class GatewayConfig:
                 self.notion_breaker_open_s <= 0:
             problems.append("notion_retry_deadline_s must be positive, "
                             "notion_retry_failed_s not negative")
-        if self.notion_concurrency < 1 or self.notion_rate <= 0:
-            problems.append("notion_concurrency and notion_rate must be positive")
+        if self.notion_concurrency < 1 or self.notion_rate <= 0 or self.notion_scan_s <= 0:
+            problems.append("notion_concurrency, notion_rate and notion_scan_s must be "
+                            "positive")
+        for pair in self.notion_properties:
+            role, sep, name = pair.partition("=")
+            if not sep or role.strip() not in NOTION_PROPERTY_ROLES or not name.strip():
+                problems.append(f"notion_properties: {pair!r} is not role=Name with a role "
+                                f"among {', '.join(NOTION_PROPERTY_ROLES)}")
         if self.sync_interval_bytes < self.commit_interval_bytes:
             problems.append("sync_interval_bytes must be at least commit_interval_bytes")
         if self.commit_interval_bytes < self.write_buffer_bytes:

@@ -128,7 +128,7 @@ async def upload_status(request: web.Request) -> web.Response:
     }
     progress = getattr(uploads.sink, "progress", None)
     if callable(progress):
-        body["progress"] = progress(upload_id)
+        body["progress"] = await progress(upload_id)
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 

@@ -45,6 +45,10 @@ class Sink(Protocol):
     def handed_over(self, state: UploadState, data: Path) -> None:
         """The delivery's state is saved: work that continues in the background may start."""
 
+    def receiving(self, state: UploadState) -> None:
+        """A PATCH for the upload starts or ends: a sink that sends windows before the
+        upload is complete looks at its committed offset again."""
+
 
 class DirectorySink:
     def __init__(self, folder: Path, journal: Path | None, pool: IoPool, *,
@@ -99,6 +103,9 @@ class DirectorySink:
 
     def handed_over(self, state: UploadState, data: Path) -> None:
         return None  # a directory delivery is finished when ``deliver`` returns
+
+    def receiving(self, state: UploadState) -> None:
+        return None  # a file is linked whole, once complete
 
     async def retain(self, upload_ids: set[str]) -> None:
         keep = {k: v for k, v in self._delivered.items() if k in upload_ids}

@@ -117,6 +117,7 @@ class Uploads:
                      max_bytes: int | None, checksum: Checksum | None) -> UploadState:
         """Stream the body into the store; returns the new state (finished if complete)."""
         upload_id = state.info.upload_id
+        self.sink.receiving(state)
         async with self.receiving(reader):
             task = asyncio.ensure_future(self.store.append(
                 upload_id, offset, reader.chunks(), max_bytes=max_bytes, checksum=checksum))
@@ -133,6 +134,8 @@ class Uploads:
                     with suppress(Exception):
                         await run_to_completion(task)
                 raise
+            finally:
+                self.sink.receiving(state)
         new_state = UploadState(state.info, new_offset, time.time())
         if new_state.status is UploadStatus.COMPLETE:
             new_state = await self.finish(new_state)

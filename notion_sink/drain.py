@@ -24,7 +24,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -34,7 +34,7 @@ from notion_sink.client import FileUpload, NotionClient
 from notion_sink.filetypes import DEFAULT_FILE_TYPES, extension_of
 from notion_sink.ratelimit import Limiter
 from notion_sink.retry import Permanent, RateLimited, RetryPolicy, SinkError
-from notion_sink.windows import PartPlan, part_range, plan_parts
+from notion_sink.windows import PartPlan, part_range, plan_parts, ready_parts
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,8 +77,11 @@ class Resilient:
                                     max(retry_at - self._now(), 0.05))
                 started = self._now()
                 continue
-            await self.limiter.acquire()
             try:
+                # Inside the try: a wait cut short (cancelled, or a shared limiter whose
+                # Redis is gone) hands the breaker's permit back, or a half-open probe that
+                # never ran would keep the breaker shut for good.
+                await self.limiter.acquire()
                 result = await call()
             except SinkError as error:
                 self.breaker.record_failure(self._now(), error, permit)
@@ -117,12 +120,21 @@ def notion_name(filename: str, upload_id: str) -> NotionName:
 
 @dataclass
 class DrainProgress:
-    """What a status page shows while a drain runs."""
+    """One upload's drain as this process knows it: for the status page, and so the sends
+    made while the upload still receives bytes go on where the last round stopped."""
 
     parts_total: int = 0
-    parts_sent: int = 0
     remote_id: str | None = None
+    confirmed: set[int] = field(default_factory=set)  # parts of remote_id Notion confirmed
     fresh_uploads: int = 0
+
+    @property
+    def parts_sent(self) -> int:
+        return len(self.confirmed)
+
+    def use(self, remote_id: str, confirmed: frozenset[int]) -> None:
+        self.remote_id = remote_id
+        self.confirmed = set(confirmed)
 
 
 class Drain:
@@ -144,26 +156,52 @@ class Drain:
     async def run(self, upload_id: str, data: Path, length: int, name: NotionName,
                   progress: DrainProgress | None = None) -> str:
         progress = progress or DrainProgress()
-        plan = plan_parts(length, self.window)
+        plan = self.plan(length)
         progress.parts_total = plan.number_of_parts
+        remote_id, done = await self._remote_upload(upload_id, plan, name, progress)
         while True:
-            remote_id, done = await self._remote_upload(upload_id, plan, name, progress)
-            progress.remote_id = remote_id
-            progress.parts_sent = len(done)
+            missing = [n for n in range(1, plan.number_of_parts + 1) if n not in done]
             try:
-                await self._send_missing(upload_id, data, plan, name, remote_id, done, progress)
+                await self._send_parts(upload_id, data, plan, name, remote_id, missing,
+                                       progress)
                 if plan.mode == "multi_part":
                     await self._complete(remote_id)
                 return remote_id
-            except Permanent:
-                # An expired Notion upload refuses sends and complete with a 400; anything
-                # else is a real refusal.
-                state = await self._retrieve(remote_id)
-                if state.status != "expired":
-                    raise
-                log.info("Notion upload %s of %s expired; starting a new one", remote_id,
-                         upload_id)
-                await self._start_fresh(upload_id, plan, name, progress)
+            except Permanent as refusal:
+                await self._replace_if_expired(upload_id, plan, name, remote_id, progress,
+                                               refusal)
+                remote_id, done = progress.remote_id or "", frozenset()
+
+    def plan(self, length: int) -> PartPlan:
+        return plan_parts(length, self.window)
+
+    async def send_ready(self, upload_id: str, data: Path, plan: PartPlan, name: NotionName,
+                         offset: int, progress: DrainProgress) -> None:
+        """While the upload still receives bytes: send the parts wholly below ``offset``
+        that Notion has not confirmed. The Notion upload is created (or the checkpointed
+        one resumed) only once a first part is ready, because its hour starts then."""
+        progress.parts_total = plan.number_of_parts
+        if not ready_parts(plan, offset, frozenset(progress.confirmed)):
+            return
+        if progress.remote_id is None:
+            await self._remote_upload(upload_id, plan, name, progress)
+        remote_id = progress.remote_id or ""
+        ready = ready_parts(plan, offset, frozenset(progress.confirmed))
+        try:
+            await self._send_parts(upload_id, data, plan, name, remote_id, ready, progress)
+        except Permanent as refusal:
+            await self._replace_if_expired(upload_id, plan, name, remote_id, progress, refusal)
+
+    async def _replace_if_expired(self, upload_id: str, plan: PartPlan, name: NotionName,
+                                  remote_id: str, progress: DrainProgress,
+                                  refusal: Permanent) -> None:
+        """After a refusal: an expired Notion upload refuses sends and complete with a 400,
+        and is replaced by a new one; anything else was a real refusal and is raised."""
+        state = await self._retrieve(remote_id)
+        if state.status != "expired":
+            raise refusal
+        log.info("Notion upload %s of %s expired; starting a new one", remote_id, upload_id)
+        await self._start_fresh(upload_id, plan, name, progress)
 
     async def _remote_upload(self, upload_id: str, plan: PartPlan, name: NotionName,
                              progress: DrainProgress) -> tuple[str, frozenset[int]]:
@@ -174,8 +212,10 @@ class Drain:
             state = await self._retrieve(remote)
             if state.status == "pending" and _parts_total(state) in (None,
                                                                     plan.number_of_parts):
+                progress.use(remote, checkpoint.parts)
                 return remote, checkpoint.parts
             if state.status == "uploaded" and len(checkpoint.parts) == plan.number_of_parts:
+                progress.use(remote, checkpoint.parts)
                 return remote, checkpoint.parts  # only the complete (or the record) is left
         return await self._start_fresh(upload_id, plan, name, progress), frozenset()
 
@@ -189,11 +229,12 @@ class Drain:
         created = await self.resilient.run(lambda: self.client.create_upload(
             filename=name.filename, content_type=name.content_type, number_of_parts=parts))
         await self.store.start_remote(upload_id, created.id, self.wall_clock())
+        progress.use(created.id, frozenset())
         return created.id
 
-    async def _send_missing(self, upload_id: str, data: Path, plan: PartPlan,
-                            name: NotionName, remote_id: str, done: frozenset[int],
-                            progress: DrainProgress) -> None:
+    async def _send_parts(self, upload_id: str, data: Path, plan: PartPlan,
+                          name: NotionName, remote_id: str, parts: list[int],
+                          progress: DrainProgress) -> None:
         slots = self._slots
         multi = plan.mode == "multi_part"
 
@@ -212,9 +253,10 @@ class Drain:
                         raise
             if not await self.store.add_parts(upload_id, remote_id, [n]):
                 raise Permanent(f"{upload_id}: the checkpoint moved to another Notion upload")
-            progress.parts_sent += 1
+            if progress.remote_id == remote_id:
+                progress.confirmed.add(n)
 
-        missing = [n for n in range(1, plan.number_of_parts + 1) if n not in done]
+        missing = list(parts)
         failures: list[BaseException] = []
 
         async def worker() -> None:

@@ -10,15 +10,17 @@ so a retry after a crash looks for the same key.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import os
 import secrets
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.config import NOTION_PROPERTY_ROLES
 from notion_sink.client import NotionClient
 from notion_sink.drain import Resilient
 from notion_sink.retry import Permanent, Retryable
@@ -32,18 +34,28 @@ CREATE_ROUNDS = 6
 class RecordSettings:
     """Where records go and what their properties are called (configuration)."""
 
-    user_database: str
-    index_database: str
+    user_database_id: str
+    index_database_id: str
     title: str = "Name"
     size: str = "Size"
     hash: str = "Hash"
     salt: str = "Salt"
     created: str = "Created"
     file: str = "File"
-    original_name: str = "Original name"
     index_title: str = "Hash"
-    index_database_prop: str = "Database"
-    index_page_prop: str = "Page"
+    index_database: str = "Database"
+    index_page: str = "Page"
+
+    def named(self, pairs: Iterable[str]) -> RecordSettings:
+        """These settings with property names overridden by ``role=Name`` pairs."""
+        changes: dict[str, str] = {}
+        for pair in pairs:
+            role, _, name = pair.partition("=")
+            role = role.strip()
+            if role not in NOTION_PROPERTY_ROLES:
+                raise ValueError(f"unknown record property role {role!r}")
+            changes[role] = name.strip()
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +108,8 @@ def user_page(settings: RecordSettings, *, filename: str, sent_as: str, size: in
 
 def index_page(settings: RecordSettings, key: FileKey, page_id: str) -> dict[str, Any]:
     return {settings.index_title: _title(key.sha512),
-            settings.index_database_prop: _text(settings.user_database),
-            settings.index_page_prop: _text(page_id)}
+            settings.index_database: _text(settings.user_database_id),
+            settings.index_page: _text(page_id)}
 
 
 class Recorder:
@@ -112,10 +124,10 @@ class Recorder:
         """Both pages, each exactly once; returns (user page id, index page id)."""
         settings = self.settings
         page_id = await self._once(
-            settings.user_database, settings.hash, "rich_text", key.sha512,
+            settings.user_database_id, settings.hash, "rich_text", key.sha512,
             user_page(settings, filename=filename, sent_as=sent_as, size=size, key=key,
                       created_at=created_at, remote_id=remote_id))
-        index_id = await self._once(settings.index_database, settings.index_title, "title",
+        index_id = await self._once(settings.index_database_id, settings.index_title, "title",
                                     key.sha512, index_page(settings, key, page_id))
         return page_id, index_id
 

@@ -2,15 +2,26 @@
 at once; the drain and the records run in the background (design invariant 6: the sink
 never blocks the upload path, and uploads keep being accepted while Notion is down).
 
-Per upload, in the background:
-1. choose a salt and hash the file (once: both are saved in the upload's record, so a
-   restart looks for the same key and never records a file twice);
-2. drain it (``drain.Drain``: parts, checkpoints, resume, expiry);
-3. record it (``records.Recorder``: both pages exactly once);
-4. save ``drained`` with the page ids; a permanent failure saves ``failed`` with the error.
+Theory of operation
+-------------------
+One task per upload in this process (``_run``), under a lease in the state store, so that one
+instance at a time drains an upload however the load balancer spreads its requests:
 
-A gateway restarted mid-drain resumes every upload left ``draining`` (``retain`` is called
-after recovery with the live uploads).
+1. While the upload still receives bytes (the gateway calls ``receiving`` at the start and
+   end of every PATCH), the task watches the committed offset, and every window wholly below
+   it becomes a part and is sent (``Drain.send_ready``). The Notion upload is created when
+   its first part is ready, and only if the upload looks set to finish within Notion's hour
+   at its pace so far; otherwise its parts wait for the end. A task whose upload goes quiet
+   lets its lease go and ends; the next PATCH starts another.
+2. Once the upload is complete and handed over (``draining``), the same task salts and
+   hashes the file (once: both go in the record, so a restart looks for the same key),
+   sends what is missing (``Drain.run``: parts, checkpoints, resume, expiry), records it
+   (``Recorder``: both pages exactly once), saves ``drained`` with the page ids and only then
+   deletes the spool copy. A permanent failure saves ``failed`` with the error.
+
+Every instance also scans the store now and then (``scan``): an upload left ``draining``
+whose lease nobody extends (its instance died) is taken over, and a failure that may pass is
+retried once ``notion_retry_failed_s`` has gone by, whichever instance is alive then.
 """
 
 from __future__ import annotations
@@ -18,9 +29,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -30,10 +42,18 @@ from gateway.config import GatewayConfig
 from gateway.state.base import UploadStore
 from notion_sink.breaker import BreakerPolicy, CircuitBreaker
 from notion_sink.client import ClientSettings, NotionClient, read_range
-from notion_sink.drain import Drain, DrainProgress, Resilient, notion_name
-from notion_sink.ratelimit import RateLimiter
+from notion_sink.drain import (
+    RESUME_MARGIN_S,
+    UPLOAD_LIFETIME_S,
+    Drain,
+    DrainProgress,
+    Resilient,
+    notion_name,
+)
+from notion_sink.ratelimit import Limiter, RateLimiter
 from notion_sink.records import FileKey, Recorder, RecordSettings, new_salt, salted_sha512
 from notion_sink.retry import Permanent, RetryPolicy, SinkError
+from notion_sink.windows import SINGLE_PART_MAX, PartPlan, ready_parts
 from protocol import errors
 from protocol.model import SinkState, UploadState
 from protocol.names import metadata_filename, safe_filename
@@ -41,44 +61,58 @@ from protocol.state import Input, UploadStatus, advance
 
 log = logging.getLogger(__name__)
 
+# While an upload receives bytes, its drain looks at the committed offset this often (and
+# at once when a PATCH on this instance starts or ends).
+WATCH_S = 1.0
+# A drain whose upload received nothing for this long lets its lease go and ends.
+QUIET_S = 30.0
+
 
 @dataclass
 class Tracked:
-    """A drain in progress in this process, for the status endpoint."""
+    """A drain in this process, for the status endpoint and to wake it."""
 
     task: asyncio.Task[None]
     progress: DrainProgress
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class NotionSink:
     state_needs_saving = True  # the record is the only memory of a delivery
 
     def __init__(self, config: GatewayConfig, store: UploadStore, pool: IoPool,
-                 session: aiohttp.ClientSession) -> None:
+                 session: aiohttp.ClientSession, *, limiter: Limiter | None = None) -> None:
         self.store = store
         self.pool = pool
         self.client = NotionClient(
             session, ClientSettings(base_url=config.notion_base_url, token=config.notion_token,
                                     version=config.notion_version), self._read)
         self.breaker = CircuitBreaker(BreakerPolicy(open_for=config.notion_breaker_open_s))
+        self.rate = config.notion_rate
         self.resilient = Resilient(self.breaker,
                                    # Evenly spaced, no burst of our own: Notion's burst
                                    # allowance then absorbs network jitter instead of
                                    # answering 429.
-                                   RateLimiter(rate=config.notion_rate, burst=1),
+                                   limiter or RateLimiter(rate=config.notion_rate, burst=1),
                                    RetryPolicy(deadline=config.notion_retry_deadline_s))
         self.drain = Drain(self.client, store, self.resilient,
                            window=config.notion_window_bytes,
                            concurrency=config.notion_concurrency)
         self.recorder = Recorder(self.client, self.resilient,
                                  RecordSettings(config.notion_user_database,
-                                                config.notion_index_database))
+                                                config.notion_index_database
+                                                ).named(config.notion_properties))
         self.active: dict[str, Tracked] = {}
         # Hashing is CPU and disk bound: a few at a time finish as fast as all at once, and
         # keep memory and worker threads free for uploads.
         self._hashing = asyncio.Semaphore(2)
         self.retry_failed_s = config.notion_retry_failed_s
-        self._later: set[asyncio.Task[None]] = set()
+        self.scan_s = config.notion_scan_s
+        # Long enough to ride out a Redis hiccup, short enough that a dead instance's drains
+        # are taken over within seconds.
+        self.lease_s = max(3 * config.lock_ttl_s, 3.0)
+        self.owner = secrets.token_hex(8)
+        self._scanner: asyncio.Task[None] | None = None
 
     async def _read(self, path: Path, start: int, length: int) -> bytes:
         return await self.pool.run(read_range, path, start, length)
@@ -90,58 +124,156 @@ class NotionSink:
         return SinkState(status, detail=current.detail if current else {})
 
     async def retain(self, upload_ids: set[str]) -> None:
-        """After recovery: resume the drains a stop interrupted."""
-        for upload_id in sorted(upload_ids):
-            with contextlib.suppress(errors.NotFound, errors.Gone):
-                state = await self.store.get(upload_id)
-                if state.status is UploadStatus.DRAINING:
-                    self.start(upload_id, self._data_path(upload_id))
+        """After recovery: resume the drains a stop interrupted, then keep scanning."""
+        await self.scan(time.time(), upload_ids)
+        if self._scanner is None:
+            self._scanner = asyncio.create_task(self._scan_forever(), name="notion-scan")
 
     def handed_over(self, state: UploadState, data: Path) -> None:
-        self.start(state.info.upload_id, data)
+        self.start(state.info.upload_id)
 
-    def _data_path(self, upload_id: str) -> Path:
-        return self.store.data_path(upload_id)
+    def receiving(self, state: UploadState) -> None:
+        """Bytes are arriving: windows may become parts before the upload is complete."""
+        info = state.info
+        if info.is_partial or info.length is None or info.length <= SINGLE_PART_MAX:
+            return  # nothing to send before the end (or not yet known)
+        self.start(info.upload_id)
 
     # --- background work ---------------------------------------------------------------------
-    def start(self, upload_id: str, data: Path) -> None:
-        if upload_id in self.active and not self.active[upload_id].task.done():
+    def start(self, upload_id: str) -> None:
+        tracked = self.active.get(upload_id)
+        if tracked is not None and not tracked.task.done():
+            tracked.wake.set()
             return
         progress = DrainProgress()
-        task = asyncio.create_task(self._run(upload_id, data, progress),
+        task = asyncio.create_task(self._run(upload_id, progress),
                                    name=f"notion-drain-{upload_id}")
         self.active[upload_id] = Tracked(task, progress)
 
     async def close(self) -> None:
-        for later in list(self._later):
-            later.cancel()
-        for tracked in self.active.values():
-            tracked.task.cancel()
-        for tracked in self.active.values():
+        tasks = [t.task for t in self.active.values()]
+        if self._scanner is not None:
+            tasks.append(self._scanner)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await tracked.task
+                await task
+        close = getattr(self.resilient.limiter, "close", None)
+        if close is not None:
+            await close()  # a shared limiter's pending writes
 
-    async def _run(self, upload_id: str, data: Path, progress: DrainProgress) -> None:
+    async def _run(self, upload_id: str, progress: DrainProgress) -> None:
+        lease = f"drain:{upload_id}"
         try:
-            await self._deliver(upload_id, data, progress)
+            if not await self.store.hold_lease(lease, self.owner, self.lease_s):
+                return  # another instance drains it; the scan takes over if it dies
+        except errors.StateUnavailable:
+            return  # the scan tries again
+        me = asyncio.current_task()
+        assert me is not None
+        keeper = asyncio.create_task(self._keep_lease(lease, me))
+        try:
+            if await self._watch(upload_id, progress):
+                await self._finish(upload_id, progress)
         except (errors.NotFound, errors.Gone):
             log.info("upload %s was removed during its Notion drain", upload_id)
+        except errors.StateUnavailable:
+            log.warning("the state store is unreachable; the drain of %s resumes later",
+                        upload_id)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            with contextlib.suppress(errors.StateUnavailable):
+                await asyncio.shield(self.store.drop_lease(lease, self.owner))
+
+    async def _keep_lease(self, lease: str, drain: asyncio.Task[None]) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                if await self.store.hold_lease(lease, self.owner, self.lease_s):
+                    continue
+            except errors.StateUnavailable:
+                continue  # still ours unless the outage outlasts the lease
+            log.warning("lost the drain lease %s (this process was too slow to extend it); "
+                        "another instance goes on", lease)
+            drain.cancel()
+            return
+
+    async def _watch(self, upload_id: str, progress: DrainProgress) -> bool:
+        """Send the windows that fill while the upload receives bytes; True once it was
+        handed over (``draining``), False if it went quiet or needs nothing from us."""
+        tracked = self.active[upload_id]
+        early = True
+        last_offset, last_change = -1, time.monotonic()
+        while True:
+            tracked.wake.clear()
+            state = await self.store.get(upload_id)
+            if state.status is UploadStatus.DRAINING:
+                return True
+            if state.status not in (UploadStatus.CREATED, UploadStatus.RECEIVING,
+                                    UploadStatus.COMPLETE) or state.info.is_partial:
+                return False
+            now = time.monotonic()
+            if state.offset != last_offset:
+                last_offset, last_change = state.offset, now
+            elif now - last_change > QUIET_S:
+                return False
+            if early:
+                try:
+                    await self._send_early(state, progress)
+                except (SinkError, ValueError) as exc:
+                    # Not fatal: the parts go after completion instead.
+                    log.warning("early Notion sends of %s stopped: %s", upload_id, exc)
+                    early = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(tracked.wake.wait(), WATCH_S)
+
+    async def _send_early(self, state: UploadState, progress: DrainProgress) -> None:
+        length = state.info.length
+        if length is None or length <= SINGLE_PART_MAX or state.offset >= length:
+            return
+        plan = self.drain.plan(length)
+        if not ready_parts(plan, state.offset, frozenset(progress.confirmed)):
+            return
+        if progress.remote_id is None and not self._finishes_in_time(state, plan):
+            return
+        upload_id = state.info.upload_id
+        name = notion_name(self._filename(state), upload_id)
+        await self.drain.send_ready(upload_id, self._data_path(upload_id), plan, name,
+                                    state.offset, progress)
+
+    def _finishes_in_time(self, state: UploadState, plan: PartPlan) -> bool:
+        """Whether, at its pace since creation, the upload and its remaining parts would
+        be done well within the hour a Notion upload lives (design: one that expires must
+        be sent again in full, so starting early only pays when it finishes in time)."""
+        elapsed = max(time.time() - state.info.created_at, 1e-3)
+        pace = state.offset / elapsed
+        if pace <= 0:
+            return False
+        remaining = ((state.info.length or 0) - state.offset) / pace
+        return remaining + plan.number_of_parts / self.rate < UPLOAD_LIFETIME_S - RESUME_MARGIN_S
+
+    async def _finish(self, upload_id: str, progress: DrainProgress) -> None:
+        try:
+            await self._deliver(upload_id, progress)
         except SinkError as exc:
             will_retry = not isinstance(exc, Permanent) and self.retry_failed_s > 0
             log.warning("Notion drain of %s failed (%s): %s", upload_id,
                         "will retry" if will_retry else "for good", exc)
             await self._save(upload_id, UploadStatus.FAILED, error=str(exc),
-                             will_retry=will_retry)
-            if will_retry:
-                later = asyncio.create_task(self._retry_later(upload_id))
-                self._later.add(later)
-                later.add_done_callback(self._later.discard)
+                             will_retry=will_retry, failed_at=time.time())
+        except (errors.NotFound, errors.Gone, errors.StateUnavailable, asyncio.CancelledError):
+            raise
         except Exception as exc:
             log.exception("Notion drain of %s failed", upload_id)
-            await self._save(upload_id, UploadStatus.FAILED, error=repr(exc), will_retry=False)
+            await self._save(upload_id, UploadStatus.FAILED, error=repr(exc), will_retry=False,
+                             failed_at=time.time())
 
-    async def _deliver(self, upload_id: str, data: Path, progress: DrainProgress) -> None:
+    async def _deliver(self, upload_id: str, progress: DrainProgress) -> None:
         state = await self.store.get(upload_id)
+        data = self._data_path(upload_id)
         detail = dict(state.info.sink.detail) if state.info.sink else {}
         if "salt" not in detail:
             salt = new_salt()
@@ -149,9 +281,7 @@ class NotionSink:
                 digest = await self.pool.run(salted_sha512, data, salt)
             detail = {"salt": salt, "sha512": digest}
             await self._save(upload_id, UploadStatus.DRAINING, detail=detail)
-        # One clean path component: what Notion gets (when its type is accepted) and what the
-        # record shows.
-        filename = safe_filename(metadata_filename(state.info.metadata), upload_id)
+        filename = self._filename(state)
         name = notion_name(filename, upload_id)
         length = state.offset
         remote_id = await self.drain.run(upload_id, data, length, name, progress)
@@ -159,24 +289,62 @@ class NotionSink:
             filename=filename, sent_as=name.filename, size=length,
             key=FileKey(detail["salt"], detail["sha512"]), created_at=state.info.created_at,
             remote_id=remote_id)
-        await self._save(upload_id, UploadStatus.DRAINED, ref=page_id, detail={
-            **detail, "file_upload": remote_id, "page": page_id, "index_page": index_id,
-            "sent_as": name.filename})
+        await self._save(upload_id, UploadStatus.DRAINED, ref=page_id, data_removed=True,
+                         detail={**detail, "file_upload": remote_id, "page": page_id,
+                                 "index_page": index_id, "sent_as": name.filename})
+        # Notion holds the file and both records exist: the spool copy has done its job.
+        await self.store.discard_data(upload_id)
+
+    @staticmethod
+    def _filename(state: UploadState) -> str:
+        # One clean path component: what Notion gets (when its type is accepted) and what
+        # the record shows.
+        return safe_filename(metadata_filename(state.info.metadata), state.info.upload_id)
+
+    def _data_path(self, upload_id: str) -> Path:
+        return self.store.data_path(upload_id)
 
     async def _save(self, upload_id: str, status: UploadStatus, *, ref: str | None = None,
                     error: str | None = None, will_retry: bool = False,
-                    detail: Mapping[str, str] | None = None) -> None:
+                    detail: Mapping[str, str] | None = None, data_removed: bool = False,
+                    failed_at: float | None = None) -> None:
         state = await self.store.get(upload_id)
         old = state.info.sink
-        sink = SinkState(status, ref, error,
-                         dict(detail if detail is not None else (old.detail if old else {})),
-                         will_retry)
-        await self.store.save_info(state.info.replace(sink=sink))
+        kept = dict(detail if detail is not None else (old.detail if old else {}))
+        kept.pop("failed_at", None)
+        if failed_at is not None:
+            kept["failed_at"] = f"{failed_at:.3f}"
+        sink = SinkState(status, ref, error, kept, will_retry)
+        await self.store.save_info(state.info.replace(
+            sink=sink, data_removed=data_removed or state.info.data_removed))
 
-    async def _retry_later(self, upload_id: str) -> None:
-        await asyncio.sleep(self.retry_failed_s)
-        with contextlib.suppress(errors.NotFound, errors.Gone, errors.SinkNotFailed):
-            await self.retry(upload_id)
+    # --- scanning ----------------------------------------------------------------------------
+    async def _scan_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.scan_s)
+            try:
+                await self.scan(time.time())
+            except errors.StateUnavailable:
+                log.warning("the state store is unreachable; the Notion scan tries again")
+            except Exception:
+                log.exception("the Notion scan failed")
+
+    async def scan(self, now: float, upload_ids: set[str] | None = None) -> None:
+        """Take over drains nobody runs, retry failures that are due, finish clean-ups."""
+        for upload_id in sorted(upload_ids if upload_ids is not None
+                                else await self.store.upload_ids()):
+            with contextlib.suppress(errors.NotFound, errors.Gone, errors.SinkNotFailed):
+                state = await self.store.get(upload_id)
+                sink = state.info.sink
+                if state.status is UploadStatus.DRAINING:
+                    self.start(upload_id)  # its lease decides whether this instance runs it
+                elif state.status is UploadStatus.FAILED and sink is not None and \
+                        sink.will_retry and self.retry_failed_s > 0 and \
+                        float(sink.detail.get("failed_at", 0)) + self.retry_failed_s <= now:
+                    await self.retry(upload_id)
+                elif state.status is UploadStatus.DRAINED and state.info.data_removed:
+                    # A stop between the record and the deletion left the spool copy.
+                    await self.store.discard_data(upload_id)
 
     async def retry(self, upload_id: str) -> None:
         """Start a failed delivery again (``tus-gateway sink retry``)."""
@@ -184,17 +352,22 @@ class NotionSink:
         if state.status is not UploadStatus.FAILED:
             raise errors.SinkNotFailed()
         await self._save(upload_id, advance(state.status, Input.SINK_START))
-        self.start(upload_id, self._data_path(upload_id))
+        self.start(upload_id)
 
     # --- status ------------------------------------------------------------------------------
-    def progress(self, upload_id: str) -> dict[str, object]:
-        tracked = self.active.get(upload_id)
+    async def progress(self, upload_id: str) -> dict[str, object]:
+        """The drain's progress; parts come from the shared checkpoint, so any instance
+        answers the same wherever the drain runs."""
         out: dict[str, object] = {"breaker": str(self.breaker.state)}
-        if tracked is not None:
-            out.update(parts_sent=tracked.progress.parts_sent,
-                       parts_total=tracked.progress.parts_total,
-                       file_upload=tracked.progress.remote_id,
-                       running=not tracked.task.done())
+        state = await self.store.get(upload_id)
+        length = state.info.length
+        if length is not None and length > 0 and not state.info.is_partial:
+            checkpoint = await self.store.checkpoint(upload_id)
+            out.update(parts_sent=len(checkpoint.parts),
+                       parts_total=self.drain.plan(length).number_of_parts,
+                       file_upload=checkpoint.remote_id)
+        tracked = self.active.get(upload_id)
+        out["running_here"] = tracked is not None and not tracked.task.done()
         retry_at = self.breaker.retry_at
         if retry_at is not None:
             out["breaker_retry_in_s"] = round(max(retry_at - time.monotonic(), 0.0), 1)

@@ -310,6 +310,8 @@ class Download:
 def plan_download(state: UploadState) -> Download:
     if not state.finished or state.info.length is None:
         raise errors.UploadNotFinished()
+    if state.info.data_removed:
+        raise errors.DataDelivered()
     name = safe_filename(metadata_filename(state.info.metadata), state.info.upload_id)
     ctype = download_type(state.info.metadata)
     return Download(name, ctype, content_disposition(name, ctype), state.info.length)

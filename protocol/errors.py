@@ -93,6 +93,9 @@ SinkNotFailed = _error("ERR_SINK_NOT_FAILED", 409, "the upload's delivery has no
 SinkCannotRetry = _error("ERR_SINK_CANNOT_RETRY", 409,
                          "the configured sink does not retry deliveries")
 Gone = _error("ERR_UPLOAD_GONE", 410, "the upload was terminated or has expired")
+DataDelivered = _error("ERR_DATA_DELIVERED", 410,
+                       "the file was delivered to the sink and is no longer kept here; "
+                       "its status endpoint says where it went")
 # TUS-CRE-04 / TUS-PATCH-08.
 TooLarge = _error("ERR_UPLOAD_TOO_LARGE", 413, "the upload exceeds the maximum size")
 SizeExceeded = _error("ERR_UPLOAD_SIZE_EXCEEDED", 413,

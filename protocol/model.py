@@ -63,6 +63,9 @@ class UploadInfo:
     sink: SinkState | None = None
     # A final concatenation is complete once assembled; its bytes were never PATCHed.
     assembled: bool = False
+    # The sink holds the bytes now and the spool's copy was deleted: the upload is still
+    # known (HEAD, status), but its bytes can no longer be downloaded here.
+    data_removed: bool = False
 
     @property
     def is_final(self) -> bool:
@@ -92,6 +95,7 @@ class UploadInfo:
                 "status": str(self.sink.status), "ref": self.sink.ref, "error": self.sink.error,
                 "detail": dict(self.sink.detail), "will_retry": self.sink.will_retry},
             "assembled": self.assembled,
+            "data_removed": self.data_removed,
         }
 
     @classmethod
@@ -117,6 +121,7 @@ class UploadInfo:
             created_at=float(data.get("created_at", 0.0)),
             sink=sink,
             assembled=bool(data.get("assembled", False)),
+            data_removed=bool(data.get("data_removed", False)),
         )
 
 

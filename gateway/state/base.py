@@ -61,6 +61,10 @@ class UploadStore(Protocol):
     def data_path(self, upload_id: str) -> Path:
         """Where the bytes of an upload live (for downloads and sinks)."""
 
+    async def discard_data(self, upload_id: str) -> None:
+        """Delete the spool copy of an upload whose record says ``data_removed`` (a sink
+        holds the bytes now); the record stays. Idempotent."""
+
     async def upload_ids(self) -> list[str]:
         """Every live upload id, for recovery and the expiry sweeper."""
 

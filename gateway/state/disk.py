@@ -216,7 +216,6 @@ class DiskStore:
         info_path = self._path(upload_id, ".info")
         try:
             raw = info_path.read_bytes()
-            st = os.stat(self.data_path(upload_id))
         except FileNotFoundError:
             if (self.tombstones / upload_id).exists():
                 raise errors.Gone() from None
@@ -225,6 +224,15 @@ class DiskStore:
             info = UploadInfo.from_json(json.loads(raw))
         except (ValueError, KeyError, TypeError):
             raise errors.NotFound() from None  # torn by a crash before its 201 was sent
+        try:
+            st = os.stat(self.data_path(upload_id))
+        except FileNotFoundError:
+            if info.data_removed:
+                # Delivered and its spool copy deleted: the record alone says it was whole.
+                return _Entry(info, info.length or 0, info_path.stat().st_mtime)
+            if (self.tombstones / upload_id).exists():
+                raise errors.Gone() from None
+            raise errors.NotFound() from None
         offset = st.st_size
         stage = self._path(upload_id, ".stage")
         with contextlib.suppress(FileNotFoundError):
@@ -248,6 +256,13 @@ class DiskStore:
         path = self._path(info.upload_id, ".info")
         await self._pool.run(atomic_write, path, _encode(info), self._durable)
         self._update(info.upload_id, info=info)
+
+    async def discard_data(self, upload_id: str) -> None:
+        def discard() -> None:
+            for suffix in (".bin", ".stage"):
+                self._path(upload_id, suffix).unlink(missing_ok=True)
+        await self._pool.run(discard)
+        self._forget(upload_id)
 
     async def upload_ids(self) -> list[str]:
         def scan() -> list[str]:

@@ -426,6 +426,9 @@ class RedisStore:
             [self.backend.token(upload_id), _encode(info)]))
         _raise_for(answer)
 
+    async def discard_data(self, upload_id: str) -> None:
+        await self._pool.run(self.data_path(upload_id).unlink, True)
+
     async def upload_ids(self) -> list[str]:
         with mapped_errors():
             raw = await self.backend.client.zrange(self.keys.index, 0, -1)

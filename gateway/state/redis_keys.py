@@ -15,6 +15,9 @@ all of an upload's keys in one slot, which multi-key scripts require)::
     <p>:release          pub/sub channel: "please let go of <id>", heard by every instance
     <p>:lease:<name>     a short lease so one instance runs a job at a time (a periodic
                          sweep, or one upload's drain: its holder's id, extended while it runs)
+    <p>:rate:<name>      hash: a rate limiter every instance shares (due, blocked, at: server
+                         microseconds); expires once its bucket is full again, so an idle
+                         limiter leaves nothing behind
 
 The global keys live in other slots than the uploads, so no script touches them together
 with an upload's keys; they are indexes that the sweeper repairs, never the truth.
@@ -73,6 +76,9 @@ class Keys:
 
     def lease(self, name: str) -> str:
         return f"{self.prefix}:lease:{name}"
+
+    def rate(self, name: str) -> str:
+        return f"{self.prefix}:rate:{name}"
 
 
 CREATE = """
@@ -217,7 +223,48 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return redis.call('EXISTS', KEYS[2])
 """
 
+RATE = """
+-- KEYS[1] = rate limiter (hash: due, blocked, at; microseconds on this server's clock)
+-- ARGV[1] = interval in us (1 / rate), ARGV[2] = slack in us ((burst - 1) * interval),
+-- ARGV[3] = pause in us (a 429's Retry-After), or 0 to take a token
+-- notion_sink.ratelimit.TokenBucket on the server's clock (TIME), so that instances whose
+-- clocks disagree still share one budget. Taking: returns 0 when a token was taken, else
+-- the ms until one is due (taking none). Pausing: nothing is granted until now + pause,
+-- then at most one token is waiting; returns the pause in ms. The key expires when the
+-- bucket would be full again: a missing key and a full bucket behave the same.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local v = redis.call('HMGET', KEYS[1], 'due', 'blocked', 'at')
+local due = tonumber(v[1]) or now
+local blocked = tonumber(v[2]) or 0
+-- A clock stepped back (or a failover to a primary whose clock is behind) would push every
+-- stored time that much further away: shift them back by the step.
+local back = (tonumber(v[3]) or now) - now
+if back > 0 then
+  due = due - back
+  blocked = blocked - back
+end
+if due < now then due = now end  -- an idle bucket is full, not fuller
+local interval, slack, pause = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if pause > 0 then
+  blocked = math.max(blocked, now + pause)
+  -- Due at blocked + slack: the first grant comes at blocked, the next an interval later.
+  due = math.max(due, blocked + slack)
+else
+  if now < blocked then return math.ceil((blocked - now) / 1000) end
+  local wait = due - slack - now
+  if wait > 0 then return math.ceil(wait / 1000) end
+  due = due + interval
+end
+-- '%.0f': tostring would print these 16-digit numbers with 14 significant digits.
+redis.call('HSET', KEYS[1], 'due', string.format('%.0f', due),
+           'blocked', string.format('%.0f', blocked), 'at', string.format('%.0f', now))
+redis.call('PEXPIRE', KEYS[1], string.format('%.0f', math.ceil((due - now) / 1000)))
+if pause > 0 then return math.ceil(pause / 1000) end
+return 0
+"""
+
 ALL_SCRIPTS = {"create": CREATE, "get": GET, "commit": COMMIT, "save_info": SAVE_INFO,
                "terminate": TERMINATE, "start_remote": START_REMOTE, "add_parts": ADD_PARTS,
                "acquire": ACQUIRE, "release": RELEASE, "extend": EXTEND,
-               "hold_lease": HOLD_LEASE, "drop_lease": DROP_LEASE}
+               "hold_lease": HOLD_LEASE, "drop_lease": DROP_LEASE, "rate": RATE}

@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from gateway.config import GatewayConfig
 from notion_sink.breaker import BreakerPolicy, CircuitBreaker
 from notion_sink.client import ClientSettings, NotionClient
 from notion_sink.drain import Resilient
@@ -61,13 +62,54 @@ async def test_both_pages_exactly_once(fake_notion: FakeNotionServer,
     page_id, index_id = await recorder.record(
         filename="Q3 report.pdf", sent_as="report.pdf", size=13, key=key,
         created_at=time.time(), remote_id=created.id)
-    pages = fake.pages_in(settings.user_database)
+    pages = fake.pages_in(settings.user_database_id)
     assert [p.id for p in pages] == [page_id]
-    assert [p.id for p in fake.pages_in(settings.index_database)] == [index_id]
+    assert [p.id for p in fake.pages_in(settings.index_database_id)] == [index_id]
     assert fake.page_text(page_id, "Name") == "Q3 report.pdf"
     assert fake.page_text(page_id, "Hash") == key.sha512
     assert fake.page_text(page_id, "Salt") == salt
     assert fake.page_text(index_id, "Page") == page_id
-    assert fake.page_text(index_id, "Database") == settings.user_database
+    assert fake.page_text(index_id, "Database") == settings.user_database_id
     # Attaching the upload to the page made it permanent (no expiry any more).
     assert fake.upload(created.id).attached
+
+
+async def test_property_names_come_from_configuration(fake_notion: FakeNotionServer,
+                                                      http: aiohttp.ClientSession,
+                                                      tmp_path: Path) -> None:
+    fake = fake_notion.fake
+    pairs = ("title=Filename", "size=Bytes", "hash=Digest", "index_title=Key",
+             "index_page=Record")
+    user_schema = {"Filename": "title", "Bytes": "number", "Digest": "rich_text",
+                   "Salt": "rich_text", "Created": "date", "File": "files"}
+    index_schema = {"Key": "title", "Database": "rich_text", "Record": "rich_text"}
+    settings = RecordSettings(fake.add_database("Uploads", user_schema),
+                              fake.add_database("Index", index_schema)).named(pairs)
+    assert GatewayConfig(notion_properties=pairs).validate().notion_properties == pairs
+    client = NotionClient(http, ClientSettings(base_url=fake_notion.url,
+                                               token=fake_notion.token), threaded_read)
+    created = await client.create_upload(filename="a.pdf", content_type="application/pdf",
+                                         number_of_parts=None)
+    data = tmp_path / "a.pdf"
+    data.write_bytes(b"%PD")
+    await client.send_part(created.id, data, 0, 3, part_number=None, filename="a.pdf",
+                           content_type="application/pdf")
+    recorder = Recorder(client, Resilient(CircuitBreaker(BreakerPolicy(5, 0.2)),
+                                          RateLimiter(rate=25.0, burst=5), RetryPolicy()),
+                        settings)
+    page_id, index_id = await recorder.record(
+        filename="a.pdf", sent_as="a.pdf", size=3, key=FileKey("s", "h" * 128),
+        created_at=time.time(), remote_id=created.id)
+    assert fake.page_text(page_id, "Filename") == "a.pdf"
+    assert fake.page_text(index_id, "Record") == page_id
+    # A second record of the same key is found under the configured names, not made again.
+    assert await recorder.record(filename="a.pdf", sent_as="a.pdf", size=3,
+                                 key=FileKey("s", "h" * 128), created_at=time.time(),
+                                 remote_id=created.id) == (page_id, index_id)
+
+
+def test_unknown_property_roles_are_refused() -> None:
+    with pytest.raises(ValueError, match="role"):
+        GatewayConfig(notion_properties=("titel=Name",)).validate()
+    with pytest.raises(ValueError, match="role"):
+        RecordSettings("u", "i").named(["titel=Name"])

@@ -203,6 +203,9 @@ def test_download_plan() -> None:
     s = state(10, 10, metadata={"filename": b"a.png", "filetype": b"image/png"},
               sink=SinkState(UploadStatus.DRAINED, "a.png"))
     assert plan_download(s).disposition.startswith("inline;")
+    with pytest.raises(errors.DataDelivered):
+        plan_download(state(10, 10, sink=SinkState(UploadStatus.DRAINED, "page"),
+                            data_removed=True))
 
 
 @pytest.mark.parametrize("raw,expected", [

@@ -348,6 +348,28 @@ async def test_lease_goes_to_one_caller_per_period(open_store: StoreFactory,
     assert await (await open_store()).claim_lease("sweep", 0.3) is not shared
 
 
+async def test_a_delivered_upload_keeps_its_record_without_its_bytes(
+        open_store: StoreFactory) -> None:
+    store = await open_store()
+    info = new_info(40, 5)
+    await store.create(info)
+    assert await store.append(info.upload_id, 0, chunks(b"hello"), max_bytes=5,
+                              checksum=None) == 5
+    await store.save_info(info.replace(data_removed=True))
+    await store.discard_data(info.upload_id)
+    await store.discard_data(info.upload_id)  # idempotent
+    assert not store.data_path(info.upload_id).exists()
+    state = await store.get(info.upload_id)
+    assert (state.offset, state.info.data_removed) == (5, True)
+    restarted = await open_store()
+    state = await restarted.get(info.upload_id)
+    assert (state.offset, state.info.data_removed) == (5, True)
+    assert info.upload_id in await restarted.upload_ids()
+    await restarted.terminate(info.upload_id, "terminated")
+    with pytest.raises(errors.Gone):
+        await restarted.get(info.upload_id)
+
+
 async def test_a_held_lease_is_one_owners_until_dropped_or_expired(
         open_store: StoreFactory) -> None:
     store = await open_store()
