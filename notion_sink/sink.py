@@ -361,11 +361,16 @@ class NotionSink:
         out: dict[str, object] = {"breaker": str(self.breaker.state)}
         state = await self.store.get(upload_id)
         length = state.info.length
-        if length is not None and length > 0 and not state.info.is_partial:
-            checkpoint = await self.store.checkpoint(upload_id)
-            out.update(parts_sent=len(checkpoint.parts),
-                       parts_total=self.drain.plan(length).number_of_parts,
-                       file_upload=checkpoint.remote_id)
+        if length is not None and not state.info.is_partial:
+            try:
+                plan = self.drain.plan(length)
+            except ValueError as exc:  # empty, or too large for Notion
+                out["unsendable"] = str(exc)
+            else:
+                checkpoint = await self.store.checkpoint(upload_id)
+                out.update(parts_sent=len(checkpoint.parts),
+                           parts_total=plan.number_of_parts,
+                           file_upload=checkpoint.remote_id)
         tracked = self.active.get(upload_id)
         out["running_here"] = tracked is not None and not tracked.task.done()
         retry_at = self.breaker.retry_at

@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import subprocess
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,8 @@ def run_js(config: dict[str, Any], tmp_path: Path, gw: GatewayProcess,
            expect: str = "success") -> Result:
     """Run one upload with upload.mjs; returns its JSON report."""
     node = node_binary()
-    config_path = tmp_path / f"js-config-{len(list(tmp_path.glob('js-config-*')))}.json"
+    # A unique name: several uploads may run at once from threads sharing tmp_path.
+    config_path = tmp_path / f"js-config-{uuid.uuid4().hex}.json"
     config_path.write_text(json.dumps({"timeoutMs": (NODE_TIMEOUT_S - 20) * 1000, **config}))
     try:
         proc = subprocess.run([node, str(SCRIPT), str(config_path)], cwd=JS_DIR,

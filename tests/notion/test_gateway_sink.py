@@ -135,7 +135,8 @@ async def test_a_failure_that_may_pass_is_retried_by_itself(
         sink="notion", notion_token=fake_notion.token, notion_base_url=fake_notion.url,
         notion_user_database=fake_notion.fake.add_database("Uploads", USER_SCHEMA),
         notion_index_database=fake_notion.fake.add_database("Index", INDEX_SCHEMA),
-        notion_rate=20.0, notion_retry_deadline_s=1.0, notion_retry_failed_s=0.5)
+        notion_rate=20.0, notion_retry_deadline_s=1.0, notion_retry_failed_s=0.5,
+        notion_scan_s=0.2)
     # A breaker that never opens: otherwise it would hold the drain until Notion is back,
     # and the retry policy would never give up.
     server = client.server
@@ -208,3 +209,44 @@ async def test_notion_down_opens_the_breaker_and_uploads_go_on(
         status = await drained(client, upload_id)
         assert await fake.uploaded_sha256(status["sink"]["detail"]["file_upload"]) == \
             hashlib.sha256(data).hexdigest()
+
+
+async def test_windows_go_to_notion_while_the_upload_still_receives_bytes(
+        make_client: ClientFactory, fake_notion: FakeNotionServer) -> None:
+    client = await gateway(make_client, fake_notion)
+    fake = fake_notion.fake
+    data = os.urandom(31 * MiB + 7)  # 7 parts of 5 MiB: six whole windows and a tail
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": str(len(data)),
+                                              "Upload-Metadata": metadata(filename="a.mp4")})
+    path = path_of(r.headers["Location"])
+    upload_id = path.rsplit("/", 1)[1]
+    r = await client.patch(path, data=io.BytesIO(data[:12 * MiB]), headers=patch_headers(0))
+    assert r.status == 204
+    # Windows 1 and 2 lie below the committed offset; window 3 does not, yet.
+    deadline = time.monotonic() + 30
+    while sum(fake.parts_stored.values()) < 2:
+        assert time.monotonic() < deadline, fake.parts_stored
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    assert sorted(n for _, n in fake.parts_stored) == [1, 2]
+    status = await (await client.get(f"/api/upload/status/{upload_id}")).json()
+    assert status["status"] == "receiving" and status["sink"] is None
+    assert (status["progress"]["parts_sent"], status["progress"]["parts_total"]) == (2, 7)
+    r = await client.patch(path, data=io.BytesIO(data[12 * MiB:]),
+                           headers=patch_headers(12 * MiB))
+    assert r.status == 204
+    status = await drained(client, upload_id)
+    remote = status["sink"]["detail"]["file_upload"]
+    assert await fake.uploaded_sha256(remote) == hashlib.sha256(data).hexdigest()
+    assert fake.count("file_uploads.create", 200) == 1
+    assert set(fake.parts_stored.values()) == {1}, "a part was sent twice"
+    # Notion holds the file and the records exist: the spool copy is gone, the upload is
+    # still known, and a download says plainly where the bytes went.
+    server = client.server
+    assert isinstance(server, TestServer)
+    store = server.app[RUNTIME].require().store
+    assert not store.data_path(upload_id).exists()
+    head = await client.head(path, headers=TUS)
+    assert head.status == 200 and head.headers["Upload-Offset"] == str(len(data))
+    get = await client.get(path)
+    assert get.status == 410 and "ERR_DATA_DELIVERED" in await get.text()
