@@ -101,6 +101,19 @@ class Resilient:
             return result
 
 
+def finishes_in_time(*, offset: int, length: int, created_at: float, now: float, parts: int,
+                     rate: float) -> bool:
+    """Whether an upload still receiving bytes, at its pace since creation, and then its
+    ``parts`` sends at ``rate`` requests a second, would be done well within the hour a
+    Notion upload lives. Starting the Notion upload early only pays if so: one that expires
+    must be sent again in full."""
+    pace = offset / max(now - created_at, 1e-3)
+    if pace <= 0:
+        return False
+    remaining = (length - offset) / pace
+    return remaining + parts / rate < UPLOAD_LIFETIME_S - RESUME_MARGIN_S
+
+
 @dataclass(frozen=True, slots=True)
 class NotionName:
     """How a file is presented to Notion, and whether its real name had to be hidden."""

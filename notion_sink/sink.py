@@ -43,11 +43,10 @@ from gateway.state.base import UploadStore
 from notion_sink.breaker import BreakerPolicy, CircuitBreaker
 from notion_sink.client import ClientSettings, NotionClient, read_range
 from notion_sink.drain import (
-    RESUME_MARGIN_S,
-    UPLOAD_LIFETIME_S,
     Drain,
     DrainProgress,
     Resilient,
+    finishes_in_time,
     notion_name,
 )
 from notion_sink.ratelimit import Limiter, RateLimiter
@@ -245,15 +244,9 @@ class NotionSink:
                                     state.offset, progress)
 
     def _finishes_in_time(self, state: UploadState, plan: PartPlan) -> bool:
-        """Whether, at its pace since creation, the upload and its remaining parts would
-        be done well within the hour a Notion upload lives (design: one that expires must
-        be sent again in full, so starting early only pays when it finishes in time)."""
-        elapsed = max(time.time() - state.info.created_at, 1e-3)
-        pace = state.offset / elapsed
-        if pace <= 0:
-            return False
-        remaining = ((state.info.length or 0) - state.offset) / pace
-        return remaining + plan.number_of_parts / self.rate < UPLOAD_LIFETIME_S - RESUME_MARGIN_S
+        return finishes_in_time(offset=state.offset, length=plan.length,
+                                created_at=state.info.created_at, now=time.time(),
+                                parts=plan.number_of_parts, rate=self.rate)
 
     async def _finish(self, upload_id: str, progress: DrainProgress) -> None:
         try:

@@ -23,7 +23,14 @@ from gateway.config import FsyncPolicy
 from gateway.state.disk import DiskStore
 from notion_sink.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from notion_sink.client import ClientSettings, FileUpload, NotionClient
-from notion_sink.drain import Drain, DrainProgress, NotionName, Resilient, notion_name
+from notion_sink.drain import (
+    Drain,
+    DrainProgress,
+    NotionName,
+    Resilient,
+    finishes_in_time,
+    notion_name,
+)
 from notion_sink.fake_faults import CREATE, SEND, Fault
 from notion_sink.ratelimit import RateLimiter
 from notion_sink.retry import RetryPolicy
@@ -202,3 +209,16 @@ async def test_the_breaker_opens_while_notion_fails_and_the_drain_finishes_after
     assert breaker.state is BreakerState.CLOSED
     assert fake_notion.fake.faults.pending() == 0
     assert await fake_notion.fake.uploaded_sha256(remote) == digest
+
+
+def test_the_notion_upload_starts_early_only_if_it_can_finish_within_its_hour() -> None:
+    def check(offset: int, elapsed: float, parts: int = 10, rate: float = 3.0) -> bool:
+        return finishes_in_time(offset=offset, length=1000, created_at=1000.0,
+                                now=1000.0 + elapsed, parts=parts, rate=rate)
+
+    assert check(500, 10.0)  # halfway after 10 s: 10 s more, then 10 parts at 3/s
+    assert not check(0, 10.0)  # no pace yet
+    assert not check(100, 600.0)  # 10% in ten minutes: 90 more minutes
+    assert check(500, 2900.0)  # 2900 s more and 10 sends: within the 50 minutes allowed
+    assert not check(500, 2900.0, parts=1000)  # but not with 1000 sends at 3/s
+    assert not check(999, 10.0, rate=0.1, parts=1000)  # sends alone take too long

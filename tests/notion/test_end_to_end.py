@@ -125,3 +125,43 @@ async def test_sigkill_mid_drain_resumes_without_resending_parts(
     assert fake.count("file_uploads.create", 200) == 1, "the old Notion upload was resumed"
     pages = fake.pages_in(next(iter(fake.databases)))
     assert len(pages) == 1
+
+
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+@pytest.mark.timeout(240)
+async def test_another_instance_takes_over_the_drain_of_a_killed_one(
+        gateway_process: Callable[..., GatewayProcess], fake_notion: FakeNotionServer,
+        tmp_path: Path) -> None:
+    """Two instances share Redis and the spool; the one draining is SIGKILLed, and the
+    other finishes its drain once the dead one's lease runs out, resending no confirmed
+    part and creating no second Notion upload."""
+    fake = fake_notion.fake
+    fake.faults.chance(Fault(kind="slow", delay_s=0.3), 1.0, endpoints=[SEND])
+    users = fake.add_database("Uploads", USER_SCHEMA)
+    index = fake.add_database("Index", INDEX_SCHEMA)
+    args = ("--sink", "notion", "--notion-base-url", fake_notion.url, "--notion-token",
+            fake_notion.token, "--notion-user-database", users, "--notion-index-database",
+            index, "--notion-rate", "20", "--notion-concurrency", "2", "--lock-ttl", "1",
+            "--notion-scan", "0.5")
+    a = gateway_process(*args)
+    b = gateway_process(*args, data_dir=a.data_dir)
+    source = random_file(tmp_path / "movie.mp4", 60 * MiB + 99)
+    result = await asyncio.to_thread(run_js, {"endpoint": a.url, "file": str(source),
+                                              "metadata": {"filename": "movie.mp4"},
+                                              "chunkSize": 16 * MiB}, tmp_path, a)
+    upload_id = result["url"].rsplit("/", 1)[1]
+    async with aiohttp.ClientSession() as http:
+        deadline = time.monotonic() + 60
+        while sum(fake.parts_stored.values()) < 4:
+            assert time.monotonic() < deadline, a.log()
+            await asyncio.sleep(0.05)
+        assert (await sink_status(http, a, upload_id))["progress"]["running_here"] is True
+        a.kill()
+        assert sum(fake.parts_stored.values()) < 12, "the drain finished before the kill"
+        status = await wait_drained(http, b, upload_id)
+    remote = status["sink"]["detail"]["file_upload"]
+    assert await fake.uploaded_sha256(remote) == sha256_file(source)
+    twice = {key: n for key, n in fake.parts_stored.items() if n > 1}
+    assert len(twice) <= 2, twice  # at most the sends cut by the kill
+    assert fake.count("file_uploads.create", 200) == 1
+    assert len(fake.pages_in(users)) == 1 and len(fake.pages_in(index)) == 1
