@@ -198,7 +198,7 @@ async def test_notion_down_opens_the_breaker_and_uploads_go_on(
             break
         assert time.monotonic() < deadline, status
         await asyncio.sleep(0.05)
-    assert status["sink"]["status"] == "draining"
+    assert status["sink"]["status"] == "draining" and status["progress"]["phase"] == "waiting"
     # Uploads are still accepted and finish into the spool meanwhile.
     second = os.urandom(7000)
     second_id = await tus_upload(client, second, "second.txt")
@@ -232,10 +232,12 @@ async def test_windows_go_to_notion_while_the_upload_still_receives_bytes(
     status = await (await client.get(f"/api/upload/status/{upload_id}")).json()
     assert status["status"] == "receiving" and status["sink"] is None
     assert (status["progress"]["parts_sent"], status["progress"]["parts_total"]) == (2, 7)
+    assert status["progress"]["phase"] == "draining"
     r = await client.patch(path, data=io.BytesIO(data[12 * MiB:]),
                            headers=patch_headers(12 * MiB))
     assert r.status == 204
     status = await drained(client, upload_id)
+    assert status["progress"]["phase"] == "recorded"
     remote = status["sink"]["detail"]["file_upload"]
     assert await fake.uploaded_sha256(remote) == hashlib.sha256(data).hexdigest()
     assert fake.count("file_uploads.create", 200) == 1
