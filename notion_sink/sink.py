@@ -366,14 +366,14 @@ class NotionSink:
                            file_upload=checkpoint.remote_id)
         tracked = self.active.get(upload_id)
         out["running_here"] = tracked is not None and not tracked.task.done()
-        out["phase"] = _phase(state, out)
+        out["phase"] = delivery_phase(state, out)
         retry_at = self.breaker.retry_at
         if retry_at is not None:
             out["breaker_retry_in_s"] = round(max(retry_at - time.monotonic(), 0.0), 1)
         return out
 
 
-def _phase(state: UploadState, progress: Mapping[str, object]) -> str:
+def delivery_phase(state: UploadState, progress: Mapping[str, object]) -> str:
     """One word for where the delivery stands: ``waiting`` (nothing sent yet: the file is
     still arriving, or Notion is failing or rate-limited), ``draining`` (parts going out),
     ``completing`` (every part sent; completion and the records remain), ``recorded``,

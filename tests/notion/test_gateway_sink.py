@@ -21,7 +21,9 @@ from gateway.keys import RUNTIME
 from notion_sink.breaker import BreakerPolicy, CircuitBreaker
 from notion_sink.fake import FakeConfig
 from notion_sink.fake_faults import SEND, Fault
-from notion_sink.sink import NotionSink
+from notion_sink.sink import NotionSink, delivery_phase
+from protocol.model import SinkState, UploadInfo, UploadState
+from protocol.state import UploadStatus
 from tests.conftest import ROOT, ClientFactory
 from tests.helpers import TUS, metadata, patch_headers, path_of
 from tests.notion.conftest import FakeNotionFactory, FakeNotionServer
@@ -252,3 +254,19 @@ async def test_windows_go_to_notion_while_the_upload_still_receives_bytes(
     assert head.status == 200 and head.headers["Upload-Offset"] == str(len(data))
     get = await client.get(path)
     assert get.status == 410 and "ERR_DATA_DELIVERED" in await get.text()
+
+
+def test_the_delivery_phase_in_one_word() -> None:
+    def phase(status: UploadStatus, sent: int, total: int = 7) -> str:
+        offset = 10 if status is UploadStatus.RECEIVING else 100
+        sink = None if status is UploadStatus.RECEIVING else SinkState(status)
+        state = UploadState(UploadInfo("a" * 32, 100, sink=sink), offset, 0.0)
+        return delivery_phase(state, {"parts_sent": sent, "parts_total": total})
+
+    assert phase(UploadStatus.RECEIVING, 0) == "waiting"
+    assert phase(UploadStatus.RECEIVING, 2) == "draining"
+    assert phase(UploadStatus.DRAINING, 0) == "waiting"
+    assert phase(UploadStatus.DRAINING, 6) == "draining"
+    assert phase(UploadStatus.DRAINING, 7) == "completing"
+    assert phase(UploadStatus.DRAINED, 7) == "recorded"
+    assert phase(UploadStatus.FAILED, 3) == "failed"
