@@ -77,7 +77,10 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
     else:
         store = DiskStore(config.data_dir, pool, fsync=config.fsync,
                           write_buffer_bytes=config.write_buffer_bytes,
-                          commit_interval_bytes=config.commit_interval_bytes)
+                          commit_interval_bytes=config.commit_interval_bytes,
+                          # Windows of a long PATCH can go to Notion before it ends.
+                          sync_interval_bytes=(config.sync_interval_bytes
+                                               if config.sink == "notion" else None))
         locker = MemoryLocker()
     directory: DirectorySink | None = None
     notion: Any = None

@@ -63,7 +63,8 @@ class _DiskWriter(SpoolWriter):
     def __init__(self, store: DiskStore, upload_id: str, offset: int,
                  checksum: Checksum | None) -> None:
         super().__init__(store.data_path(upload_id), offset, checksum, durable=store._durable,
-                         commit_interval=store._commit_interval)
+                         commit_interval=store._commit_interval,
+                         sync_interval=store._sync_interval)
         self.store = store
         self.upload_id = upload_id
 
@@ -88,7 +89,8 @@ class DiskStore:
     """``UploadStore`` on a local directory (see the module docstring for the layout)."""
 
     def __init__(self, root: Path, pool: IoPool, *, fsync: FsyncPolicy,
-                 write_buffer_bytes: int, commit_interval_bytes: int) -> None:
+                 write_buffer_bytes: int, commit_interval_bytes: int,
+                 sync_interval_bytes: int | None = None) -> None:
         self.root = root
         self.uploads = root / "uploads"
         self.tombstones = root / "tombstones"
@@ -96,6 +98,10 @@ class DiskStore:
         self._durable = fsync is FsyncPolicy.ACK
         self._buffer_bytes = write_buffer_bytes
         self._commit_interval = commit_interval_bytes
+        # When a sink sends windows of an upload still arriving (Notion), a long PATCH makes
+        # its bytes durable every this many bytes and reports them committed; otherwise the
+        # offset moves only when the request ends.
+        self._sync_interval = sync_interval_bytes
         # Records and durable sizes of recent uploads. This process owns the directory (see
         # ``.lock``), so the cache cannot go stale; it saves a worker-thread trip per request.
         # Mutated on the event loop only.
@@ -281,12 +287,16 @@ class DiskStore:
             else:
                 self._forget(upload_id)  # size unknown: read it again
 
+        async def window() -> None:
+            self._update(upload_id, size=writer.synced, mtime=time.time())
+
         self._appending += 1
         try:
             return await pump(writer, chunks, self._pool, buffer_bytes=self._buffer_bytes,
                               max_bytes=max_bytes,
                               crowded=lambda: self._appending > OVERLAP_UP_TO,
-                              on_settled=settled)
+                              on_settled=settled,
+                              on_window=window if self._sync_interval else None)
         finally:
             self._appending -= 1
 

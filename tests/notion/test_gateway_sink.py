@@ -13,6 +13,7 @@ import io
 import os
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
@@ -270,3 +271,44 @@ def test_the_delivery_phase_in_one_word() -> None:
     assert phase(UploadStatus.DRAINING, 7) == "completing"
     assert phase(UploadStatus.DRAINED, 7) == "recorded"
     assert phase(UploadStatus.FAILED, 3) == "failed"
+
+
+async def test_windows_leave_in_the_middle_of_one_long_patch(
+        make_client: ClientFactory, fake_notion: FakeNotionServer) -> None:
+    """tus-js-client and Uppy send a whole file in one PATCH by default: windows go to
+    Notion as that request's bytes become durable, not when it ends."""
+    client: TestClient[Any, Any] = await make_client(
+        sink="notion", notion_token=fake_notion.token, notion_base_url=fake_notion.url,
+        notion_user_database=fake_notion.fake.add_database("Uploads", USER_SCHEMA),
+        notion_index_database=fake_notion.fake.add_database("Index", INDEX_SCHEMA),
+        notion_rate=20.0, sync_interval_bytes=4 * MiB, commit_interval_bytes=2 * MiB)
+    fake = fake_notion.fake
+    data = os.urandom(26 * MiB)
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": str(len(data)),
+                                              "Upload-Metadata": metadata(filename="a.mp4")})
+    path = path_of(r.headers["Location"])
+    go_on = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), MiB):
+            if start == 20 * MiB:
+                # The client pauses mid-request. (A window whose sync ends during the pause
+                # counts from the next batch on, so the test waits for earlier windows.)
+                await go_on.wait()
+            yield data[start:start + MiB]
+
+    patch = asyncio.ensure_future(client.patch(path, data=body(), headers={
+        **patch_headers(0), "Content-Length": str(len(data))}))
+    deadline = time.monotonic() + 30
+    while sum(fake.parts_stored.values()) < 2:
+        assert time.monotonic() < deadline, fake.parts_stored
+        assert not patch.done()
+        await asyncio.sleep(0.05)
+    assert not patch.done(), "the parts must leave while the request is still open"
+    assert {n for _, n in fake.parts_stored} <= {1, 2, 3}  # nothing past 16 MiB durable
+    go_on.set()
+    assert (await patch).status == 204
+    status = await drained(client, path.rsplit("/", 1)[1])
+    assert await fake.uploaded_sha256(status["sink"]["detail"]["file_upload"]) == \
+        hashlib.sha256(data).hexdigest()
+    assert set(fake.parts_stored.values()) == {1}
