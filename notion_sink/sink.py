@@ -120,10 +120,13 @@ class NotionSink:
     async def deliver(self, state: UploadState, data: Path) -> SinkState:
         status = advance(state.status, Input.SINK_START)
         current = state.info.sink
+        await self.store.owe_sink(state.info.upload_id, True)
         return SinkState(status, detail=current.detail if current else {})
 
     async def retain(self, upload_ids: set[str]) -> None:
-        """After recovery: resume the drains a stop interrupted, then keep scanning."""
+        """After recovery: resume the drains a stop interrupted, then keep scanning. This
+        first scan reads every record (and rebuilds the index of owed work); the periodic
+        ones read only the index."""
         await self.scan(time.time(), upload_ids)
         if self._scanner is None:
             self._scanner = asyncio.create_task(self._scan_forever(), name="notion-scan")
@@ -148,6 +151,12 @@ class NotionSink:
         task = asyncio.create_task(self._run(upload_id, progress),
                                    name=f"notion-drain-{upload_id}")
         self.active[upload_id] = Tracked(task, progress)
+
+        def forget(done: asyncio.Task[None]) -> None:
+            current = self.active.get(upload_id)
+            if current is not None and current.task is done:
+                del self.active[upload_id]
+        task.add_done_callback(forget)
 
     async def close(self) -> None:
         tasks = [t.task for t in self.active.values()]
@@ -177,6 +186,8 @@ class NotionSink:
                 await self._finish(upload_id, progress)
         except (errors.NotFound, errors.Gone):
             log.info("upload %s was removed during its Notion drain", upload_id)
+            with contextlib.suppress(errors.StateUnavailable):
+                await self.store.owe_sink(upload_id, False)
         except errors.StateUnavailable:
             log.warning("the state store is unreachable; the drain of %s resumes later",
                         upload_id)
@@ -267,17 +278,19 @@ class NotionSink:
     async def _deliver(self, upload_id: str, progress: DrainProgress) -> None:
         state = await self.store.get(upload_id)
         data = self._data_path(upload_id)
-        detail = dict(state.info.sink.detail) if state.info.sink else {}
-        if "salt" not in detail:
-            salt = new_salt()
-            async with self._hashing:
-                digest = await self.pool.run(salted_sha512, data, salt)
-            detail = {"salt": salt, "sha512": digest}
-            await self._save(upload_id, UploadStatus.DRAINING, detail=detail)
         filename = self._filename(state)
         name = notion_name(filename, upload_id)
         length = state.offset
-        remote_id = await self.drain.run(upload_id, data, length, name, progress)
+        # The hash is needed only for the records: it runs beside the last sends.
+        keying = asyncio.ensure_future(self._key(upload_id, state, data))
+        try:
+            remote_id = await self.drain.run(upload_id, data, length, name, progress)
+        except BaseException:
+            keying.cancel()
+            with contextlib.suppress(BaseException):
+                await keying
+            raise
+        detail = await keying
         page_id, index_id = await self.recorder.record(
             filename=filename, sent_as=name.filename, size=length,
             key=FileKey(detail["salt"], detail["sha512"]), created_at=state.info.created_at,
@@ -287,6 +300,19 @@ class NotionSink:
                                  "index_page": index_id, "sent_as": name.filename})
         # Notion holds the file and both records exist: the spool copy has done its job.
         await self.store.discard_data(upload_id)
+        await self.store.owe_sink(upload_id, False)
+
+    async def _key(self, upload_id: str, state: UploadState, data: Path) -> dict[str, str]:
+        """The record's salt and salted hash: chosen once and saved before any page is
+        made, so a restart looks for the same key."""
+        detail = dict(state.info.sink.detail) if state.info.sink else {}
+        if "salt" not in detail:
+            salt = new_salt()
+            async with self._hashing:
+                digest = await self.pool.run(salted_sha512, data, salt)
+            detail = {"salt": salt, "sha512": digest}
+            await self._save(upload_id, UploadStatus.DRAINING, detail=detail)
+        return detail
 
     @staticmethod
     def _filename(state: UploadState) -> str:
@@ -322,22 +348,42 @@ class NotionSink:
             except Exception:
                 log.exception("the Notion scan failed")
 
-    async def scan(self, now: float, upload_ids: set[str] | None = None) -> None:
-        """Take over drains nobody runs, retry failures that are due, finish clean-ups."""
-        for upload_id in sorted(upload_ids if upload_ids is not None
-                                else await self.store.upload_ids()):
-            with contextlib.suppress(errors.NotFound, errors.Gone, errors.SinkNotFailed):
+    async def scan(self, now: float, every: set[str] | None = None) -> None:
+        """Take over drains nobody runs, retry failures that are due, finish clean-ups:
+        for the uploads in the index of owed work, and ``every`` upload at start-up."""
+        owed = set(await self.store.sink_owed())
+        for upload_id in sorted(owed | (every or set())):
+            try:
                 state = await self.store.get(upload_id)
-                sink = state.info.sink
-                if state.status is UploadStatus.DRAINING:
-                    self.start(upload_id)  # its lease decides whether this instance runs it
-                elif state.status is UploadStatus.FAILED and sink is not None and \
-                        sink.will_retry and self.retry_failed_s > 0 and \
-                        float(sink.detail.get("failed_at", 0)) + self.retry_failed_s <= now:
-                    await self.retry(upload_id)
-                elif state.status is UploadStatus.DRAINED and state.info.data_removed:
+            except (errors.NotFound, errors.Gone):
+                await self.store.owe_sink(upload_id, False)
+                continue
+            sink = state.info.sink
+            retry_later = sink is not None and sink.will_retry and self.retry_failed_s > 0
+            if state.status is UploadStatus.DRAINING:
+                if upload_id not in owed:
+                    await self.store.owe_sink(upload_id, True)
+                self.start(upload_id)  # its lease decides whether this instance runs it
+            elif state.status is UploadStatus.FAILED and retry_later:
+                if upload_id not in owed:
+                    await self.store.owe_sink(upload_id, True)
+                assert sink is not None
+                if float(sink.detail.get("failed_at", 0)) + self.retry_failed_s <= now:
+                    with contextlib.suppress(errors.SinkNotFailed, errors.NotFound,
+                                             errors.Gone):
+                        await self.retry(upload_id)
+            elif upload_id in owed and state.status in (UploadStatus.DRAINED,
+                                                        UploadStatus.FAILED):
+                # (Not while ``complete``: the hand-over notes the work just before it
+                # saves ``draining``.)
+                if state.info.data_removed:
                     # A stop between the record and the deletion left the spool copy.
                     await self.store.discard_data(upload_id)
+                await self.store.owe_sink(upload_id, False)  # nothing owed any more
+            elif every is not None and state.info.data_removed:
+                # The disk store's index lives in memory: after a stop, every delivered
+                # upload is checked once for a spool copy left behind.
+                await self.store.discard_data(upload_id)
 
     async def retry(self, upload_id: str) -> None:
         """Start a failed delivery again (``tus-gateway sink retry``)."""
@@ -345,6 +391,7 @@ class NotionSink:
         if state.status is not UploadStatus.FAILED:
             raise errors.SinkNotFailed()
         await self._save(upload_id, advance(state.status, Input.SINK_START))
+        await self.store.owe_sink(upload_id, True)
         self.start(upload_id)
 
     # --- status ------------------------------------------------------------------------------

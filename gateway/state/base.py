@@ -92,6 +92,13 @@ class UploadStore(Protocol):
         """Record confirmed parts of ``remote_id``; False (nothing recorded) if the
         checkpoint moved to another remote upload meanwhile."""
 
+    async def owe_sink(self, upload_id: str, owed: bool) -> None:
+        """Note (or clear) that a background sink still owes work on this upload, so that
+        periodic scans look at those uploads only, not at every upload ever kept."""
+
+    async def sink_owed(self) -> list[str]:
+        """The uploads a sink still owes work on (an index: entries may be stale)."""
+
     async def claim_lease(self, name: str, ttl_s: float) -> bool:
         """True for one caller per ``ttl_s`` among all processes sharing the store."""
 

@@ -112,6 +112,7 @@ class DiskStore:
         self._finals: dict[str, tuple[str, ...]] = {}
         self._ckpt_locks: dict[str, asyncio.Lock] = {}
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, expires, monotonic)
+        self._owed: set[str] = set()
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -415,6 +416,17 @@ class DiskStore:
         """Parallel senders of one upload record their parts one at a time."""
         async with self._ckpt_locks.setdefault(upload_id, asyncio.Lock()):
             yield
+
+    async def owe_sink(self, upload_id: str, owed: bool) -> None:
+        # One process owns the directory, and its sink rebuilds this at start-up from the
+        # records, so memory is enough.
+        if owed:
+            self._owed.add(upload_id)
+        else:
+            self._owed.discard(upload_id)
+
+    async def sink_owed(self) -> list[str]:
+        return sorted(self._owed)
 
     async def claim_lease(self, name: str, ttl_s: float) -> bool:
         return True  # one process per data directory: nobody to share periodic work with

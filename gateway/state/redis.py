@@ -608,6 +608,18 @@ class RedisStore:
         return bool(done == 1)
 
     # --- coordination ------------------------------------------------------------------------
+    async def owe_sink(self, upload_id: str, owed: bool) -> None:
+        with mapped_errors():
+            if owed:
+                await self.backend.client.sadd(self.keys.sink_owed(), upload_id)
+            else:
+                await self.backend.client.srem(self.keys.sink_owed(), upload_id)
+
+    async def sink_owed(self) -> list[str]:
+        with mapped_errors():
+            members = await self.backend.client.smembers(self.keys.sink_owed())
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
     async def claim_lease(self, name: str, ttl_s: float) -> bool:
         with mapped_errors():
             return bool(await self.backend.client.set(

@@ -13,6 +13,7 @@ all of an upload's keys in one slot, which multi-key scripts require)::
     <p>:tombs            sorted set: tombstoned ids (score: removal time), for purging them
     <p>:finals           hash: final concatenations waiting for partials -> their ids (JSON)
     <p>:release          pub/sub channel: "please let go of <id>", heard by every instance
+    <p>:sink_owed        set: uploads a background sink still owes work on, for its scans
     <p>:lease:<name>     a short lease so one instance runs a job at a time (a periodic
                          sweep, or one upload's drain: its holder's id, extended while it runs)
     <p>:rate:<name>      hash: a rate limiter every instance shares (due, blocked, at: server
@@ -73,6 +74,9 @@ class Keys:
     @property
     def release_channel(self) -> str:
         return f"{self.prefix}:release"
+
+    def sink_owed(self) -> str:
+        return f"{self.prefix}:sink_owed"
 
     def lease(self, name: str) -> str:
         return f"{self.prefix}:lease:{name}"

@@ -370,6 +370,19 @@ async def test_a_delivered_upload_keeps_its_record_without_its_bytes(
         await restarted.get(info.upload_id)
 
 
+async def test_owed_sink_work_is_an_index_any_instance_reads(
+        open_store: StoreFactory, request: pytest.FixtureRequest) -> None:
+    store = await open_store()
+    await store.owe_sink("a" * 32, True)
+    await store.owe_sink("b" * 32, True)
+    await store.owe_sink("a" * 32, False)
+    await store.owe_sink("c" * 32, False)  # never owed: nothing happens
+    assert await store.sink_owed() == ["b" * 32]
+    if request.node.callspec.params["open_store"] == "redis":
+        # Shared: another instance (here, a restarted one) sees the same index.
+        assert await (await open_store()).sink_owed() == ["b" * 32]
+
+
 async def test_a_held_lease_is_one_owners_until_dropped_or_expired(
         open_store: StoreFactory) -> None:
     store = await open_store()
