@@ -134,9 +134,10 @@ class GatewayConfig:
     title=Name, size=Size, hash=Hash, salt=Salt, created=Created, file=File in the user
     database; index_title=Hash, index_database=Database, index_page=Page in the index)."""
     sync_interval_bytes: int = 32 * MiB
-    """With Redis: inside a long PATCH, make the bytes durable and commit the offset this
-    often, so an instance killed mid-request loses at most this much unacknowledged data
-    (its client sends it again). Each costs an fdatasync beside the stream."""
+    """With Redis, or with the Notion sink: inside a long PATCH, make the bytes durable and
+    commit the offset this often, so an instance killed mid-request loses at most this much
+    unacknowledged data (its client sends it again) and Notion windows leave before the
+    request ends. Each costs an fdatasync beside the stream."""
     lock_ttl_s: float = 5.0
     """With Redis: an upload's lock expires this long after its holder last extended it, so
     a crashed instance's uploads are free again within this time."""
