@@ -222,6 +222,11 @@ class Drain:
         age = self.wall_clock() - checkpoint.started_at
         if checkpoint.remote_id is not None and age < UPLOAD_LIFETIME_S - RESUME_MARGIN_S:
             remote = checkpoint.remote_id
+            if remote == progress.remote_id:
+                # This process made or checked it and has been sending to it: no need to
+                # spend a request asking (an expiry shows as a refused send anyway).
+                progress.use(remote, checkpoint.parts)
+                return remote, checkpoint.parts
             state = await self._retrieve(remote)
             if state.status == "pending" and _parts_total(state) in (None,
                                                                     plan.number_of_parts):

@@ -120,26 +120,30 @@ class Recorder:
         self.settings = settings
 
     async def record(self, *, filename: str, sent_as: str, size: int, key: FileKey,
-                     created_at: float, remote_id: str) -> tuple[str, str]:
-        """Both pages, each exactly once; returns (user page id, index page id)."""
+                     created_at: float, remote_id: str, fresh: bool = False
+                     ) -> tuple[str, str]:
+        """Both pages, each exactly once; returns (user page id, index page id).
+
+        ``fresh``: the key was made by the caller just now, so no page with it can exist
+        yet and the first lookups are skipped (two requests of a scarce budget)."""
         settings = self.settings
         page_id = await self._once(
             settings.user_database_id, settings.hash, "rich_text", key.sha512,
             user_page(settings, filename=filename, sent_as=sent_as, size=size, key=key,
-                      created_at=created_at, remote_id=remote_id))
+                      created_at=created_at, remote_id=remote_id), fresh)
         index_id = await self._once(settings.index_database_id, settings.index_title, "title",
-                                    key.sha512, index_page(settings, key, page_id))
+                                    key.sha512, index_page(settings, key, page_id), fresh)
         return page_id, index_id
 
     async def _once(self, database: str, prop: str, kind: str, key: str,
-                    properties: Mapping[str, Any]) -> str:
+                    properties: Mapping[str, Any], fresh: bool) -> str:
         client = self.client
 
         def lookup() -> Awaitable[list[dict[str, Any]]]:
             return client.query_equals(database, prop, key, kind)
 
-        for _ in range(CREATE_ROUNDS):
-            found = await self.resilient.run(lookup)
+        for round_ in range(CREATE_ROUNDS):
+            found = [] if fresh and round_ == 0 else await self.resilient.run(lookup)
             if found:
                 return str(found[0]["id"])
             try:

@@ -290,11 +290,11 @@ class NotionSink:
             with contextlib.suppress(BaseException):
                 await keying
             raise
-        detail = await keying
+        detail, fresh = await keying
         page_id, index_id = await self.recorder.record(
             filename=filename, sent_as=name.filename, size=length,
             key=FileKey(detail["salt"], detail["sha512"]), created_at=state.info.created_at,
-            remote_id=remote_id)
+            remote_id=remote_id, fresh=fresh)
         await self._save(upload_id, UploadStatus.DRAINED, ref=page_id, data_removed=True,
                          detail={**detail, "file_upload": remote_id, "page": page_id,
                                  "index_page": index_id, "sent_as": name.filename})
@@ -302,17 +302,19 @@ class NotionSink:
         await self.store.discard_data(upload_id)
         await self.store.owe_sink(upload_id, False)
 
-    async def _key(self, upload_id: str, state: UploadState, data: Path) -> dict[str, str]:
-        """The record's salt and salted hash: chosen once and saved before any page is
-        made, so a restart looks for the same key."""
+    async def _key(self, upload_id: str, state: UploadState,
+                   data: Path) -> tuple[dict[str, str], bool]:
+        """The record's salt and salted hash, and whether they are new: chosen once and
+        saved before any page is made, so a restart looks for the same key."""
         detail = dict(state.info.sink.detail) if state.info.sink else {}
-        if "salt" not in detail:
-            salt = new_salt()
-            async with self._hashing:
-                digest = await self.pool.run(salted_sha512, data, salt)
-            detail = {"salt": salt, "sha512": digest}
-            await self._save(upload_id, UploadStatus.DRAINING, detail=detail)
-        return detail
+        if "salt" in detail:
+            return detail, False
+        salt = new_salt()
+        async with self._hashing:
+            digest = await self.pool.run(salted_sha512, data, salt)
+        detail = {"salt": salt, "sha512": digest}
+        await self._save(upload_id, UploadStatus.DRAINING, detail=detail)
+        return detail, True
 
     @staticmethod
     def _filename(state: UploadState) -> str:

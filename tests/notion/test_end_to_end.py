@@ -9,6 +9,7 @@ recorded exactly once.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,14 @@ from tests.notion.conftest import FakeNotionServer
 from tests.notion.test_records import INDEX_SCHEMA, USER_SCHEMA
 
 pytestmark = pytest.mark.allow_blocking  # the test drives child processes
+
+
+def sha512_file(path: Path, salt: str) -> str:
+    digest = hashlib.sha512(salt.encode())
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def notion_gateway(gateway_process: Callable[..., GatewayProcess],
@@ -84,11 +93,19 @@ async def test_tus_js_client_files_arrive_in_notion(
             detail = status["sink"]["detail"]
             assert await fake_notion.fake.uploaded_sha256(detail["file_upload"]) == \
                 sha256_file(source), name
-            assert fake_notion.fake.page_text(status["sink"]["ref"], "Name") == name
+            page = status["sink"]["ref"]
+            fake = fake_notion.fake
+            assert fake.page_text(page, "Name") == name
+            assert fake.page_text(page, "Salt") == detail["salt"]
+            assert fake.page_text(page, "Hash") == detail["sha512"] == sha512_file(
+                source, detail["salt"])
+            assert fake.page_text(detail["index_page"], "Page") == page
+            assert fake.page_text(detail["index_page"], "Hash") == detail["sha512"]
             if name == "archive.zip":
                 assert detail["sent_as"] == f"{upload_id}.txt"
-    users = next(iter(fake_notion.fake.databases))
+    users, index = list(fake_notion.fake.databases)[:2]
     assert len(fake_notion.fake.pages_in(users)) == len(cases)
+    assert len(fake_notion.fake.pages_in(index)) == len(cases)
     assert fake_notion.fake.peak_burst() <= fake_notion.fake.config.burst
 
 

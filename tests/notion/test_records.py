@@ -15,7 +15,7 @@ from gateway.config import GatewayConfig
 from notion_sink.breaker import BreakerPolicy, CircuitBreaker
 from notion_sink.client import ClientSettings, NotionClient
 from notion_sink.drain import Resilient
-from notion_sink.fake_faults import PAGE_CREATE, Fault
+from notion_sink.fake_faults import DB_QUERY, PAGE_CREATE, Fault
 from notion_sink.ratelimit import RateLimiter
 from notion_sink.records import FileKey, Recorder, RecordSettings, new_salt, salted_sha512
 from notion_sink.retry import RetryPolicy
@@ -35,11 +35,12 @@ def test_salted_sha512_is_salt_then_bytes(tmp_path: Path) -> None:
     assert new_salt() != new_salt()
 
 
+@pytest.mark.parametrize("fresh", [False, True])
 @pytest.mark.parametrize("fault", [None, Fault(status=503, after=True),
                                    Fault(kind="reset", after=True), Fault(status=502)])
 async def test_both_pages_exactly_once(fake_notion: FakeNotionServer,
                                        http: aiohttp.ClientSession, tmp_path: Path,
-                                       fault: Fault | None) -> None:
+                                       fault: Fault | None, fresh: bool) -> None:
     fake = fake_notion.fake
     settings = RecordSettings(fake.add_database("Uploads", USER_SCHEMA),
                               fake.add_database("Index", INDEX_SCHEMA))
@@ -61,7 +62,13 @@ async def test_both_pages_exactly_once(fake_notion: FakeNotionServer,
                         settings)
     page_id, index_id = await recorder.record(
         filename="Q3 report.pdf", sent_as="report.pdf", size=13, key=key,
-        created_at=time.time(), remote_id=created.id)
+        created_at=time.time(), remote_id=created.id, fresh=fresh)
+    # A fresh key cannot have pages yet: no lookup until a creation's answer is lost.
+    lookups = fake.count(DB_QUERY)
+    if fresh and fault is None:
+        assert lookups == 0
+    if not fresh:
+        assert lookups >= 2
     pages = fake.pages_in(settings.user_database_id)
     assert [p.id for p in pages] == [page_id]
     assert [p.id for p in fake.pages_in(settings.index_database_id)] == [index_id]
