@@ -240,6 +240,8 @@ def main() -> int:
         args.mib, args.files, args.file_mib, args.reps = 40, 3, 32, 1
     args.scenarios = [args.only] if args.only else ["throughput", "memory"]
     Path(args.tmp_root).mkdir(parents=True, exist_ok=True)
+    # A stopped run still cleans up (each memory run leaves tens of GiB of spool behind).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return asyncio.run(main_async(args))
 
 
