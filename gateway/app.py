@@ -2,7 +2,8 @@
 
 Resources are made and closed by ``cleanup_ctx`` in order: the I/O threads, the store, the
 sink, then the upload service (which recovers interrupted work before serving), then the
-expiry sweeper. Nothing is created at import time.
+hooks (post-finish notices a stop interrupted), then the expiry sweeper. Nothing is
+created at import time.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from gateway.aio import IoPool
 from gateway.config import FsyncPolicy, GatewayConfig
 from gateway.cors import setup_cors
 from gateway.keys import CONFIG, RUNTIME, Runtime
+from gateway.metrics import METRICS, Metrics, measured
 from gateway.middleware import tus_errors
+from gateway.resources import ResourceMonitor
 from gateway.routes import setup_routes
 from gateway.sinks import DirectorySink, Sink
 from gateway.state.base import Locker, UploadStore
@@ -41,10 +44,14 @@ log = logging.getLogger(__name__)
 
 def create_app(config: GatewayConfig) -> web.Application:
     config.validate()
-    app = web.Application(middlewares=[tus_errors])
+    metrics = Metrics()
+    # Counting sits outside the error middleware, so errors count with their real status.
+    app = web.Application(middlewares=[metrics.middleware(), tus_errors])
     app[CONFIG] = config
     app[RUNTIME] = Runtime()
+    app[METRICS] = metrics
     app.cleanup_ctx.append(_uploads)
+    app.cleanup_ctx.append(_hooks)
     app.cleanup_ctx.append(_sweeper)
     app.on_shutdown.append(_interrupt_receivers)
     setup_cors(app, config, setup_routes(app, config))
@@ -82,6 +89,9 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
                           sync_interval_bytes=(config.sync_interval_bytes
                                                if config.sink == "notion" else None))
         locker = MemoryLocker()
+    metrics = app[METRICS]
+    store = measured(store, metrics)
+    monitor: ResourceMonitor | None = None
     directory: DirectorySink | None = None
     notion: Any = None
     session: aiohttp.ClientSession | None = None
@@ -96,7 +106,8 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
                                              "notion_sink.shared_limit")
             limiter = shared.RedisRateLimiter(backend, rate=config.notion_rate, burst=1)
         sink = notion = notion_module.NotionSink(config, store, pool, session,
-                                                 limiter=limiter)
+                                                 limiter=limiter, metrics=metrics)
+        metrics.watch_breaker(lambda: str(notion.breaker.state))
     else:
         sink = directory = DirectorySink(config.data_dir / "complete", journal, pool,
                                          durable=durable)
@@ -111,10 +122,22 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
         if directory is not None:
             await directory.open()
         uploads = Uploads(config, store, locker, sink)
+        uploads.metrics = metrics
+        metrics.watch_active(lambda: uploads.active)
+        monitor = ResourceMonitor(pool, budget=config.memory_budget_bytes,
+                                  high_percent=config.memory_high_percent,
+                                  critical_percent=config.memory_critical_percent,
+                                  max_active=config.max_concurrent_uploads,
+                                  active=lambda: uploads.active)
+        await monitor.start()
+        uploads.monitor = app[RUNTIME].monitor = monitor
         await uploads.recover()
         app[RUNTIME].uploads = uploads
+        app[RUNTIME].started_at = time.time()
         yield
     finally:
+        if monitor is not None:
+            await monitor.close()
         if notion is not None:
             await notion.close()
         if session is not None:
@@ -139,6 +162,17 @@ def _safe_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+async def _hooks(app: web.Application) -> AsyncIterator[None]:
+    """Post-finish hooks that a stop interrupted go out once recovery is done; the hook
+    tasks end before the store closes."""
+    hooks = app[RUNTIME].require().hooks
+    try:
+        await hooks.start()
+        yield
+    finally:
+        await hooks.close()
+
+
 async def _sweeper(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     uploads = app[RUNTIME].require()
@@ -148,6 +182,10 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(config.sweep_interval_s)
             try:
                 removed = await uploads.sweep(time.time())
+                runtime = app[RUNTIME]
+                runtime.sweep_last = time.time()
+                runtime.sweep_removed = removed
+                runtime.sweep_removed_total += removed
                 if removed:
                     log.info("removed %d expired uploads", removed)
             except Exception:

@@ -16,7 +16,7 @@ covered by the fault tests).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import StreamReader
 from aiohttp.http_exceptions import HttpProcessingError
@@ -30,6 +30,14 @@ class BodyReader:
         self._stall_timeout_s = stall_timeout_s
         self._timer: asyncio.Timeout | None = None
         self._stop: BaseException | None = None
+        self.received = 0  # body bytes handed out so far
+        # Told the size of every chunk handed out (live progress and metrics).
+        self.on_chunk: Callable[[int], None] | None = None
+
+    def _count(self, n: int) -> None:
+        self.received += n
+        if self.on_chunk is not None:
+            self.on_chunk(n)
 
     def stop(self, reason: BaseException) -> None:
         """Make the reader hand out what it has, then raise ``reason``. Idempotent."""
@@ -40,10 +48,12 @@ class BodyReader:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         content = self._content
+        count = self._count
         while True:
             if self._stop is not None:
                 rest = _buffered(content)
                 if rest:
+                    count(len(rest))
                     yield rest
                 raise self._stop
             try:
@@ -57,12 +67,14 @@ class BodyReader:
             except (OSError, HttpProcessingError) as exc:
                 rest = _leftover(content)
                 if rest:
+                    count(len(rest))
                     yield rest
                 raise errors.ClientDisconnected(str(exc) or type(exc).__name__) from exc
             finally:
                 self._timer = None
             if not chunk:
                 return
+            count(len(chunk))
             yield chunk
 
 

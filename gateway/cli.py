@@ -12,9 +12,11 @@ import ast
 import dataclasses
 import inspect
 import itertools
+import json
 import logging
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -24,7 +26,19 @@ from aiohttp import web
 
 from gateway import config as config_module
 from gateway.app import create_app
-from gateway.config import GatewayConfig, env_name, option_name, parse_field
+from gateway.auth import mint_token
+from gateway.config import (
+    MIN_AUTH_SECRET_CHARS,
+    GatewayConfig,
+    env_name,
+    option_name,
+    parse_duration,
+    parse_field,
+    parse_size,
+    redacted,
+    secret_values,
+)
+from gateway.logs import ACCESS_LOGGER, AccessLogger, setup_logging
 
 
 def _field_docs() -> dict[str, str]:
@@ -82,16 +96,35 @@ def build_parser() -> argparse.ArgumentParser:
                     "s, m, h or d (30s, 24h). Every flag can also be set by the environment "
                     "variable named after it.",
     )
+    show_config = commands.add_parser(
+        "config", help="print the effective configuration as JSON, secrets masked",
+        description="Print the configuration `serve` would run with, from the same flags, "
+                    "environment and defaults, as JSON with secrets masked; exit 2 if it is "
+                    "invalid.",
+    )
     for f in dataclasses.fields(GatewayConfig):
         flag = "--" + option_name(f.name)
         help_text = f"{docs.get(f.name, '')} [env {env_name(f.name)}; default " \
                     f"{_default_text(f.default)}]".replace("%", "%%")
-        if isinstance(f.default, bool):
-            serve.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                               default=None, help=help_text)
-        else:
-            serve.add_argument(flag, dest=f.name, default=None, metavar=_metavar(f.name),
-                               help=help_text)
+        for target in (serve, show_config):
+            if isinstance(f.default, bool):
+                target.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                    default=None, help=help_text)
+            else:
+                target.add_argument(flag, dest=f.name, default=None,
+                                    metavar=_metavar(f.name), help=help_text)
+    token = commands.add_parser(
+        "token", help="mint an upload token for --auth hmac",
+        description="Print an upload token signed with the gateway's auth secret; send it as "
+                    "`Authorization: Bearer <token>` when creating an upload.",
+    )
+    token.add_argument("--secret", default=None,
+                       help=f"the gateway's auth secret [env {env_name('auth_secret')}]")
+    token.add_argument("--ttl", default="1h",
+                       help="how long the token creates uploads (30m, 1h, 7d; default 1h)")
+    token.add_argument("--sub", default=None, help="whom the token is for (optional)")
+    token.add_argument("--max-size", default=None, metavar="SIZE",
+                       help="largest upload the token may create (512MiB, 5GiB; optional)")
     fake = commands.add_parser(
         "fake-notion", add_help=False,
         help="run a fake Notion API server for trying the Notion sink locally "
@@ -124,20 +157,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "sink":
         return sink_retry(args.url, args.upload_id)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "token":
+        return print_token(args, dict(os.environ))
     try:
         config = config_from_args(args, dict(os.environ))
     except ValueError as exc:
         print(f"tus-gateway: {exc}", file=sys.stderr)
         return 2
+    if args.command == "config":
+        print(json.dumps(redacted(config), indent=2))
+        return 0
+    setup_logging(config.log_level, config.log_format, secret_values(config))
+    logging.getLogger("gateway.cli").debug("effective configuration",
+                                           extra={"config": redacted(config)})
     app = create_app(config)
     log = logging.getLogger("gateway")
     try:
         web.run_app(
             app, host=config.host, port=config.port,
             shutdown_timeout=config.shutdown_timeout_s,
-            access_log=logging.getLogger("gateway.access") if config.access_log else None,
+            access_log=logging.getLogger(ACCESS_LOGGER) if config.access_log else None,
+            access_log_class=AccessLogger,
             print=lambda _msg: log.info(
                 "serving tus on http://%s:%d%s (data in %s)", config.host, config.port,
                 config.base_path, config.data_dir.resolve()),
@@ -145,6 +185,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"tus-gateway: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def print_token(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    """``tus-gateway token``: print an upload token for ``--auth hmac``."""
+    secret = args.secret or environ.get(env_name("auth_secret"), "")
+    try:
+        if len(secret) < MIN_AUTH_SECRET_CHARS:
+            raise ValueError(f"the secret (--secret or {env_name('auth_secret')}) must have "
+                             f"at least {MIN_AUTH_SECRET_CHARS} characters")
+        ttl_s = parse_duration(args.ttl)
+        if ttl_s <= 0:
+            raise ValueError("--ttl must be positive")
+        max_size = None if args.max_size is None else parse_size(args.max_size)
+    except ValueError as exc:
+        print(f"tus-gateway: {exc}", file=sys.stderr)
+        return 2
+    print(mint_token(secret, ttl_s, now=time.time(), sub=args.sub, max_size=max_size))
     return 0
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from protocol.decisions import ALL_EXTENSIONS, ProtocolSettings
 
@@ -25,6 +26,16 @@ GiB = 1024 * MiB
 # What each record property holds (see notion_sink.records.RecordSettings).
 NOTION_PROPERTY_ROLES = ("title", "size", "hash", "salt", "created", "file", "index_title",
                          "index_database", "index_page")
+
+
+AUTH_MODES = ("none", "bearer", "hmac")
+# 32 random hex characters are 128 bits; a shorter secret lets anyone holding one token
+# guess the key offline and mint their own.
+MIN_AUTH_SECRET_CHARS = 32
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("json", "text")
+# Settings that are credentials: masked wherever the configuration is shown or logged.
+SECRET_FIELDS = ("notion_token", "auth_tokens", "auth_secret")
 
 
 class FsyncPolicy(enum.StrEnum):
@@ -87,10 +98,37 @@ class GatewayConfig:
     """On SIGTERM/SIGINT, in-flight requests get this long to commit and answer."""
     max_concat_parts: int = 1000
     """Most partial uploads one final concatenation may name."""
+    memory_budget_bytes: int = 0
+    """Memory the gateway may use (resident); admission control and the health endpoint
+    measure against it. 0: half of what the process may use (the container's limit, else
+    the machine's RAM), at least 128 MiB."""
+    memory_high_percent: float = 80.0
+    """Above this share of the memory budget, new uploads get 503 with Retry-After (uploads
+    in flight go on)."""
+    memory_critical_percent: float = 95.0
+    """Above this share of the memory budget, new PATCH requests get 503 too."""
+    max_concurrent_uploads: int = 0
+    """At most this many request bodies at once; more get 503 with Retry-After. 0: no limit."""
     extensions: tuple[str, ...] = ALL_EXTENSIONS
     """tus extensions offered; OPTIONS announces exactly these."""
-    access_log: bool = False
-    """Log one line per request (off: a busy gateway's log is its errors)."""
+    access_log: bool = True
+    """Log one line per request (method, path, status, duration, bytes, upload id); at the
+    info level, so --log-level warning or --no-access-log silences them on a busy gateway."""
+    auth: str = "none"
+    """Who may create uploads: 'none' (anyone who can reach the gateway), 'bearer' (one of
+    auth-tokens) or 'hmac' (a signed upload token, see `tus-gateway token`). Upload URLs stay
+    reachable without a token: their random id is the capability."""
+    auth_tokens: tuple[str, ...] = ()
+    """With auth bearer: the accepted tokens, comma-separated. Prefer the environment
+    variable, since flags show in the process list."""
+    auth_secret: str = ""
+    """With auth hmac: the shared secret that signs upload tokens (at least 32 characters).
+    Prefer the environment variable, since flags show in the process list."""
+    log_level: str = "info"
+    """Least severe log level written: debug, info, warning, error or critical."""
+    log_format: str = "json"
+    """'json': one JSON object per line, for log pipelines; 'text': for reading in a
+    terminal."""
     redis_url: str = ""
     """Keep upload state, locks and checkpoints in this Redis (redis://host:6379/0) so that
     several instances share the work; the data dir must then be one directory that every
@@ -133,6 +171,25 @@ class GatewayConfig:
     """Property names of the records, as role=Name pairs overriding the defaults (roles:
     title=Name, size=Size, hash=Hash, salt=Salt, created=Created, file=File in the user
     database; index_title=Hash, index_database=Database, index_page=Page in the index)."""
+    hook_pre_create: str = ""
+    """URL (http or https) POSTed before every creation: it may accept, reject with a 4xx
+    and a message, or replace the metadata. Empty: no pre-create hook."""
+    hook_post_finish: str = ""
+    """URL (http or https) POSTed once for every finished upload (partials excepted), in the
+    background, retried until it answers 2xx. Empty: no post-finish hook."""
+    hook_timeout_s: float = 5.0
+    """How long one hook request may take; a slower endpoint counts as failed. Short, since a
+    client waits on the pre-create answer."""
+    hook_retries: int = 2
+    """Pre-create attempts after the first (with a short backoff) before the fallback: a
+    blip of the endpoint does not refuse an upload."""
+    hook_fallback: str = "reject"
+    """What creation does when the pre-create hook cannot be reached or keeps failing:
+    'reject' (503 ERR_HOOK_FAILED, the safe default for a policy check) or 'accept' (create
+    as if there were no hook, for hooks that only enrich metadata)."""
+    hook_retry_s: float = 30.0
+    """Longest wait between post-finish attempts (the backoff doubles up to it); each
+    instance also looks for post-finish hooks nobody sends this often."""
     sync_interval_bytes: int = 32 * MiB
     """With Redis, or with the Notion sink: inside a long PATCH, make the bytes durable and
     commit the offset this often, so an instance killed mid-request loses at most this much
@@ -161,6 +218,12 @@ class GatewayConfig:
         for name in ("max_size_bytes", "expire_after_s", "sweep_interval_s", "tombstone_ttl_s"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative")
+        if not 0 < self.memory_high_percent <= self.memory_critical_percent:
+            problems.append("memory_high_percent must be positive and at most "
+                            "memory_critical_percent")
+        if self.memory_budget_bytes < 0 or self.max_concurrent_uploads < 0:
+            problems.append("memory_budget_bytes and max_concurrent_uploads must not be "
+                            "negative")
         for name in ("stall_timeout_s", "lock_wait_s", "shutdown_timeout_s", "io_threads",
                      "max_metadata_bytes", "max_concat_parts", "sweep_interval_s"):
             if getattr(self, name) <= 0:
@@ -208,9 +271,47 @@ class GatewayConfig:
             problems.append("redis_prefix must be non-empty, without braces or spaces")
         if not self.cors_origins:
             problems.append("cors_origins must name at least one origin (or '*')")
+        problems += self._auth_and_log_problems()
+        problems += self._hook_problems()
         if problems:
             raise ValueError("invalid configuration: " + "; ".join(problems))
         return self
+
+    def _auth_and_log_problems(self) -> list[str]:
+        problems = []
+        if self.auth not in AUTH_MODES:
+            problems.append(f"auth must be one of {', '.join(AUTH_MODES)}")
+        if self.auth == "bearer" and not self.auth_tokens:
+            problems.append("auth bearer needs auth_tokens")
+        if any(not t or any(c.isspace() for c in t) for t in self.auth_tokens):
+            problems.append("auth_tokens must be non-empty and without whitespace")
+        if self.auth == "hmac" and len(self.auth_secret) < MIN_AUTH_SECRET_CHARS:
+            problems.append(f"auth hmac needs an auth_secret of at least "
+                            f"{MIN_AUTH_SECRET_CHARS} characters")
+        # A credential set without the mode that uses it would leave creation open while
+        # the operator believes it is guarded.
+        if self.auth == "none" and (self.auth_tokens or self.auth_secret):
+            problems.append("auth_tokens or auth_secret is set but auth is 'none'; "
+                            "choose auth bearer or hmac")
+        if self.log_level.lower() not in LOG_LEVELS:
+            problems.append(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        if self.log_format not in LOG_FORMATS:
+            problems.append(f"log_format must be one of {', '.join(LOG_FORMATS)}")
+        return problems
+
+    def _hook_problems(self) -> list[str]:
+        problems = []
+        for name in ("hook_pre_create", "hook_post_finish"):
+            url = getattr(self, name)
+            if url and not _is_http_url(url):
+                problems.append(f"{name} must be an http:// or https:// URL")
+        if self.hook_timeout_s <= 0 or self.hook_retry_s <= 0:
+            problems.append("hook_timeout_s and hook_retry_s must be positive")
+        if not 0 <= self.hook_retries <= 10:
+            problems.append("hook_retries must be between 0 and 10")
+        if self.hook_fallback not in ("reject", "accept"):
+            problems.append("hook_fallback must be 'reject' or 'accept'")
+        return problems
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> GatewayConfig:
@@ -223,6 +324,63 @@ class GatewayConfig:
                 values[f.name] = parse_field(f.name, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values).validate()
+
+
+def secret_values(config: GatewayConfig) -> list[str]:
+    """Every secret the configuration holds, for the log filter to mask by value: the secret
+    settings and the password of any URL setting (Redis, hook endpoints)."""
+    values = [config.notion_token, *config.auth_tokens, config.auth_secret]
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, str) and "://" in value:
+            try:
+                values.append(urlsplit(value).password or "")
+            except ValueError:
+                continue  # not a URL after all
+    return [v for v in values if v]
+
+
+def mask_url_password(url: str) -> str:
+    """The URL with its password replaced by ``***``; host and port stay as written."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    userinfo, at, host = parts.netloc.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    if not at or not colon:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def redacted(config: GatewayConfig) -> dict[str, Any]:
+    """The configuration as JSON-ready values, secrets masked (``***``; empty stays empty,
+    so one can still see that a secret is missing)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name in SECRET_FIELDS:
+            value = ["***" for _ in value] if isinstance(value, tuple) else (
+                "***" if value else "")
+        elif isinstance(value, str) and "://" in value:
+            value = mask_url_password(value)  # redis_url, hook endpoints
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, enum.Enum):
+            value = value.value
+        elif isinstance(value, Path):
+            value = str(value)
+        out[f.name] = value
+    return out
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 ENV_PREFIX = "TUS_"

@@ -22,6 +22,7 @@ EXPOSE_HEADERS = (
     "Location", "Upload-Offset", "Upload-Length", "Upload-Metadata", "Upload-Defer-Length",
     "Upload-Concat", "Upload-Expires", "Tus-Version", "Tus-Resumable", "Tus-Max-Size",
     "Tus-Extension", "Tus-Checksum-Algorithm", "Content-Disposition", "Retry-After",
+    "WWW-Authenticate",
 )
 ALLOW_METHODS = ("POST", "HEAD", "PATCH", "DELETE", "OPTIONS", "GET")
 # Browsers cap this (Chrome at 2 hours); a day means "as long as you allow".

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.auth import check_creation
 from gateway.http import body_facts, location, send_continue, uploads_of
-from gateway.uploads import checked_id
+from gateway.uploads import Uploads, checked_id
 from protocol import decisions, errors
 from protocol.headers import ConcatFinal, Headers
 from protocol.model import UploadState
@@ -30,9 +31,12 @@ async def options(request: web.Request, headers: Headers) -> web.Response:
 
 
 async def post(request: web.Request, headers: Headers) -> web.Response:
+    await check_creation(request, headers)
     uploads = uploads_of(request)
+    uploads.admit("create")
     facts = body_facts(request)
     plan = decisions.plan_create(headers, facts, uploads.settings)
+    plan = await uploads.hooks.pre_create(plan, request)  # before anything is stored
     if isinstance(plan.concat, ConcatFinal):
         state = await uploads.create_final(plan.concat, plan.length, plan.metadata)
     else:
@@ -72,6 +76,8 @@ async def patch(request: web.Request, headers: Headers) -> web.Response:
     uploads = uploads_of(request)
     upload_id = checked_id(request.match_info["upload_id"])
     facts = body_facts(request)
+    if facts.present:
+        uploads.admit("append")
     reader = uploads.body_reader(request.content)
     async with uploads.locked(upload_id, reader):
         state = await uploads.live(upload_id)
@@ -122,14 +128,52 @@ async def upload_status(request: web.Request) -> web.Response:
     body: dict[str, object] = {
         "id": upload_id, "offset": state.offset, "length": state.info.length,
         "status": str(state.status),
+        **live_progress(uploads, state),
         "sink": None if sink is None else {
             "status": str(sink.status), "ref": sink.ref, "error": sink.error,
             "will_retry": sink.will_retry, "detail": dict(sink.detail)},
     }
+    body["hooks"] = uploads.hooks.describe(state)
     progress = getattr(uploads.sink, "progress", None)
     if callable(progress):
         body["progress"] = await progress(upload_id)
     return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+def live_progress(uploads: Uploads, state: UploadState) -> dict[str, object]:
+    """What a person watching an upload wants: name, size, bytes so far (including those of
+    a request still streaming on this instance), percent, speed and ETA over the last few
+    seconds, and when it was created, last active and will expire."""
+    info = state.info
+    upload_id = info.upload_id
+    length = info.length
+    received = state.offset
+    inflight = uploads.inflight.get(upload_id)
+    if inflight is not None:
+        start, reader = inflight
+        received = max(received, start + reader.received)
+    if length is not None:
+        received = min(received, length)
+    complete = state.finished
+    meter = uploads.meters.get(upload_id)
+    now = uploads.meters.now()
+    speed = None if meter is None or complete else meter.speed(now)
+    eta = 0.0 if complete else (
+        None if meter is None or length is None else meter.eta(length - received, now))
+    percent = None
+    if length:
+        percent = round(100.0 * received / length, 1)
+    elif length == 0:
+        percent = 100.0
+    filename = info.metadata.get("filename") or info.metadata.get("name")
+    return {
+        "filename": filename.decode("utf-8", "replace") if filename is not None else None,
+        "size": length, "bytes_received": received, "percent": percent,
+        "speed_bytes_per_s": None if speed is None else round(speed),
+        "eta_s": None if eta is None else round(eta, 1),
+        "created_at": info.created_at, "last_activity": state.last_activity,
+        "expires_at": decisions.expires_at(state, uploads.settings), "complete": complete,
+    }
 
 
 async def sink_retry(request: web.Request) -> web.Response:

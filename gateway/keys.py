@@ -10,6 +10,7 @@ from aiohttp import web
 from gateway.config import GatewayConfig
 
 if TYPE_CHECKING:
+    from gateway.resources import ResourceMonitor
     from gateway.uploads import Uploads
 
 
@@ -18,6 +19,12 @@ class Runtime:
     """Resources made at start-up by ``cleanup_ctx``; filled in before the first request."""
 
     uploads: Uploads | None = field(default=None)
+    monitor: ResourceMonitor | None = field(default=None)
+    started_at: float | None = None
+    # The expiry sweep's last turn on this instance, for the health endpoint.
+    sweep_last: float | None = None
+    sweep_removed: int = 0
+    sweep_removed_total: int = 0
 
     def require(self) -> Uploads:
         if self.uploads is None:

@@ -56,6 +56,10 @@ def error_response(request: web.Request, exc: errors.TusError) -> web.Response:
     headers = {"Tus-Resumable": errors.TUS_VERSION, **exc.extra_headers}
     if request.method == "HEAD":
         response = web.Response(status=exc.status, headers=headers)
+    elif exc.json_body or request.path.startswith("/api/"):
+        # The JSON endpoints answer errors in JSON too, as do errors whose details are
+        # read by machine.
+        response = web.json_response(exc.as_json(), status=exc.status, headers=headers)
     else:
         response = web.Response(status=exc.status, text=exc.body(), headers=headers)
     if exc.code in CLOSE_AFTER:

@@ -15,7 +15,9 @@ from aiohttp import web
 from gateway import handlers
 from gateway.config import GatewayConfig
 from gateway.handlers import sink_retry, upload_status
+from gateway.health import health
 from gateway.http import defer_continue, headers_of
+from gateway.metrics import metrics_handler
 from protocol import decisions, errors
 from protocol.headers import Headers
 
@@ -62,5 +64,7 @@ def setup_routes(app: web.Application, config: GatewayConfig) -> list[web.Abstra
         app.router.add_route("*", base + "{upload_id}", UploadView,
                              expect_handler=defer_continue),
         app.router.add_get("/api/upload/status/{upload_id}", upload_status),
+        app.router.add_get("/api/system/health", health),
+        app.router.add_get("/metrics", metrics_handler),
         app.router.add_post("/api/sink/retry/{upload_id}", sink_retry),
     ]

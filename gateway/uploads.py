@@ -14,12 +14,16 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import StreamReader
 
 from gateway.aio import run_to_completion
 from gateway.body import BodyReader
 from gateway.config import GatewayConfig
+from gateway.hooks import Hooks
+from gateway.logs import log_event
+from gateway.progress import Meters
 from gateway.sinks import Sink
 from gateway.state.base import Locker, ReleaseRequested, UploadStore
 from protocol import errors
@@ -27,6 +31,10 @@ from protocol.decisions import is_expired, plan_final_length
 from protocol.headers import UPLOAD_ID, Checksum, Concat, ConcatFinal
 from protocol.model import UploadInfo, UploadState
 from protocol.state import UploadStatus
+
+if TYPE_CHECKING:
+    from gateway.metrics import Metrics
+    from gateway.resources import ResourceMonitor
 
 log = logging.getLogger(__name__)
 # A data file without a record younger than this may be a create in progress.
@@ -53,9 +61,38 @@ class Uploads:
         self.store = store
         self.locker = locker
         self.sink = sink
+        self.hooks = Hooks(config, self.settings, store)
         # Requests currently reading a body, so shutdown can make them commit and answer.
         self._receiving: set[BodyReader] = set()
         self.shutting_down = False
+        self.meters = Meters()  # live progress, speed and ETA of uploads receiving here
+        self.metrics: Metrics | None = None
+        self.monitor: ResourceMonitor | None = None
+        # Bodies streaming right now, by upload: where each started, for live progress.
+        self.inflight: dict[str, tuple[int, BodyReader]] = {}
+
+    def _event(self, event: str, upload_id: str, **fields: Any) -> None:
+        """An upload's life event: one log line, one count."""
+        log_event(event, upload_id, **fields)
+        if self.metrics is not None:
+            self.metrics.uploads.labels(event).inc()
+
+    def admit(self, kind: str) -> None:
+        """Refuse a new creation (``"create"``) or PATCH (``"append"``) with 503 while the
+        gateway protects itself (see ``gateway.resources``)."""
+        if self.monitor is None:
+            return
+        try:
+            self.monitor.check(kind)
+        except errors.Overloaded as exc:
+            if self.metrics is not None:
+                self.metrics.admission.labels(str(exc.data.get("reason"))).inc()
+            raise
+
+    @property
+    def active(self) -> int:
+        """Request bodies streaming right now (admission control, health, metrics)."""
+        return len(self._receiving)
 
     # --- locking -----------------------------------------------------------------------------
     def body_reader(self, content: StreamReader) -> BodyReader:
@@ -66,13 +103,19 @@ class Uploads:
                      reader: BodyReader | None = None) -> AsyncIterator[None]:
         """Hold the upload's lock; a later request makes our body read stop and let go."""
         on_release: Callable[[], None] = _nothing
+        metrics = self.metrics
         if reader is not None:
             body = reader
 
             def on_release() -> None:
+                if metrics is not None:
+                    metrics.release_requests.inc()
                 body.stop(ReleaseRequested())
         lock = self.locker.new_lock(upload_id)
+        started = time.perf_counter()
         await lock.acquire(self.config.lock_wait_s, on_release)
+        if metrics is not None:
+            metrics.lock_wait.observe(time.perf_counter() - started)
         try:
             yield
         finally:
@@ -111,13 +154,24 @@ class Uploads:
                      concat: Concat | None) -> UploadState:
         info = UploadInfo(upload_id=new_upload_id(), length=length, metadata=metadata,
                           concat=concat, created_at=time.time())
-        return await self.store.create(info)
+        state = await self.store.create(info)
+        self._event("created", info.upload_id, length=length, partial=info.is_partial)
+        return state
 
     async def append(self, state: UploadState, offset: int, reader: BodyReader,
                      max_bytes: int | None, checksum: Checksum | None) -> UploadState:
         """Stream the body into the store; returns the new state (finished if complete)."""
         upload_id = state.info.upload_id
         self.sink.receiving(state)
+        feed = self.meters.feeder(upload_id)
+        counter = self.metrics.bytes_received if self.metrics is not None else None
+
+        def on_chunk(n: int) -> None:
+            feed(n)
+            if counter is not None:
+                counter.inc(n)
+        reader.on_chunk = on_chunk
+        self.inflight[upload_id] = (offset, reader)
         async with self.receiving(reader):
             task = asyncio.ensure_future(self.store.append(
                 upload_id, offset, reader.chunks(), max_bytes=max_bytes, checksum=checksum))
@@ -136,6 +190,8 @@ class Uploads:
                 raise
             finally:
                 self.sink.receiving(state)
+                if self.inflight.get(upload_id, (0, None))[1] is reader:
+                    del self.inflight[upload_id]
         new_state = UploadState(state.info, new_offset, time.time())
         if new_state.status is UploadStatus.COMPLETE:
             new_state = await self.finish(new_state)
@@ -146,6 +202,8 @@ class Uploads:
 
         Partial uploads are pieces of a file, not files: only their final is delivered.
         """
+        self._event("finished", state.info.upload_id, length=state.offset,
+                  partial=state.info.is_partial)
         if state.status is UploadStatus.COMPLETE and not state.info.is_partial:
             try:
                 sink_state = await self.sink.deliver(state, self.store.data_path(
@@ -154,11 +212,13 @@ class Uploads:
                 # Delivery is retried at the next start; the upload itself is complete and safe.
                 log.error("sink could not deliver %s: %s", state.info.upload_id, exc)
             else:
-                info = state.info.replace(sink=sink_state)
-                await self.store.save_info(info, durable=self.sink.state_needs_saving)
+                info = await self.hooks.owe_post_finish(state.info.replace(sink=sink_state))
+                await self.store.save_info(info, durable=self.sink.state_needs_saving or
+                                           info.hook is not None)
                 state = UploadState(info, state.offset, state.last_activity)
                 # Only now, with the hand-over on record, may background work begin.
                 self.sink.handed_over(state, self.store.data_path(state.info.upload_id))
+                self.hooks.start_post_finish(state)
         if state.info.is_partial:
             await self._wake_finals(state.info.upload_id)
         return state
@@ -171,6 +231,7 @@ class Uploads:
     async def terminate(self, upload_id: str, reason: str) -> None:
         await self.store.terminate(upload_id, reason)
         await self.store.unregister_final(upload_id)
+        self._event("terminated", upload_id, reason=reason)
 
     # --- concatenation -----------------------------------------------------------------------
     async def create_final(self, concat: ConcatFinal, declared_length: int | None,
@@ -180,6 +241,7 @@ class Uploads:
         info = UploadInfo(upload_id=new_upload_id(), length=length, metadata=metadata,
                           concat=concat, created_at=time.time())
         state = await self.store.create(info)
+        self._event("created", info.upload_id, length=length, final=True)
         async with self.locked(info.upload_id):
             if not all(p.finished for p in partials):
                 # Register first, then look again: a partial that finished in between either
@@ -265,6 +327,7 @@ class Uploads:
                                                        if_offset=state.offset):
                         await self.store.unregister_final(upload_id)
                         removed += 1
+                        self._event("expired", upload_id, offset=state.offset)
             except (errors.NotFound, errors.Gone, errors.UploadLocked):
                 continue
         await self.store.purge_tombstones(now - self.config.tombstone_ttl_s)

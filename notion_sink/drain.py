@@ -51,8 +51,11 @@ class Resilient:
 
     def __init__(self, breaker: CircuitBreaker, limiter: Limiter, policy: RetryPolicy, *,
                  rng: random.Random | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None,
+                 on_outcome: Callable[[str], None] | None = None) -> None:
         self.breaker = breaker
+        # Told "ok" or "failed" after every request (metrics, the health endpoint).
+        self.on_outcome = on_outcome or _ignore
         self.limiter = limiter
         self.policy = policy
         self._rng = rng or random.Random()
@@ -84,6 +87,7 @@ class Resilient:
                 await self.limiter.acquire()
                 result = await call()
             except SinkError as error:
+                self.on_outcome("failed")
                 self.breaker.record_failure(self._now(), error, permit)
                 if isinstance(error, RateLimited) and error.retry_after:
                     self.limiter.penalize(error.retry_after)
@@ -97,6 +101,7 @@ class Resilient:
             except BaseException:
                 self.breaker.record_abandoned(self._now(), permit)
                 raise
+            self.on_outcome("ok")
             self.breaker.record_success(self._now(), permit)
             return result
 
@@ -154,14 +159,16 @@ class Drain:
     """Sends one complete upload to Notion; ``run`` returns the Notion file upload id."""
 
     def __init__(self, client: NotionClient, store: UploadStore, resilient: Resilient, *,
-                 window: int, concurrency: int, wall_clock: Callable[[], float] = time.time
-                 ) -> None:
+                 window: int, concurrency: int, wall_clock: Callable[[], float] = time.time,
+                 on_part: Callable[[str], None] | None = None) -> None:
         self.client = client
         self.store = store
         self.resilient = resilient
         self.window = window
         self.concurrency = concurrency
         self.wall_clock = wall_clock
+        # Told "sent", "retried" (sent again after a failure) or "failed" for every part.
+        self.on_part = on_part or _ignore
         # Shared by every upload this drain serves: ``concurrency`` parts in flight in all,
         # so memory and sockets stay bounded however many uploads drain at once.
         self._slots = asyncio.Semaphore(concurrency)
@@ -258,17 +265,31 @@ class Drain:
 
         async def send(n: int) -> None:
             start, end = part_range(plan, n)
+            tries = 0
+
+            async def attempt() -> FileUpload:
+                nonlocal tries
+                tries += 1
+                if tries > 1:
+                    self.on_part("retried")
+                return await self.client.send_part(
+                    remote_id, data, start, end - start, part_number=n if multi else None,
+                    filename=name.filename, content_type=name.content_type)
+
             async with slots:
                 try:
-                    await self.resilient.run(lambda: self.client.send_part(
-                        remote_id, data, start, end - start, part_number=n if multi else None,
-                        filename=name.filename, content_type=name.content_type))
+                    await self.resilient.run(attempt)
                 except Permanent:
                     # A single-part send whose answer was lost may have landed: Notion then
                     # refuses the repeat because the upload is no longer pending. (A part
                     # of a multi-part upload may simply be sent again.)
                     if multi or (await self._retrieve(remote_id)).status != "uploaded":
+                        self.on_part("failed")
                         raise
+                except SinkError:
+                    self.on_part("failed")
+                    raise
+            self.on_part("sent")
             if not await self.store.add_parts(upload_id, remote_id, [n]):
                 raise Permanent(f"{upload_id}: the checkpoint moved to another Notion upload")
             if progress.remote_id == remote_id:
@@ -309,3 +330,7 @@ def _parts_total(state: FileUpload) -> int | None:
     parts = state.raw.get("number_of_parts")
     total = parts.get("total") if isinstance(parts, dict) else None
     return total if isinstance(total, int) else None
+
+
+def _ignore(outcome: str) -> None:
+    return None

@@ -39,6 +39,7 @@ import aiohttp
 
 from gateway.aio import IoPool
 from gateway.config import GatewayConfig
+from gateway.metrics import Metrics
 from gateway.state.base import UploadStore
 from notion_sink.breaker import BreakerPolicy, CircuitBreaker
 from notion_sink.client import ClientSettings, NotionClient, read_range
@@ -80,7 +81,8 @@ class NotionSink:
     state_needs_saving = True  # the record is the only memory of a delivery
 
     def __init__(self, config: GatewayConfig, store: UploadStore, pool: IoPool,
-                 session: aiohttp.ClientSession, *, limiter: Limiter | None = None) -> None:
+                 session: aiohttp.ClientSession, *, limiter: Limiter | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.store = store
         self.pool = pool
         self.client = NotionClient(
@@ -93,10 +95,14 @@ class NotionSink:
                                    # allowance then absorbs network jitter instead of
                                    # answering 429.
                                    limiter or RateLimiter(rate=config.notion_rate, burst=1),
-                                   RetryPolicy(deadline=config.notion_retry_deadline_s))
+                                   RetryPolicy(deadline=config.notion_retry_deadline_s),
+                                   on_outcome=None if metrics is None else
+                                   lambda outcome: metrics.sink_requests.labels(outcome).inc())
         self.drain = Drain(self.client, store, self.resilient,
                            window=config.notion_window_bytes,
-                           concurrency=config.notion_concurrency)
+                           concurrency=config.notion_concurrency,
+                           on_part=None if metrics is None else
+                           lambda outcome: metrics.sink_parts.labels(outcome).inc())
         self.recorder = Recorder(self.client, self.resilient,
                                  RecordSettings(config.notion_user_database,
                                                 config.notion_index_database

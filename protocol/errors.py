@@ -24,15 +24,24 @@ class TusError(Exception):
     message: str = "internal server error"
     headers: Mapping[str, str] = MappingProxyType({})
 
-    def __init__(self, detail: str | None = None, *, headers: Mapping[str, str] | None = None):
+    # Answered as a JSON object instead of the plain ``CODE: message`` line: for errors whose
+    # details a client or an operator reads by machine (see ``as_json``).
+    json_body: bool = False
+
+    def __init__(self, detail: str | None = None, *, headers: Mapping[str, str] | None = None,
+                 data: Mapping[str, object] | None = None):
         self.detail = detail or self.message
         self.extra_headers: dict[str, str] = dict(self.headers)
         if headers:
             self.extra_headers.update(headers)
+        self.data: dict[str, object] = dict(data or {})
         super().__init__(f"{self.code}: {self.detail}")
 
     def body(self) -> str:
         return f"{self.code}: {self.detail}\n"
+
+    def as_json(self) -> dict[str, object]:
+        return {"error": self.code, "message": self.detail, **self.data}
 
 
 def _error(code: str, status: int, message: str, **headers: str) -> type[TusError]:
@@ -76,6 +85,19 @@ UnsupportedChecksum = _error("ERR_UNSUPPORTED_CHECKSUM", 400,
                              "the checksum algorithm is not supported")
 InvalidHeader = _error("ERR_INVALID_HEADER", 400, "a request header is malformed")
 BodyNotAllowed = _error("ERR_BODY_NOT_ALLOWED", 400, "this request must not carry a body")
+# Creation with --auth (gateway/auth.py). RFC 6750 section 3: a request without credentials
+# gets 401 and a WWW-Authenticate challenge. A token that is not accepted is 403: sending it
+# again will not help. An expired one is 401 with error="invalid_token", which tells the
+# client that a fresh token will work, so it can get one and retry.
+AuthRequired = _error("ERR_AUTH_REQUIRED", 401, "creating an upload needs a bearer token",
+                      WWW_Authenticate='Bearer realm="tus-gateway"')
+AuthInvalid = _error("ERR_AUTH_INVALID", 403, "the token is not accepted")
+AuthExpired = _error("ERR_AUTH_EXPIRED", 401, "the token has expired; get a new one",
+                     WWW_Authenticate='Bearer realm="tus-gateway", error="invalid_token", '
+                                      'error_description="the token has expired"')
+# The operator's pre-create hook refused the upload (gateway/hooks.py). The hook chooses the
+# status (any 4xx; 403 by default: asking again will not help) and the message.
+HookRejected = _error("ERR_HOOK_REJECTED", 403, "the upload was rejected by the server's policy")
 # tus concatenation: "the Server MUST respond with the 403 Forbidden status to PATCH requests
 # against a final upload URL".
 ModifyFinal = _error("ERR_MODIFY_FINAL", 403, "a final upload cannot be modified")
@@ -130,10 +152,27 @@ ServerShutdown = _error("ERR_SERVER_SHUTDOWN", 503, "the server is shutting down
 StateUnavailable = _error("ERR_STATE_UNAVAILABLE", 503,
                           "the upload state store is unreachable; retry shortly",
                           Retry_After="2")
+# The pre-create hook could not be reached or failed after its retries, and the operator's
+# fallback is to refuse. Nothing was stored; a 5xx makes tus clients try again later.
+HookFailed = _error("ERR_HOOK_FAILED", 503,
+                    "the pre-create hook failed, so the upload was not created; retry later",
+                    Retry_After="5")
 InsufficientStorage = _error("ERR_INSUFFICIENT_STORAGE", 507,
                              "the server has no room to store this upload")
+
+
+class Overloaded(TusError):
+    """The gateway is protecting itself (memory, concurrent uploads): try again later. The
+    JSON body says why; Retry-After says when."""
+
+    code = "ERR_OVERLOADED"
+    status = 503
+    message = "the gateway is too busy to take this request now"
+    json_body = True
+
 
 ALL_ERRORS: tuple[type[TusError], ...] = tuple(
     cls for cls in list(globals().values())
     if isinstance(cls, type) and issubclass(cls, TusError) and cls is not TusError
 )
+

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,50 @@ class Checkpoint:
                    frozenset(int(p) for p in data.get("parts", ())))
 
 
+class HookStatus(enum.StrEnum):
+    PENDING = "pending"  # owed: the endpoint has not answered 2xx yet
+    DONE = "done"  # the endpoint answered 2xx once; never sent again
+
+
+@dataclass(frozen=True, slots=True)
+class HookState:
+    """The post-finish hook of a finished upload: owed from the moment the finish is
+    recorded until its endpoint answers 2xx once."""
+
+    status: HookStatus = HookStatus.PENDING
+    attempts: int = 0  # sends so far, the successful one included
+    last_error: str | None = None
+    finished_at: float = 0.0  # when the upload finished, sent in every attempt's payload
+    done_at: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status is HookStatus.DONE
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": str(self.status), "attempts": self.attempts,
+                "last_error": self.last_error, "finished_at": self.finished_at,
+                "done_at": self.done_at}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> HookState:
+        error, done_at = data.get("last_error"), data.get("done_at")
+        return cls(HookStatus(data.get("status", "pending")), int(data.get("attempts", 0)),
+                   None if error is None else str(error), float(data.get("finished_at", 0.0)),
+                   None if done_at is None else float(done_at))
+
+
+def newest_hook(older: HookState | None, newer: HookState | None) -> HookState | None:
+    """The one further along of two copies of a hook state: ``done`` wins, then the one with
+    more attempts, then ``newer``. The hook's progress is saved apart from the record (see
+    ``UploadStore.save_hook``), so a record written from an older read must not undo it."""
+    if older is None or newer is None:
+        return newer or older
+    if (older.done, older.attempts) > (newer.done, newer.attempts):
+        return older
+    return newer
+
+
 @dataclass(frozen=True, slots=True)
 class UploadInfo:
     upload_id: str
@@ -66,6 +111,8 @@ class UploadInfo:
     # The sink holds the bytes now and the spool's copy was deleted: the upload is still
     # known (HEAD, status), but its bytes can no longer be downloaded here.
     data_removed: bool = False
+    # Set when a post-finish hook is configured and the upload finishes (not for partials).
+    hook: HookState | None = None
 
     @property
     def is_final(self) -> bool:
@@ -96,6 +143,7 @@ class UploadInfo:
                 "detail": dict(self.sink.detail), "will_retry": self.sink.will_retry},
             "assembled": self.assembled,
             "data_removed": self.data_removed,
+            "hook": None if self.hook is None else self.hook.to_json(),
         }
 
     @classmethod
@@ -113,6 +161,7 @@ class UploadInfo:
                              raw_sink.get("error"),
                              {str(k): str(v) for k, v in (raw_sink.get("detail") or {}).items()},
                              bool(raw_sink.get("will_retry", False)))
+        raw_hook = data.get("hook")
         return cls(
             upload_id=str(data["id"]),
             length=None if data.get("length") is None else int(data["length"]),
@@ -122,6 +171,7 @@ class UploadInfo:
             sink=sink,
             assembled=bool(data.get("assembled", False)),
             data_removed=bool(data.get("data_removed", False)),
+            hook=None if raw_hook is None else HookState.from_json(raw_hook),
         )
 
 

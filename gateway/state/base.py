@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from protocol.headers import Checksum
-from protocol.model import Checkpoint, UploadInfo, UploadState
+from protocol.model import Checkpoint, HookState, UploadInfo, UploadState
 
 
 class ReleaseRequested(Exception):
@@ -98,6 +98,20 @@ class UploadStore(Protocol):
 
     async def sink_owed(self) -> list[str]:
         """The uploads a sink still owes work on (an index: entries may be stale)."""
+
+    # The post-finish hook (``gateway.hooks``): its progress, and an index like the sink's.
+    async def save_hook(self, upload_id: str, hook: HookState) -> None:
+        """Replace only the record's hook state, durably. It is kept apart from the rest of
+        the record, so neither undoes the other: a ``save_info`` with an older hook state (a
+        sink that read the record before) does not bring it back, and this does not touch
+        the sink's state. A ``done`` state is never replaced. ``errors.NotFound``/``Gone``
+        for a removed upload."""
+
+    async def owe_hook(self, upload_id: str, owed: bool) -> None:
+        """Note (or clear) that the upload's post-finish hook has not succeeded yet."""
+
+    async def hooks_owed(self) -> list[str]:
+        """The uploads whose post-finish hook is owed (an index: entries may be stale)."""
 
     async def claim_lease(self, name: str, ttl_s: float) -> bool:
         """True for one caller per ``ttl_s`` among all processes sharing the store."""

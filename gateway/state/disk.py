@@ -8,6 +8,8 @@ Layout below the data directory::
                          the 201; later replaced atomically (temp file, fsync, rename)
     uploads/<id>.bin     the bytes; the upload's offset IS this file's size
     uploads/<id>.stage   present while a checksummed body is unverified: the offset before it
+    uploads/<id>.hook    the post-finish hook's progress, replaced atomically; kept apart from
+                         the record so that a record saved from an older read cannot undo it
     tombstones/<id>      a removed upload (reason, time): 410 instead of 404
     .lock                held exclusively by the one gateway process using this directory
 
@@ -44,7 +46,7 @@ from gateway.files import atomic_write, fsync_dir
 from gateway.state.spool import OVERLAP_UP_TO, SpoolWriter, concatenate, pump
 from protocol import errors
 from protocol.headers import UPLOAD_ID, Checksum, ConcatFinal
-from protocol.model import Checkpoint, UploadInfo, UploadState
+from protocol.model import Checkpoint, HookState, UploadInfo, UploadState, newest_hook
 
 # Enough for every upload that is active at once on a busy gateway; each entry is a record.
 CACHE_ENTRIES = 4096
@@ -113,6 +115,7 @@ class DiskStore:
         self._ckpt_locks: dict[str, asyncio.Lock] = {}
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, expires, monotonic)
         self._owed: set[str] = set()
+        self._hooks_owed: set[str] = set()
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -231,6 +234,9 @@ class DiskStore:
             info = UploadInfo.from_json(json.loads(raw))
         except (ValueError, KeyError, TypeError):
             raise errors.NotFound() from None  # torn by a crash before its 201 was sent
+        with contextlib.suppress(FileNotFoundError):
+            saved = HookState.from_json(json.loads(self._path(upload_id, ".hook").read_bytes()))
+            info = info.replace(hook=newest_hook(info.hook, saved))
         try:
             st = os.stat(self.data_path(upload_id))
         except FileNotFoundError:
@@ -258,11 +264,36 @@ class DiskStore:
         if not durable and info.upload_id in self._cache:
             # Rewriting the record costs a new inode and the old one's deletion; for a fact
             # that recovery finds again, the cache is enough.
-            self._update(info.upload_id, info=info)
+            self._update(info.upload_id, info=self._keep_hook(info))
             return
         path = self._path(info.upload_id, ".info")
         await self._pool.run(atomic_write, path, _encode(info), self._durable)
-        self._update(info.upload_id, info=info)
+        self._update(info.upload_id, info=self._keep_hook(info))
+
+    def _keep_hook(self, info: UploadInfo) -> UploadInfo:
+        """The hook's progress saved since the caller read the record stays (``.hook``)."""
+        entry = self._cache.get(info.upload_id)
+        if entry is None or entry.info.hook is None:
+            return info
+        return info.replace(hook=newest_hook(info.hook, entry.info.hook))
+
+    async def save_hook(self, upload_id: str, hook: HookState) -> None:
+        current = (await self.get(upload_id)).info.hook
+        if current is not None and current.done:
+            return
+        await self._pool.run(self._save_hook_sync, upload_id, hook)
+        self._changes += 1
+        entry = self._cache.get(upload_id)
+        if entry is not None:
+            self._cache[upload_id] = dataclasses.replace(
+                entry, info=entry.info.replace(hook=newest_hook(entry.info.hook, hook)))
+
+    def _save_hook_sync(self, upload_id: str, hook: HookState) -> None:
+        path = self._path(upload_id, ".hook")
+        atomic_write(path, json.dumps(hook.to_json()).encode(), self._durable)
+        if not self._path(upload_id, ".info").exists():
+            # Terminated meanwhile: its clean-up may have run before this write landed.
+            path.unlink(missing_ok=True)
 
     async def discard_data(self, upload_id: str) -> None:
         def discard() -> None:
@@ -337,7 +368,7 @@ class DiskStore:
         # leftovers are removed again by the next termination or sweep.
         tomb = json.dumps({"reason": reason, "at": time.time()}).encode()
         atomic_write(self.tombstones / upload_id, tomb, self._durable)
-        for suffix in (".info", ".stage", ".ckpt", ".bin"):
+        for suffix in (".info", ".stage", ".ckpt", ".hook", ".bin"):
             self._path(upload_id, suffix).unlink(missing_ok=True)
         if self._durable:
             fsync_dir(self.uploads)
@@ -427,6 +458,16 @@ class DiskStore:
 
     async def sink_owed(self) -> list[str]:
         return sorted(self._owed)
+
+    async def owe_hook(self, upload_id: str, owed: bool) -> None:
+        # Like ``owe_sink``: the hook runner rebuilds this at start-up from the records.
+        if owed:
+            self._hooks_owed.add(upload_id)
+        else:
+            self._hooks_owed.discard(upload_id)
+
+    async def hooks_owed(self) -> list[str]:
+        return sorted(self._hooks_owed)
 
     async def claim_lease(self, name: str, ttl_s: float) -> bool:
         return True  # one process per data directory: nobody to share periodic work with

@@ -50,7 +50,7 @@ from gateway.state.redis_keys import ALL_SCRIPTS, RELEASE_FLAG_TTL_MS, Keys
 from gateway.state.spool import OVERLAP_UP_TO, SpoolWriter, concatenate, pump
 from protocol import errors
 from protocol.headers import UPLOAD_ID, Checksum
-from protocol.model import Checkpoint, UploadInfo, UploadState
+from protocol.model import Checkpoint, HookState, UploadInfo, UploadState, newest_hook
 
 log = logging.getLogger(__name__)
 
@@ -411,6 +411,9 @@ class RedisStore:
         if len(reply) == 1:
             raise errors.Gone() if _text(reply[0]) == "gone" else errors.NotFound()
         info = UploadInfo.from_json(json.loads(reply[0]))
+        if len(reply) > 3 and reply[3] is not None:
+            info = info.replace(hook=newest_hook(
+                info.hook, HookState.from_json(json.loads(reply[3]))))
         offset = int(reply[1])
         held = self.backend.held.get(upload_id)
         if held is not None:
@@ -425,6 +428,13 @@ class RedisStore:
             "save_info", [self.keys.upload(upload_id), self.keys.lock(upload_id)],
             [self.backend.token(upload_id), _encode(info)]))
         _raise_for(answer)
+
+    async def save_hook(self, upload_id: str, hook: HookState) -> None:
+        answer = _text(await self.backend.script(
+            "save_hook", [self.keys.upload(upload_id)], [json.dumps(hook.to_json())]))
+        if answer == "missing":
+            await self.get(upload_id)  # raises NotFound or Gone
+            raise errors.NotFound()
 
     async def discard_data(self, upload_id: str) -> None:
         await self._pool.run(self.data_path(upload_id).unlink, True)
@@ -618,6 +628,18 @@ class RedisStore:
     async def sink_owed(self) -> list[str]:
         with mapped_errors():
             members = await self.backend.client.smembers(self.keys.sink_owed())
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
+    async def owe_hook(self, upload_id: str, owed: bool) -> None:
+        with mapped_errors():
+            if owed:
+                await self.backend.client.sadd(self.keys.hooks_owed(), upload_id)
+            else:
+                await self.backend.client.srem(self.keys.hooks_owed(), upload_id)
+
+    async def hooks_owed(self) -> list[str]:
+        with mapped_errors():
+            members = await self.backend.client.smembers(self.keys.hooks_owed())
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
     async def claim_lease(self, name: str, ttl_s: float) -> bool:

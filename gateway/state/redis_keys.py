@@ -3,7 +3,9 @@
 Key layout (``<p>`` is the configured prefix, ``{<id>}`` a hash tag so a Redis Cluster keeps
 all of an upload's keys in one slot, which multi-key scripts require)::
 
-    <p>:{<id>}:upload    hash: info (JSON record), offset (committed bytes), mtime
+    <p>:{<id>}:upload    hash: info (JSON record), offset (committed bytes), mtime, and hook
+                         (the post-finish hook's progress, JSON: apart from the record so
+                         that a record saved from an older read cannot undo it)
     <p>:{<id>}:tomb      a removed upload: 410 instead of 404; expires by itself (PX)
     <p>:{<id>}:lock      the upload's lock: a random token; expires unless its holder extends it
     <p>:{<id>}:release   set by a request that wants the lock; the holder sees it when extending
@@ -14,6 +16,7 @@ all of an upload's keys in one slot, which multi-key scripts require)::
     <p>:finals           hash: final concatenations waiting for partials -> their ids (JSON)
     <p>:release          pub/sub channel: "please let go of <id>", heard by every instance
     <p>:sink_owed        set: uploads a background sink still owes work on, for its scans
+    <p>:hooks_owed       set: uploads whose post-finish hook has not succeeded yet
     <p>:lease:<name>     a short lease so one instance runs a job at a time (a periodic
                          sweep, or one upload's drain: its holder's id, extended while it runs)
     <p>:rate:<name>      hash: a rate limiter every instance shares (due, blocked, at: server
@@ -78,6 +81,9 @@ class Keys:
     def sink_owed(self) -> str:
         return f"{self.prefix}:sink_owed"
 
+    def hooks_owed(self) -> str:
+        return f"{self.prefix}:hooks_owed"
+
     def lease(self, name: str) -> str:
         return f"{self.prefix}:lease:{name}"
 
@@ -98,8 +104,8 @@ return 1
 
 GET = """
 -- KEYS[1] = upload, KEYS[2] = tomb
--- Returns {record, offset, mtime}, or {'gone'} / {'missing'}.
-local v = redis.call('HMGET', KEYS[1], 'info', 'offset', 'mtime')
+-- Returns {record, offset, mtime, hook state or nil}, or {'gone'} / {'missing'}.
+local v = redis.call('HMGET', KEYS[1], 'info', 'offset', 'mtime', 'hook')
 if v[1] then return v end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'gone'} end
 return {'missing'}
@@ -139,6 +145,19 @@ if not final and new['length'] ~= cjson.null and new['length'] < tonumber(v[2]) 
   return 'below_offset'
 end
 redis.call('HSET', KEYS[1], 'info', ARGV[2])
+return 'ok'
+"""
+
+SAVE_HOOK = """
+-- KEYS[1] = upload
+-- ARGV[1] = hook state (JSON)
+-- Replaces the post-finish hook's progress, which lives beside the record; a 'done' state
+-- stays (a sender whose lease ran out while it was paused cannot make the hook owed again).
+-- Returns 'ok' | 'missing' | 'done'.
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
+local current = redis.call('HGET', KEYS[1], 'hook')
+if current and cjson.decode(current)['status'] == 'done' then return 'done' end
+redis.call('HSET', KEYS[1], 'hook', ARGV[1])
 return 'ok'
 """
 
@@ -269,6 +288,7 @@ return 0
 """
 
 ALL_SCRIPTS = {"create": CREATE, "get": GET, "commit": COMMIT, "save_info": SAVE_INFO,
+               "save_hook": SAVE_HOOK,
                "terminate": TERMINATE, "start_remote": START_REMOTE, "add_parts": ADD_PARTS,
                "acquire": ACQUIRE, "release": RELEASE, "extend": EXTEND,
                "hold_lease": HOLD_LEASE, "drop_lease": DROP_LEASE, "rate": RATE}

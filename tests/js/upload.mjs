@@ -12,6 +12,8 @@
 //   uploadDataDuringCreation  send the first chunk with the POST
 //   uploadLengthDeferred      create with Upload-Defer-Length: 1
 //   metadata                  object of metadata pairs
+//   headers                   object of extra request headers (tus-js-client's headers
+//                             option), e.g. {"Authorization": "Bearer <token>"}
 //   urlStorage                path of a FileUrlStorage JSON file; enables fingerprints
 //   resume                    look the file's fingerprint up in urlStorage and resume the
 //                             first previous upload found
@@ -34,7 +36,7 @@ import { DefaultHttpStack, FileUrlStorage, Upload } from 'tus-js-client'
 
 const REQUEST_HEADERS = [
   'Upload-Length', 'Upload-Defer-Length', 'Upload-Offset', 'Upload-Concat', 'Upload-Metadata',
-  'Content-Type', 'Tus-Resumable',
+  'Content-Type', 'Tus-Resumable', 'Authorization',
 ]
 const RESPONSE_HEADERS = ['Location', 'Upload-Offset', 'Upload-Length', 'Upload-Concat']
 
@@ -147,6 +149,7 @@ async function main() {
   const options = {
     endpoint: config.endpoint,
     metadata: config.metadata ?? {},
+    headers: config.headers ?? {},
     parallelUploads: config.parallelUploads ?? 1,
     uploadDataDuringCreation: Boolean(config.uploadDataDuringCreation),
     uploadLengthDeferred: Boolean(config.uploadLengthDeferred),

@@ -202,6 +202,12 @@ async def test_notion_down_opens_the_breaker_and_uploads_go_on(
         assert time.monotonic() < deadline, status
         await asyncio.sleep(0.05)
     assert status["sink"]["status"] == "draining" and status["progress"]["phase"] == "waiting"
+    r = await client.get("/api/system/health")
+    health = await r.json()
+    assert r.status == 200 and health["status"] == "degraded"  # uploads still go on
+    sink = health["components"]["sink"]
+    assert sink["kind"] == "notion" and sink["circuit_breaker"] == "open"
+    assert sink["status"] == "degraded" and sink["success_rate"] == 0.0
     # Uploads are still accepted and finish into the spool meanwhile.
     second = os.urandom(7000)
     second_id = await tus_upload(client, second, "second.txt")
@@ -255,6 +261,11 @@ async def test_windows_go_to_notion_while_the_upload_still_receives_bytes(
     assert head.status == 200 and head.headers["Upload-Offset"] == str(len(data))
     get = await client.get(path)
     assert get.status == 410 and "ERR_DATA_DELIVERED" in await get.text()
+    scrape = await (await client.get("/metrics")).text()
+    assert 'tus_sink_parts_total{outcome="sent"} 7.0' in scrape
+    assert 'tus_sink_parts_total{outcome="failed"} 0.0' in scrape
+    assert "tus_sink_breaker_state 0.0" in scrape
+    assert 'tus_sink_requests_total{outcome="ok"}' in scrape
 
 
 def test_the_delivery_phase_in_one_word() -> None:

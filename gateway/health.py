@@ -1,0 +1,94 @@
+"""``GET /api/system/health``: is the gateway well, and if not, which part is not.
+
+Overall ``healthy``, ``degraded`` (working, but an operator should look: memory high, the
+sink's breaker open, the expiry sweep late) or ``unhealthy`` (the state store cannot be
+reached, or memory is critical). 200 for the first two, 503 for the last, so a load balancer
+takes an unhealthy instance out and leaves a degraded one in.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from gateway.http import uploads_of
+from gateway.keys import CONFIG, RUNTIME
+from gateway.metrics import METRICS
+from protocol import errors
+
+RANK = {"healthy": 0, "degraded": 1, "unhealthy": 2}
+# An id no upload has: looking it up is one round trip to the store and changes nothing.
+PROBE_ID = "0" * 32
+
+
+async def health(request: web.Request) -> web.Response:
+    app = request.app
+    config = app[CONFIG]
+    uploads = uploads_of(request)
+    components: dict[str, dict[str, object]] = {
+        "resources": _resources(request),
+        "state_store": await _store(request),
+        "sink": _sink(request),
+        "expiry": _expiry(request),
+    }
+    worst = max((str(c["status"]) for c in components.values()), key=RANK.__getitem__)
+    body = {"status": worst, "timestamp": time.time(), "components": components,
+            "active_uploads": uploads.active, "instance": {
+                "store": "redis" if config.redis_url else "disk", "sink": config.sink}}
+    return web.json_response(body, status=503 if worst == "unhealthy" else 200,
+                             headers={"Cache-Control": "no-store"})
+
+
+def _resources(request: web.Request) -> dict[str, object]:
+    monitor = request.app[RUNTIME].monitor
+    if monitor is None:
+        return {"status": "healthy"}
+    return monitor.describe()
+
+
+async def _store(request: web.Request) -> dict[str, object]:
+    uploads = uploads_of(request)
+    kind = "redis" if request.app[CONFIG].redis_url else "disk"
+    started = time.perf_counter()
+    try:
+        await uploads.store.get(PROBE_ID)
+    except (errors.NotFound, errors.Gone):
+        pass  # the store answered
+    except errors.StateUnavailable as exc:
+        return {"status": "unhealthy", "kind": kind, "reachable": False,
+                "error": exc.detail}
+    latency_ms = (time.perf_counter() - started) * 1000
+    return {"status": "healthy", "kind": kind, "reachable": True,
+            "latency_ms": round(latency_ms, 2)}
+
+
+def _sink(request: web.Request) -> dict[str, object]:
+    sink = uploads_of(request).sink
+    out: dict[str, object] = {"status": "healthy", "kind": request.app[CONFIG].sink}
+    breaker = getattr(sink, "breaker", None)
+    if breaker is not None:
+        state = str(breaker.state)
+        out["circuit_breaker"] = state
+        if state != "closed":
+            out["status"] = "degraded"  # uploads go on; deliveries wait for the remote
+        rate = request.app[METRICS].sink_success_rate()
+        out["success_rate"] = None if rate is None else round(100.0 * rate, 1)
+    return out
+
+
+def _expiry(request: web.Request) -> dict[str, object]:
+    runtime = request.app[RUNTIME]
+    interval = request.app[CONFIG].sweep_interval_s
+    last = runtime.sweep_last
+    out: dict[str, object] = {"status": "healthy", "interval_s": interval, "last_run": last,
+                              "last_removed": runtime.sweep_removed,
+                              "removed_total": runtime.sweep_removed_total}
+    started = runtime.started_at
+    reference = last if last is not None else started
+    # Two missed turns: the sweeper is stuck or failing (with several instances any one
+    # of them runs it, and each notes its own turns only).
+    if reference is not None and time.time() - reference > 3 * interval and \
+            not request.app[CONFIG].redis_url:
+        out["status"] = "degraded"
+    return out

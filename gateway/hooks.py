@@ -1,0 +1,441 @@
+"""Operator hooks: a pre-create check before every creation, a post-finish notice after.
+
+Theory of operation
+-------------------
+Pre-create. ``handlers.post`` calls ``Hooks.pre_create`` once ``protocol`` has accepted the
+request and before anything is stored, so a refused creation changes nothing: no record, no
+data file, no id handed out. The hook gets a JSON description of the upload and of the
+request (never its Authorization header or cookies) and answers 2xx with an optional JSON
+object: ``{"reject": true, "status": 4xx, "message": ...}`` refuses the upload with
+``ERR_HOOK_REJECTED``; ``{"metadata": {...}}`` replaces its metadata (checked as strictly
+as an Upload-Metadata header). Any other status, a timeout or a connection error is tried
+``hook_retries`` more times after a short backoff; then ``hook_fallback`` decides: refuse
+with ``503 ERR_HOOK_FAILED`` or create as if there were no hook. A malformed 2xx answer is
+a failure too, but it is not retried, since the endpoint would answer the same again.
+
+Post-finish. Once per finished upload (partials are pieces, not files), as far as HTTP
+allows:
+
+1. ``Uploads.finish``, under the upload's lock, notes the upload in the store's index of
+   owed hooks and then saves a ``pending`` hook state in the same record write that records
+   the hand-over to the sink. From that write on, the hook is owed whatever happens to the
+   process.
+2. A task per upload, under the lease ``hook:<id>`` so that one instance at a time sends
+   it, POSTs the notice with ``Hook-Event-Id: <id>:post-finish`` until an answer is 2xx,
+   waiting a capped, jittered exponential backoff between attempts (``post_finish_delay``).
+   Each failed attempt, and finally ``done``, is saved with ``UploadStore.save_hook``, which
+   changes only the hook's part of the record: a sink that saves the record meanwhile
+   neither undoes it nor is undone by it.
+3. At start every record is read (the disk store keeps its index in memory); then every
+   ``hook_retry_s`` each instance reads the index, so a hook whose instance died is taken
+   over once that instance's lease runs out.
+
+The first 2xx ends it: a ``done`` hook is never sent again. If the process dies after the
+endpoint answered 2xx and before ``done`` is saved, the notice goes out again after the
+restart, with the same ``Hook-Event-Id``, which receivers use to drop the repeat. No HTTP
+sender can do better: an answer can be lost after the receiver has acted on the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import dataclasses
+import json
+import logging
+import random
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from gateway.aio import run_to_completion
+from gateway.config import GatewayConfig
+from gateway.state.base import UploadStore
+from protocol import errors
+from protocol.decisions import CreatePlan, ProtocolSettings
+from protocol.headers import ConcatFinal, ConcatPartial, format_metadata, parse_metadata
+from protocol.model import HookState, HookStatus, UploadInfo, UploadState
+
+log = logging.getLogger(__name__)
+
+# A larger answer is not a policy decision; reading it would only cost memory.
+MAX_ANSWER_BYTES = 64 * 1024
+# A rejection message ends up in the client's answer: one printable line, not too long.
+MAX_MESSAGE_CHARS = 500
+# Between pre-create attempts a client is waiting: long enough to ride out a blip only.
+PRE_CREATE_BACKOFF_S = 0.2
+PRE_CREATE_BACKOFF_MAX_S = 1.0
+# The first wait after a failed post-finish send; it doubles from here up to hook_retry_s.
+POST_FINISH_FIRST_RETRY_S = 1.0
+
+
+class HookCallFailed(Exception):
+    """The endpoint could not be reached, timed out or answered something other than 2xx."""
+
+
+class BadHookAnswer(HookCallFailed):
+    """A 2xx answer that is not a valid decision; asking again would get the same one."""
+
+
+def post_finish_delay(attempts: int, cap_s: float, jitter: float) -> float:
+    """The wait after the ``attempts``-th failed send: doubling from 1 s up to ``cap_s``,
+    somewhere in its upper half (``jitter`` in [0, 1)), so that the hooks of many uploads
+    that failed together do not all come back at the same moment."""
+    full = min(cap_s, POST_FINISH_FIRST_RETRY_S * 2.0 ** min(attempts - 1, 30))
+    return full * (0.5 + jitter / 2)
+
+
+def metadata_json(metadata: Mapping[str, bytes]) -> dict[str, dict[str, str]]:
+    """Values that are UTF-8 as text, the others in Base64 in a map of their own."""
+    text: dict[str, str] = {}
+    binary: dict[str, str] = {}
+    for key, value in metadata.items():
+        try:
+            text[key] = value.decode("utf-8")
+        except UnicodeDecodeError:
+            binary[key] = base64.b64encode(value).decode("ascii")
+    return {"metadata": text, "metadata_base64": binary}
+
+
+def answered_metadata(answer: Mapping[str, Any], max_bytes: int) -> dict[str, bytes]:
+    """The metadata a pre-create answer asks for, held to the rules of Upload-Metadata."""
+    text, encoded = answer.get("metadata", {}), answer.get("metadata_base64", {})
+    if not isinstance(text, dict) or not isinstance(encoded, dict):
+        raise BadHookAnswer("'metadata' and 'metadata_base64' must be objects")
+    values: dict[str, bytes] = {}
+    for key, value in text.items():
+        if not isinstance(value, str):
+            raise BadHookAnswer(f"metadata value of {key[:40]!r} is not a string")
+        values[key] = value.encode("utf-8")
+    for key, value in encoded.items():
+        if not isinstance(value, str) or key in values:
+            raise BadHookAnswer(f"metadata_base64 value of {key[:40]!r} is not a string "
+                                "or repeats a key of 'metadata'")
+        try:
+            values[key] = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise BadHookAnswer(f"metadata_base64 value of {key[:40]!r} is not Base64") \
+                from exc
+    # Through the header's own parser: key syntax and size limit as for a client's header.
+    # A key with a comma or a space would parse into other pairs, hence the comparison.
+    try:
+        parsed = parse_metadata(format_metadata(values), max_bytes)
+    except errors.TusError as exc:
+        raise BadHookAnswer(f"metadata not allowed: {exc.detail}") from exc
+    if parsed != values:
+        raise BadHookAnswer("metadata keys must not be empty or contain spaces or commas")
+    return parsed
+
+
+def _one_line(message: str) -> str:
+    printable = "".join(c if c.isprintable() else " " for c in message)
+    return " ".join(printable.split())[:MAX_MESSAGE_CHARS]
+
+
+def _where(url: str) -> str:
+    """The endpoint for log lines: no credentials, no query."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+
+
+class Hooks:
+    """Both hooks of one gateway process; ``Uploads.hooks``."""
+
+    def __init__(self, config: GatewayConfig, settings: ProtocolSettings,
+                 store: UploadStore) -> None:
+        self.config = config
+        self.settings = settings
+        self.store = store
+        self.owner = secrets.token_hex(8)
+        # Long enough to ride out a Redis hiccup, short enough that a dead instance's hooks
+        # are taken over within seconds (as for the Notion sink's drains).
+        self.lease_s = max(3 * config.lock_ttl_s, 3.0)
+        self._session: aiohttp.ClientSession | None = None
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._scanner: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # --- HTTP --------------------------------------------------------------------------------
+    def _client(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise HookCallFailed("the gateway is shutting down")
+        if self._session is None:
+            # Made on first use, inside the running loop. No cookie jar: cookies an endpoint
+            # sets must never ride along on later calls.
+            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        return self._session
+
+    async def _post(self, url: str, payload: Mapping[str, Any], *,
+                    headers: Mapping[str, str] | None = None, read: bool = False) -> bytes:
+        """POST ``payload``; the answer's body (if ``read``) when the status is 2xx, else
+        ``HookCallFailed``. Redirects are not followed: the payload goes where configured."""
+        try:
+            async with self._client().post(
+                    url, data=json.dumps(payload).encode(),
+                    headers={"Content-Type": "application/json", **(headers or {})},
+                    timeout=aiohttp.ClientTimeout(total=self.config.hook_timeout_s),
+                    allow_redirects=False) as response:
+                if not 200 <= response.status < 300:
+                    raise HookCallFailed(f"answered {response.status}")
+                if not read:
+                    return b""
+                body = bytearray()
+                async for chunk in response.content.iter_any():
+                    body += chunk
+                    if len(body) > MAX_ANSWER_BYTES:
+                        raise BadHookAnswer(f"answer larger than {MAX_ANSWER_BYTES} bytes")
+                return bytes(body)
+        except TimeoutError as exc:
+            raise HookCallFailed(f"no answer within {self.config.hook_timeout_s:g} s") \
+                from exc
+        except aiohttp.ClientError as exc:
+            raise HookCallFailed(f"{type(exc).__name__}: {exc}") from exc
+
+    # --- pre-create --------------------------------------------------------------------------
+    async def pre_create(self, plan: CreatePlan, request: web.Request) -> CreatePlan:
+        """Ask the pre-create hook about a creation ``protocol`` accepted: returns the plan
+        to carry out (its metadata possibly replaced), or raises ``HookRejected`` or
+        ``HookFailed``."""
+        url = self.config.hook_pre_create
+        if not url:
+            return plan
+        concat = ("partial" if isinstance(plan.concat, ConcatPartial)
+                  else "final" if isinstance(plan.concat, ConcatFinal) else None)
+        payload = {
+            "type": "pre-create",
+            "upload": {"length": plan.length,
+                       "deferred_length": plan.length is None and concat != "final",
+                       **metadata_json(plan.metadata), "concat": concat},
+            "request": {"remote": request.remote, "host": request.host,
+                        "user_agent": request.headers.get("User-Agent")},
+        }
+        failure = HookCallFailed("not called")
+        for attempt in range(1 + self.config.hook_retries):
+            if attempt:
+                await asyncio.sleep(min(PRE_CREATE_BACKOFF_S * 2 ** (attempt - 1),
+                                        PRE_CREATE_BACKOFF_MAX_S))
+            try:
+                return self._decide(plan, await self._ask(url, payload))
+            except BadHookAnswer as exc:
+                failure = exc
+                break
+            except HookCallFailed as exc:
+                failure = exc
+        accept = self.config.hook_fallback == "accept"
+        log.warning("the pre-create hook at %s failed (%s); %s", _where(url), failure,
+                    "creating the upload without it" if accept else "refusing the upload")
+        if accept:
+            return plan
+        raise errors.HookFailed()
+
+    async def _ask(self, url: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        body = await self._post(url, payload, read=True)
+        if not body.strip():
+            return {}  # 204, or 200 with nothing to say: accepted as it is
+        try:
+            answer = json.loads(body)
+        except ValueError as exc:
+            raise BadHookAnswer("the answer is not JSON") from exc
+        if not isinstance(answer, dict):
+            raise BadHookAnswer("the answer is not a JSON object")
+        return answer
+
+    def _decide(self, plan: CreatePlan, answer: Mapping[str, Any]) -> CreatePlan:
+        reject = answer.get("reject", False)
+        if not isinstance(reject, bool):
+            raise BadHookAnswer("'reject' must be true or false")
+        if reject:
+            message = answer.get("message")
+            rejected = errors.HookRejected(_one_line(message) if isinstance(message, str)
+                                           and message.strip() else None)
+            status = answer.get("status")
+            # Only a 4xx: a hook's refusal is about this request, and tus clients retry 5xx.
+            if isinstance(status, int) and not isinstance(status, bool) and \
+                    400 <= status <= 499:
+                rejected.status = status
+            raise rejected
+        if "metadata" in answer or "metadata_base64" in answer:
+            return dataclasses.replace(plan, metadata=answered_metadata(
+                answer, self.settings.max_metadata_bytes))
+        return plan
+
+    # --- post-finish -------------------------------------------------------------------------
+    async def owe_post_finish(self, info: UploadInfo) -> UploadInfo:
+        """The record to save at finish: with a pending hook when one is configured. The
+        index entry comes first, so no pending hook is ever missing from it."""
+        if not self.config.hook_post_finish or info.is_partial or info.hook is not None:
+            return info
+        await self.store.owe_hook(info.upload_id, True)
+        return info.replace(hook=HookState(finished_at=time.time()))
+
+    def start_post_finish(self, state: UploadState) -> None:
+        """The finish is saved: send the notice in the background."""
+        hook = state.info.hook
+        if hook is not None and not hook.done and self.config.hook_post_finish:
+            self._start(state.info.upload_id)
+
+    def describe(self, state: UploadState) -> dict[str, object] | None:
+        """The hooks' part of the status endpoint's answer."""
+        hook = state.info.hook
+        if hook is None:
+            return None
+        return {"post_finish": {"status": str(hook.status), "attempts": hook.attempts,
+                                "last_error": hook.last_error, "done_at": hook.done_at}}
+
+    async def start(self) -> None:
+        """After recovery: send what a stop interrupted, then look again now and then. This
+        first scan reads every record (and rebuilds the index); later ones read the index."""
+        if not self.config.hook_post_finish or self._scanner is not None:
+            return
+        await self.scan(set(await self.store.upload_ids()))
+        self._scanner = asyncio.create_task(self._scan_forever(), name="hook-scan")
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = list(self._active.values())
+        if self._scanner is not None:
+            tasks.append(self._scanner)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._session is not None:
+            await self._session.close()
+
+    def _start(self, upload_id: str) -> None:
+        current = self._active.get(upload_id)
+        if self._closed or (current is not None and not current.done()):
+            return
+        task = asyncio.create_task(self._run(upload_id), name=f"hook-post-finish-{upload_id}")
+        self._active[upload_id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._active.get(upload_id) is done:
+                del self._active[upload_id]
+        task.add_done_callback(forget)
+
+    async def _run(self, upload_id: str) -> None:
+        lease = f"hook:{upload_id}"
+        try:
+            if not await self.store.hold_lease(lease, self.owner, self.lease_s):
+                return  # another instance sends it; the scan takes over if it dies
+        except errors.StateUnavailable:
+            return  # the scan tries again
+        me = asyncio.current_task()
+        assert me is not None
+        keeper = asyncio.create_task(self._keep_lease(lease, me))
+        try:
+            await self._deliver(upload_id)
+        except (errors.NotFound, errors.Gone):
+            # Removed before its notice went out: there is nothing left to describe.
+            log.info("upload %s was removed before its post-finish hook succeeded", upload_id)
+            with contextlib.suppress(errors.StateUnavailable):
+                await self.store.owe_hook(upload_id, False)
+        except errors.StateUnavailable:
+            log.warning("the state store is unreachable; the post-finish hook of %s is sent "
+                        "later", upload_id)
+        except Exception:
+            log.exception("the post-finish hook of %s failed; the next scan tries again",
+                          upload_id)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            with contextlib.suppress(errors.StateUnavailable):
+                await asyncio.shield(self.store.drop_lease(lease, self.owner))
+
+    async def _keep_lease(self, lease: str, sender: asyncio.Task[None]) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                if await self.store.hold_lease(lease, self.owner, self.lease_s):
+                    continue
+            except errors.StateUnavailable:
+                continue  # still ours unless the outage outlasts the lease
+            log.warning("lost the hook lease %s (this process was too slow to extend it); "
+                        "another instance goes on", lease)
+            sender.cancel()
+            return
+
+    async def _deliver(self, upload_id: str) -> None:
+        url = self.config.hook_post_finish
+        while True:
+            # Read again before every attempt: the upload may have been removed, or another
+            # instance may have sent the notice while this one waited.
+            state = await self.store.get(upload_id)
+            hook = state.info.hook
+            if hook is None or hook.done:
+                await self.store.owe_hook(upload_id, False)
+                return
+            attempt = hook.attempts + 1
+            try:
+                await self._post(url, self._post_finish_payload(state, hook),
+                                 headers={"Hook-Event-Id": f"{upload_id}:post-finish"})
+            except HookCallFailed as exc:
+                delay = post_finish_delay(attempt, self.config.hook_retry_s, random.random())
+                log.warning("the post-finish hook of %s failed (attempt %d: %s); next try in "
+                            "%.3g s", upload_id, attempt, exc, delay)
+                await self.store.save_hook(upload_id, dataclasses.replace(
+                    hook, attempts=attempt, last_error=str(exc)))
+                await asyncio.sleep(delay)
+                continue
+            # The endpoint has it: record that even if a shutdown cancels us meanwhile, or
+            # the notice would go out again after the restart.
+            await run_to_completion(self._done(upload_id, dataclasses.replace(
+                hook, status=HookStatus.DONE, attempts=attempt, done_at=time.time())))
+            log.info("post-finish hook of %s delivered (attempt %d)", upload_id, attempt)
+            return
+
+    async def _done(self, upload_id: str, hook: HookState) -> None:
+        await self.store.save_hook(upload_id, hook)
+        await self.store.owe_hook(upload_id, False)
+
+    @staticmethod
+    def _post_finish_payload(state: UploadState, hook: HookState) -> dict[str, Any]:
+        info = state.info
+        return {"type": "post-finish", "upload": {
+            "id": info.upload_id, "length": state.offset, **metadata_json(info.metadata),
+            "created_at": info.created_at, "finished_at": hook.finished_at}}
+
+    # --- scanning ----------------------------------------------------------------------------
+    async def _scan_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.hook_retry_s)
+            try:
+                await self.scan()
+            except errors.StateUnavailable:
+                log.warning("the state store is unreachable; the hook scan tries again")
+            except Exception:
+                log.exception("the hook scan failed")
+
+    async def scan(self, every: set[str] | None = None) -> None:
+        """Start the post-finish hooks that are owed and not sent here: those in the index,
+        and those of ``every`` upload at start-up."""
+        owed = set(await self.store.hooks_owed())
+        for upload_id in sorted(owed | (every or set())):
+            current = self._active.get(upload_id)
+            if current is not None and not current.done():
+                continue
+            try:
+                state = await self.store.get(upload_id)
+            except (errors.NotFound, errors.Gone):
+                if upload_id in owed:
+                    await self.store.owe_hook(upload_id, False)
+                continue
+            hook = state.info.hook
+            if hook is None or hook.done:
+                if upload_id in owed:
+                    await self.store.owe_hook(upload_id, False)
+                continue
+            if upload_id not in owed:
+                await self.store.owe_hook(upload_id, True)
+            self._start(upload_id)

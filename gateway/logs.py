@@ -1,0 +1,227 @@
+"""Structured logs: one JSON object per line, one line per request and per upload event.
+
+Theory of operation:
+
+- ``setup_logging`` puts one handler on the root logger, so every record (ours, aiohttp's,
+  asyncio's, redis-py's, Python warnings) comes out in the same format at the level
+  ``--log-level`` sets. Nothing else in the gateway configures logging.
+- Every line is a JSON object with ``ts`` (ISO 8601, UTC), ``level``, ``logger`` and ``msg``,
+  then whatever the caller passed as ``extra`` (``upload_id``, ``event``, ``method``, ...), so
+  a log pipeline can filter on fields instead of parsing sentences. ``--log-format text`` gives
+  the same records as ``time LEVEL logger: msg key=value ...`` for a terminal.
+- ``AccessLogger`` writes one line per request (``--access-log``, on by default);
+  ``log_event`` one line per upload event (created, finished, terminated, expired).
+- No secrets: ``SecretFilter`` runs on the handler, so it sees every record whoever logged
+  it, before formatting. It masks the configured secrets by value and anything shaped like a
+  credential (bearer tokens, ``Authorization`` values, Notion tokens, URL passwords,
+  ``token=``/``secret=``/``password=`` pairs). Masking by shape is the safety net; the rule
+  is that no code logs request headers wholesale or the value of a secret setting.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import re
+import sys
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+
+from protocol.headers import UPLOAD_ID
+
+MASK = "***"
+
+ACCESS_LOGGER = "gateway.access"
+EVENT_LOGGER = "gateway.events"
+
+_events = logging.getLogger(EVENT_LOGGER)
+
+# Attributes every LogRecord has; anything else on a record came in through ``extra``.
+_RECORD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message", "asctime"}
+
+
+# --- secrets ----------------------------------------------------------------------------------
+def _keep_scheme(match: re.Match[str]) -> str:
+    scheme = match.group("scheme")
+    return match.group("head") + (f"{scheme} " if scheme else "") + MASK
+
+
+# Each pattern keeps what names the credential and masks only the credential itself.
+_SHAPES: tuple[tuple[re.Pattern[str], Any], ...] = (
+    # Authorization: Bearer abc / "authorization": "Basic abc" / Proxy-Authorization=abc
+    (re.compile(r"(?i)(?P<head>\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)"
+                r"(?:(?P<scheme>bearer|basic|token|digest)\s+)?[^\s\"',;]+"), _keep_scheme),
+    # A bearer token anywhere else (RFC 6750 b64token characters).
+    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9\-._~+/]+=*"), r"\1 " + MASK),
+    # scheme://user:password@host (Redis URLs and the like).
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s/:@]*:)[^\s/@]+@"), r"\1" + MASK + "@"),
+    # Notion integration tokens: secret_... (older) and ntn_... (current).
+    (re.compile(r"\b(secret_|ntn_)[A-Za-z0-9_]{8,}"), r"\1" + MASK),
+    # token=..., "auth_secret": "...", password: ...
+    (re.compile(r"(?i)\b([a-z_]*(?:token|secret|password|passwd|api_?key)s?[\"']?\s*[=:]\s*"
+                r"[\"']?)[^\s\"',;&\[\]{}]+"), r"\1" + MASK),
+)
+# Shorter configured "secrets" would mask ordinary words all over the log.
+_MIN_SECRET_CHARS = 4
+
+
+class SecretFilter(logging.Filter):
+    """Masks secrets in a record's message, its string extras and its traceback."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        # Longest first, so a secret that contains another is masked whole.
+        self.secrets = sorted({s for s in secrets if len(s) >= _MIN_SECRET_CHARS},
+                              key=len, reverse=True)
+
+    def mask(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, MASK)
+        for pattern, replacement in _SHAPES:
+            text = pattern.sub(replacement, text)
+        return text
+
+    def _mask_value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.mask(value)
+        if isinstance(value, dict):
+            return {k: self._mask_value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._mask_value(v) for v in value]
+        return value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            # Arguments that do not fit the format: the formatter reports the bad call.
+            message = str(record.msg)
+        record.msg = self.mask(message)
+        record.args = None
+        for key, value in list(record.__dict__.items()):
+            if key not in _RECORD_FIELDS:
+                setattr(record, key, self._mask_value(value))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.mask(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.mask(record.stack_info)
+        return True
+
+
+# --- formatters -------------------------------------------------------------------------------
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items()
+            if k not in _RECORD_FIELDS and not k.startswith("_")}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; a record's ``extra`` fields become keys of their own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        payload: dict[str, Any] = {
+            "ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in _extras(record).items():
+            payload.setdefault(key, value)  # an extra never hides the four fields above
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            payload["exc"] = record.exc_text
+        if record.stack_info:
+            payload["stack"] = self.formatStack(record.stack_info)
+        # default=str: a Path or an enum in an extra must not cost the whole line.
+        return json.dumps(payload, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: msg key=value ...``, for reading in a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = _extras(record)
+        if not extras:
+            return line
+        first, newline, rest = line.partition("\n")  # keep a traceback below the fields
+        fields = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in extras.items())
+        return f"{first} {fields}{newline}{rest}"
+
+
+def setup_logging(level: str = "info", log_format: str = "json",
+                  secrets: Iterable[str] = (), stream: TextIO | None = None) -> logging.Handler:
+    """Route every logger through one handler with our format, level and secret filter."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.addFilter(SecretFilter(secrets))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # Warnings would otherwise go to stderr as bare text lines in the middle of the JSON.
+    logging.captureWarnings(True)
+    return handler
+
+
+# --- requests and upload events ---------------------------------------------------------------
+def _upload_id(request: BaseRequest, response: StreamResponse) -> str | None:
+    match_info = getattr(request, "match_info", None)
+    candidate = match_info.get("upload_id") if match_info is not None else None
+    if candidate is None:
+        location = response.headers.get("Location")  # a creation names its new upload here
+        if location:
+            candidate = location.rstrip("/").rsplit("/", 1)[-1]
+    if candidate is not None and UPLOAD_ID.fullmatch(candidate):
+        return candidate
+    return None
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request, as structured fields; request headers are never logged.
+
+    The message is ``METHOD path status`` so a human (or a grep) can read the line without
+    the fields; the path carries no query string, where a token could hide.
+    """
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        fields: dict[str, Any] = {
+            "method": request.method,
+            "path": request.path,
+            "status": response.status,
+            "duration_ms": round(time * 1000.0, 2),
+            "bytes_in": getattr(request.content, "total_bytes", 0),  # body bytes read
+            "bytes_out": response.body_length,  # sent, headers included (aiohttp's %b)
+            "remote": request.remote,
+        }
+        upload_id = _upload_id(request, response)
+        if upload_id is not None:
+            fields["upload_id"] = upload_id
+        self.logger.info("%s %s %d", request.method, request.path, response.status,
+                         extra=fields)
+
+    @property
+    def enabled(self) -> bool:
+        # aiohttp skips building the line at all when nobody would see it.
+        return self.logger.isEnabledFor(logging.INFO)
+
+
+def log_event(event: str, upload_id: str, **fields: Any) -> None:
+    """One line for an upload's life event: created, finished, terminated, expired."""
+    extra = {(k if k not in _RECORD_FIELDS else f"{k}_"): v for k, v in fields.items()}
+    extra["event"] = event
+    extra["upload_id"] = upload_id
+    _events.info("upload %s", event, extra=extra)
