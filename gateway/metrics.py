@@ -144,6 +144,8 @@ class MeasuredStore:
         target = getattr(self._store, name)
         # An append lasts as long as the client's body takes: that is not store latency.
         if name in ("data_path", "append") or not callable(target):
+            if callable(target):
+                self.__dict__[name] = target  # found directly from now on
             return target
         latency = self._metrics.store_latency.labels(name)
         failures = self._metrics.store_errors.labels(name)
@@ -162,6 +164,7 @@ class MeasuredStore:
                 raise
             finally:
                 latency.observe(time.perf_counter() - started)
+        self.__dict__[name] = timed  # wrapped once, found directly from now on
         return timed
 
 
