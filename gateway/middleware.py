@@ -34,8 +34,11 @@ async def tus_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         if exc.code in CLOSE_AFTER and not request.content.is_eof():
             # Send the answer, then close at once; otherwise aiohttp would linger reading
             # the rest of a dead or abandoned body. (Closing first would drop the answer.)
-            await response.prepare(request)
-            await response.write_eof()
+            try:
+                await response.prepare(request)
+                await response.write_eof()
+            except ConnectionError:
+                pass  # the client is already gone: nobody to answer, nothing went wrong
             if request.protocol is not None:
                 request.protocol.force_close()
         return response
