@@ -3,11 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 JS := tests/js
+BROWSER := tests/browser
+WEB := web
 
-.PHONY: run test install install-test system-packages lint typecheck check bench clean
+.PHONY: run test install install-test system-packages web lint typecheck check bench clean
 
-# Debian packages the tests run for real: a Redis server and HAProxy (scale-out tests).
-SYSTEM_PACKAGES := redis-server haproxy
+# Debian packages the tests run for real: a Redis server, HAProxy (scale-out tests) and
+# Chromium (the upload page; playwright-core drives it and downloads no browser of its own).
+SYSTEM_PACKAGES := redis-server haproxy chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(BIN)/python:
@@ -18,7 +21,8 @@ install: $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 
 system-packages:
-	@if ! command -v redis-server >/dev/null || ! { command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null; then \
+	@if ! command -v redis-server >/dev/null || ! { command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null \
+			|| ! command -v chromium >/dev/null; then \
 		echo "installing $(SYSTEM_PACKAGES) (Debian packages used by the tests)"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
@@ -27,6 +31,8 @@ system-packages:
 install-test: $(BIN)/python system-packages
 	$(BIN)/pip install --quiet -e '.[test]'
 	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
+	cd $(BROWSER) && npm ci --no-audit --no-fund --loglevel=error
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
 
 ## Run the gateway with its embedded defaults (state and data under ./data).
 run: install
@@ -35,6 +41,10 @@ run: install
 ## Install everything the tests need, then run them.
 test: install-test
 	$(BIN)/pytest -q
+
+## Rebuild the upload page (gateway/static/, committed) from web/ with the pinned packages.
+web:
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error && node build.mjs
 
 lint: install-test
 	$(BIN)/ruff check .
@@ -49,4 +59,5 @@ bench: install
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) $(JS)/node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(JS)/node_modules $(BROWSER)/node_modules $(WEB)/node_modules test-artifacts \
+		.mypy_cache .ruff_cache .pytest_cache

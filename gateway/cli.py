@@ -39,6 +39,8 @@ from gateway.config import (
     secret_values,
 )
 from gateway.logs import ACCESS_LOGGER, AccessLogger, setup_logging
+from gateway.uploader import add_arguments as add_upload_arguments
+from gateway.uploader import main as upload_main
 
 
 def _field_docs() -> dict[str, str]:
@@ -130,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a fake Notion API server for trying the Notion sink locally "
              "(`tus-gateway fake-notion --help` for its options)")
     del fake  # its arguments are the fake's own: main() hands them over unparsed
+    upload = commands.add_parser(
+        "upload", help="upload files to any tus server, resuming interrupted uploads",
+        description="Upload FILEs to the tus endpoint URL (ours, tusd, @tus/server, ...) and "
+                    "print each upload URL on stdout, in argument order. An interrupted run "
+                    "resumes where the server stopped when run again. Progress is shown on "
+                    "stderr when it is a terminal. Exit status: 0 all uploaded, 1 some "
+                    "failed, 2 usage error.",
+    )
+    add_upload_arguments(upload)
     sink = commands.add_parser("sink", help="act on deliveries of a running gateway")
     sink_commands = sink.add_subparsers(dest="sink_command", required=True)
     retry = sink_commands.add_parser("retry", help="deliver a failed upload again")
@@ -159,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return sink_retry(args.url, args.upload_id)
     if args.command == "token":
         return print_token(args, dict(os.environ))
+    if args.command == "upload":
+        return upload_main(args)
     try:
         config = config_from_args(args, dict(os.environ))
     except ValueError as exc:

@@ -109,6 +109,10 @@ class GatewayConfig:
     """Above this share of the memory budget, new PATCH requests get 503 too."""
     max_concurrent_uploads: int = 0
     """At most this many request bodies at once; more get 503 with Retry-After. 0: no limit."""
+    upload_page: bool = True
+    """Serve the upload page (Uppy's Dashboard, shipped with the package) at / and its files
+    under /static/; on by default so a browser pointed at the gateway can upload at once.
+    Turn it off where the gateway is only an API."""
     extensions: tuple[str, ...] = ALL_EXTENSIONS
     """tus extensions offered; OPTIONS announces exactly these."""
     access_log: bool = True

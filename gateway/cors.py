@@ -17,12 +17,14 @@ ALLOW_HEADERS = (
     "Authorization", "Content-Type", "Origin", "X-Requested-With", "X-HTTP-Method-Override",
     "Tus-Resumable", "Upload-Length", "Upload-Offset", "Upload-Metadata", "Upload-Defer-Length",
     "Upload-Concat", "Upload-Checksum", "Upload-Complete", "Upload-Draft-Interop-Version",
+    "Upload-Incomplete", "Content-Disposition",
 )
 EXPOSE_HEADERS = (
     "Location", "Upload-Offset", "Upload-Length", "Upload-Metadata", "Upload-Defer-Length",
     "Upload-Concat", "Upload-Expires", "Tus-Version", "Tus-Resumable", "Tus-Max-Size",
     "Tus-Extension", "Tus-Checksum-Algorithm", "Content-Disposition", "Retry-After",
-    "WWW-Authenticate",
+    "WWW-Authenticate", "Upload-Complete", "Upload-Incomplete", "Upload-Limit",
+    "Upload-Draft-Interop-Version",
 )
 ALLOW_METHODS = ("POST", "HEAD", "PATCH", "DELETE", "OPTIONS", "GET")
 # Browsers cap this (Chrome at 2 hours); a day means "as long as you allow".

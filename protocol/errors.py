@@ -85,6 +85,17 @@ UnsupportedChecksum = _error("ERR_UNSUPPORTED_CHECKSUM", 400,
                              "the checksum algorithm is not supported")
 InvalidHeader = _error("ERR_INVALID_HEADER", 400, "a request header is malformed")
 BodyNotAllowed = _error("ERR_BODY_NOT_ALLOWED", 400, "this request must not carry a body")
+# The IETF resumable uploads draft (protocol/ietf.py). A request naming an interop version we
+# do not implement must not get a 104, and is no tus request either.
+UnsupportedInteropVersion = _error("ERR_UNSUPPORTED_INTEROP_VERSION", 400,
+                                   "Upload-Draft-Interop-Version must be one of 3 to 8")
+# draft -05: "If the upload is already complete, the server MUST NOT modify the upload
+# resource and MUST respond with a 400 (Bad Request)".
+UploadCompleted = _error("ERR_UPLOAD_COMPLETED", 400, "the upload is already complete")
+# draft -05: "If the sizes are inconsistent, the server MUST reject the request by responding
+# with a 400 (Bad Request)".
+InconsistentLength = _error("ERR_INCONSISTENT_LENGTH", 400,
+                            "the request's length indicators disagree with the upload's length")
 # Creation with --auth (gateway/auth.py). RFC 6750 section 3: a request without credentials
 # gets 401 and a WWW-Authenticate challenge. A token that is not accepted is 403: sending it
 # again will not help. An expired one is 401 with error="invalid_token", which tells the

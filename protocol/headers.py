@@ -192,6 +192,16 @@ def parse_checksum(value: str) -> Checksum:
     return Checksum(algorithm, digest)
 
 
+def format_checksum(checksum: Checksum) -> str:
+    """The client's side of ``parse_checksum``: ``<algorithm> <base64 of the raw digest>``."""
+    return f"{checksum.algorithm} {base64.b64encode(checksum.digest).decode('ascii')}"
+
+
+def parse_list(value: str) -> tuple[str, ...]:
+    """A comma-separated header list (Tus-Extension, Tus-Checksum-Algorithm), blanks dropped."""
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
 def format_http_date(when: float) -> str:
     """RFC 9110 IMF-fixdate, as Upload-Expires requires (TUS-EXP-03)."""
     return email.utils.format_datetime(datetime.fromtimestamp(int(when), tz=UTC), usegmt=True)

@@ -22,6 +22,8 @@
 //   throttleBytesPerSecond    pace request bodies (a slow link), so that progress events and
 //                             an abort can land in the middle of one request
 //   retryDelays               tus-js-client retryDelays, default [] (fail on the first error)
+//   protocol                  tus-js-client protocol: "tus-v1" (default), "ietf-draft-03"
+//                             (interop version 5) or "ietf-draft-05" (interop version 6)
 //   timeoutMs                 give up after this long, default 60000
 //
 // Output: one JSON line on stdout:
@@ -36,9 +38,12 @@ import { DefaultHttpStack, FileUrlStorage, Upload } from 'tus-js-client'
 
 const REQUEST_HEADERS = [
   'Upload-Length', 'Upload-Defer-Length', 'Upload-Offset', 'Upload-Concat', 'Upload-Metadata',
-  'Content-Type', 'Tus-Resumable', 'Authorization',
+  'Content-Type', 'Tus-Resumable', 'Authorization', 'Upload-Complete',
+  'Upload-Draft-Interop-Version',
 ]
-const RESPONSE_HEADERS = ['Location', 'Upload-Offset', 'Upload-Length', 'Upload-Concat']
+const RESPONSE_HEADERS = [
+  'Location', 'Upload-Offset', 'Upload-Length', 'Upload-Concat', 'Upload-Complete',
+]
 
 function readConfig() {
   const arg = process.argv[2]
@@ -157,6 +162,7 @@ async function main() {
     storeFingerprintForResuming: Boolean(config.urlStorage),
     removeFingerprintOnSuccess: false,
   }
+  if (config.protocol != null) options.protocol = config.protocol
   if (config.chunkSize != null) options.chunkSize = config.chunkSize
   if (config.urlStorage) options.urlStorage = new FileUrlStorage(config.urlStorage)
   if (config.throttleBytesPerSecond) {

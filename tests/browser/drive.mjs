@@ -1,0 +1,198 @@
+// Drive the upload page in headless Chromium (the system's, through playwright-core) and
+// print one JSON report on the last line of stdout.
+//
+// Usage: node drive.mjs config.json, where the config holds
+//   chromium            path of the browser binary (Debian's chromium)
+//   pageUrl             the page, including ?endpoint= and ?chunkSize=
+//   uploadOrigin        origin of the gateway the page uploads to (its requests are recorded)
+//   files               paths of the files to upload
+//   dropFiles           drop the files on the Dashboard (a synthetic drag and drop) instead
+//                       of choosing them through its file input
+//   patchDelayMs        hold each PATCH this long before it leaves the browser, so that the
+//                       reload lands midway on a loopback link that would finish in moments
+//   reloadAfterPatches  reload once this many PATCHes were answered (0: never)
+//   pauseMs             after the reload, once two more PATCHes were answered, press the
+//                       status bar's pause button, wait this long, then press it again (0: no)
+//   failUntilRetry      fail every PATCH (connection reset) until the Dashboard offers its
+//                       retry button, then let them through and press it
+//   screenshot          where to save the finished Dashboard (PNG)
+//   timeoutMs           give up after this long
+//
+// The report: status ("ok" or "error"), error, requests (every request to uploadOrigin with
+// the phase it started in: "first" before the reload, "second" after it, "paused" while
+// paused, "retried" after the retry button), statusBarText (the Dashboard's progress line),
+// liveText and speeds (the page's speed line), results (the page's list of finished
+// uploads), fingerprints (tus keys in localStorage), consoleErrors.
+
+import { readFile } from 'node:fs/promises'
+import path from 'node:path'
+import { chromium } from 'playwright-core'
+
+const config = JSON.parse(await readFile(process.argv[2], 'utf8'))
+const report = { status: 'error', error: null, requests: [], statusBarText: [], liveText: [],
+  speeds: [], results: [], fingerprints: [], consoleErrors: [] }
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms) })
+const deadline = Date.now() + config.timeoutMs
+let phase = 'first'
+let failing = Boolean(config.failUntilRetry)
+
+async function waitFor(what, predicate) {
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await sleep(25)
+  }
+}
+
+// Drop the files on the Dashboard. A test cannot drag from the desktop, so the page builds
+// the DataTransfer a real drop would carry and gets dragover and drop events with it.
+async function dropFiles(page) {
+  const files = await Promise.all(config.files.map(async (file) => (
+    { name: path.basename(file), data: (await readFile(file)).toString('base64') })))
+  const dataTransfer = await page.evaluateHandle((items) => {
+    const transfer = new DataTransfer()
+    for (const item of items) {
+      const bytes = Uint8Array.from(atob(item.data), (c) => c.charCodeAt(0))
+      transfer.items.add(new File([bytes], item.name, { type: 'application/octet-stream' }))
+    }
+    return transfer
+  }, files)
+  const target = page.locator('.uppy-Dashboard-inner')
+  await target.dispatchEvent('dragover', { dataTransfer })
+  await target.dispatchEvent('drop', { dataTransfer })
+}
+
+// Add the files through the Dashboard's own file input (what "browse" opens) or by a drop,
+// and press its upload button, as a person would.
+async function addFilesAndStart(page) {
+  if (config.dropFiles) {
+    await dropFiles(page)
+  } else {
+    await page.locator('input.uppy-Dashboard-input[type="file"]').first()
+      .setInputFiles(config.files)
+  }
+  await waitFor('the Dashboard to list the files', async () => (
+    await page.locator('.uppy-Dashboard-Item').count()) === config.files.length)
+  await page.locator('.uppy-StatusBar-actionBtn--upload').click()
+}
+
+const answeredPatches = () => report.requests.filter(
+  (r) => r.phase === phase && r.method === 'PATCH' && r.status === 204).length
+
+async function sampleStatusBar(page) {
+  const text = await page.locator('.uppy-StatusBar-statusSecondary').first()
+    .textContent({ timeout: 1000 }).catch(() => null)
+  if (text) report.statusBarText.push(text.trim())
+  const live = page.locator('#live')
+  if (await live.isVisible().catch(() => false)) {
+    report.liveText.push((await live.textContent().catch(() => '')) ?? '')
+    report.speeds.push(Number(await live.getAttribute('data-speed').catch(() => 0)))
+  }
+}
+
+async function pauseAndResume(page) {
+  const answeredBefore = answeredPatches()
+  await waitFor('two PATCHes after the reload', async () => {
+    await sampleStatusBar(page)
+    return answeredPatches() >= answeredBefore + 2
+  })
+  const toggle = page.locator('.uppy-StatusBar [data-cy="togglePauseResume"]')
+  await toggle.click()
+  phase = 'paused'
+  await sleep(config.pauseMs)
+  await sampleStatusBar(page)
+  phase = 'second'
+  await toggle.click()
+}
+
+const browser = await chromium.launch({
+  executablePath: config.chromium,
+  headless: true,
+  // Chromium refuses to start its sandbox as root (CI runs as root); /dev/shm is tiny in
+  // many containers.
+  args: [...(process.getuid?.() === 0 ? ['--no-sandbox'] : []), '--disable-dev-shm-usage'],
+})
+let page = null
+try {
+  const context = await browser.newContext({ viewport: { width: 1000, height: 900 } })
+  page = await context.newPage()
+  page.setDefaultTimeout(Math.min(30000, config.timeoutMs))
+  page.on('console', (message) => {
+    if (message.type() === 'error') report.consoleErrors.push(message.text())
+  })
+  page.on('pageerror', (error) => { report.consoleErrors.push(String(error)) })
+
+  const fromUploadGateway = (url) => url.origin === config.uploadOrigin
+  await page.route(fromUploadGateway, async (route) => {
+    if (route.request().method() === 'PATCH' && failing) {
+      await route.abort('connectionreset')
+      return
+    }
+    if (route.request().method() === 'PATCH' && config.patchDelayMs > 0) {
+      await sleep(config.patchDelayMs)
+    }
+    // The reload may have cancelled the request meanwhile.
+    await route.continue().catch(() => {})
+  })
+  // The phase a request belongs to is the one it started in.
+  const started = new WeakMap()
+  page.on('request', (request) => { started.set(request, phase) })
+  const record = async (request, failure) => {
+    if (!fromUploadGateway(new URL(request.url()))) return
+    const entry = { phase: started.get(request) ?? phase, method: request.method(), url: request.url(), status: null,
+      requestOffset: null, responseOffset: null, location: null, failure }
+    report.requests.push(entry)
+    const headers = await request.allHeaders().catch(() => ({}))
+    entry.requestOffset = headers['upload-offset'] ?? null
+    const response = failure ? null : await request.response().catch(() => null)
+    if (response) {
+      entry.status = response.status()
+      const answer = await response.allHeaders().catch(() => ({}))
+      entry.responseOffset = answer['upload-offset'] ?? null
+      entry.location = answer.location ?? null
+    }
+  }
+  page.on('requestfinished', (request) => { void record(request, null) })
+  page.on('requestfailed', (request) => {
+    void record(request, request.failure()?.errorText ?? 'failed')
+  })
+
+  await page.goto(config.pageUrl)
+  await addFilesAndStart(page)
+  if (failing) {
+    const retry = page.locator('.uppy-StatusBar-actionBtn--retry')
+    await retry.waitFor({ state: 'visible' })
+    await page.screenshot({ path: config.screenshot.replace(/\.png$/, '-error.png') })
+    failing = false
+    phase = 'retried'
+    await retry.click()
+  }
+  if (config.reloadAfterPatches > 0) {
+    await waitFor(`${config.reloadAfterPatches} answered PATCHes`, async () => {
+      await sampleStatusBar(page)
+      return answeredPatches() >= config.reloadAfterPatches
+    })
+    phase = 'second'
+    await page.reload()
+    await addFilesAndStart(page)
+    if (config.pauseMs > 0) await pauseAndResume(page)
+  }
+  await waitFor('every file to be reported finished', async () => {
+    await sampleStatusBar(page)
+    const done = await page.locator('#results li[data-done="true"]').count()
+    return done >= config.files.length
+  })
+  await page.screenshot({ path: config.screenshot, fullPage: true })
+  report.results = await page.locator('#results li').evaluateAll((items) => items.map(
+    (li) => ({ text: li.textContent, uploadUrl: li.dataset.uploadUrl, status: li.dataset.status,
+      sinkStatus: li.dataset.sinkStatus ?? null, done: li.dataset.done === 'true' })))
+  report.fingerprints = await page.evaluate(
+    () => Object.keys(window.localStorage).filter((key) => key.startsWith('tus::')))
+  report.status = 'ok'
+} catch (error) {
+  report.error = String(error?.stack ?? error)
+  // What the page looked like when it went wrong is the first thing one wants to see.
+  await page?.screenshot({ path: config.screenshot, fullPage: true }).catch(() => {})
+} finally {
+  await browser.close()
+}
+console.log(JSON.stringify(report))

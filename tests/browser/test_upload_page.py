@@ -1,0 +1,301 @@
+"""The upload page: served from package data, and used for real in headless Chromium.
+
+The browser test starts two gateways: A serves the page, B (another port, so another origin)
+takes the uploads and allows only A's origin. ``drive.mjs`` (playwright-core, launching
+Debian's chromium) adds two files through the Dashboard's file input, starts them, reloads
+the page midway, adds the same files again, pauses and resumes, and waits for the page's
+list of finished uploads. The checks use what the browser sent (its request log), what B
+logged (its JSON access log) and what B stored (SHA-256 over GET and of ``complete/``).
+``chromium``, Node and ``tests/browser/node_modules`` come from ``make install-test``;
+without them the browser test fails rather than skips.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.clients.support import MiB, assert_delivered, random_file
+from tests.conftest import ROOT, ClientFactory, GatewayProcess
+
+BROWSER_DIR = ROOT / "tests" / "browser"
+DRIVER = BROWSER_DIR / "drive.mjs"
+WEB_DIR = ROOT / "web"
+STATIC_DIR = ROOT / "gateway" / "static"
+ARTIFACTS = ROOT / "test-artifacts"
+DRIVER_TIMEOUT_S = 150
+# Not multiples of the chunk size, so each file ends with a short PATCH.
+FILES = {"first.bin": 3_000_000, "second.bin": 2_200_000}
+CHUNK_BYTES = 256 * 1024
+
+Gateways = Callable[..., GatewayProcess]
+Report = dict[str, Any]
+
+# The page does not care where state lives; one backend is enough.
+disk_only = pytest.mark.parametrize("backend", ["disk"], indirect=True)
+
+
+def tool(name: str, hint: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not on PATH: {hint}")
+    return path
+
+
+def run_driver(config: dict[str, Any], tmp_path: Path, *gateways: GatewayProcess) -> Report:
+    node = tool("node", "the browser test needs Node 18 or later (CI uses Node 20)")
+    if not (BROWSER_DIR / "node_modules" / "playwright-core" / "package.json").is_file():
+        pytest.fail("tests/browser/node_modules is missing: run `make install-test` "
+                    "(or `cd tests/browser && npm ci`)")
+    config_path = tmp_path / "driver.json"
+    config_path.write_text(json.dumps(config))
+    logs = "\n".join(gw.log() for gw in gateways)
+    try:
+        proc = subprocess.run([node, str(DRIVER), str(config_path)], cwd=BROWSER_DIR,
+                              capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"drive.mjs did not finish in {DRIVER_TIMEOUT_S}s: {exc}\n{logs}")
+    lines = proc.stdout.strip().splitlines()
+    try:
+        report: Report = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        pytest.fail(f"drive.mjs printed no report (exit {proc.returncode})\n"
+                    f"stdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-2000:]}")
+    assert report["status"] == "ok", (
+        f"{report['error']}\nrequests: {json.dumps(report['requests'], indent=1)[-3000:]}\n"
+        f"console: {report['consoleErrors']}\nscreenshot: {config['screenshot']}\n"
+        + "\n".join(gw.log() for gw in gateways))
+    return report
+
+
+def access_log(gw: GatewayProcess) -> list[dict[str, Any]]:
+    """Every request line the gateway logged (JSON, one object per line)."""
+    assert gw.log_path is not None
+    lines = []
+    for line in gw.log_path.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        record = json.loads(line)
+        if record.get("logger") == "gateway.access":
+            lines.append(record)
+    return lines
+
+
+def keep_artifact(screenshot: Path) -> Path:
+    """Copy the screenshot where CI collects artifacts; tmp_path is gone after the run."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    kept = ARTIFACTS / "upload-page-dashboard.png"
+    shutil.copyfile(screenshot, kept)
+    return kept
+
+
+@disk_only
+def test_dashboard_uploads_two_files_cross_origin_and_resumes_after_reload(
+        gateway_process: Gateways, tmp_path: Path) -> None:
+    chromium = tool("chromium", "run `make install-test`, which installs Debian's chromium")
+    page_gw = gateway_process(data_dir=tmp_path / "page")
+    page_origin = f"http://127.0.0.1:{page_gw.port}"
+    # Only the page's origin may upload: the test fails if CORS is not what lets it through.
+    upload_gw = gateway_process("--cors-origins", page_origin, data_dir=tmp_path / "uploads")
+    upload_origin = f"http://127.0.0.1:{upload_gw.port}"
+    sources: dict[str, Path] = {}
+    for name, size in FILES.items():
+        sources[name] = random_file(tmp_path / name, size)
+    screenshot = tmp_path / "dashboard.png"
+
+    report = run_driver({
+        "chromium": chromium,
+        "pageUrl": f"{page_origin}/?endpoint={upload_gw.url}&chunkSize={CHUNK_BYTES}",
+        "uploadOrigin": upload_origin,
+        "files": [str(p) for p in sources.values()],
+        # About 12 PATCHes per file, 150 ms each: the reload after 6 lands near a quarter.
+        "patchDelayMs": 150,
+        "reloadAfterPatches": 6,
+        "pauseMs": 800,
+        "screenshot": str(screenshot),
+        "timeoutMs": (DRIVER_TIMEOUT_S - 30) * 1000,
+    }, tmp_path, page_gw, upload_gw)
+    kept = keep_artifact(screenshot)
+    assert kept.read_bytes().startswith(b"\x89PNG"), kept
+    requests = report["requests"]
+    assert not report["consoleErrors"], report["consoleErrors"]
+
+    # One creation per file, before the reload; after it, the same uploads go on.
+    posts = [r for r in requests if r["method"] == "POST"]
+    assert [p["phase"] for p in posts] == ["first", "first"], posts
+    urls = sorted(p["location"] for p in posts)
+    assert all(url.startswith(upload_gw.url) for url in urls), urls
+    answered = {r["status"] for r in requests if r["status"] is not None}
+    # 423: a request cut off by the reload or the pause may still hold the upload for a
+    # moment; Uppy asks again.
+    assert answered <= {200, 201, 204, 423}, requests
+    for url in urls:
+        mine = [r for r in requests if r["url"] == url]
+        before = [r for r in mine if r["phase"] == "first" and r["status"] == 204]
+        assert before, f"nothing of {url} was sent before the reload: {mine}"
+        after = [r for r in mine if r["phase"] == "second"]
+        assert after[0]["method"] == "HEAD", after
+        resumed_at = int(after[0]["responseOffset"])
+        assert resumed_at >= int(before[-1]["responseOffset"]) > 0, mine
+        first_patch = next(r for r in after if r["method"] == "PATCH")
+        assert int(first_patch["requestOffset"]) == resumed_at, after
+        # Pausing stops the upload: no request for it starts until resumed.
+        assert not [r for r in mine if r["phase"] == "paused"], mine
+    assert len(report["fingerprints"]) == len(FILES), report["fingerprints"]
+    assert all(upload_gw.url in key for key in report["fingerprints"])
+
+    # B's own account: every byte arrived about once, never a restart from zero.
+    by_id = {url.rsplit("/", 1)[1]: url for url in urls}
+    patched: dict[str, int] = dict.fromkeys(by_id, 0)
+    for line in access_log(upload_gw):
+        if line["method"] == "PATCH" and line.get("upload_id") in patched:
+            patched[line["upload_id"]] += line["bytes_in"]
+    for name, size in FILES.items():
+        upload_id = next(i for i, u in by_id.items()
+                         if any(r["url"] == u and r["responseOffset"] == str(size)
+                                for r in requests))
+        assert size <= patched[upload_id] < 2 * size, (name, patched)
+    page_requests = {(line["method"], line["path"], line["status"])
+                     for line in access_log(page_gw)}
+    assert {("GET", "/", 200), ("GET", "/static/upload-page.js", 200),
+            ("GET", "/static/upload-page.css", 200)} <= page_requests, page_requests
+    # The uploads went to B only (OPTIONS is the fixture asking whether A is up).
+    assert not [(m, p) for m, p, _s in page_requests
+                if p.startswith("/files/") and m != "OPTIONS"], page_requests
+
+    # The page's list: each file finished, with the upload's status and the sink's state.
+    results = {r["uploadUrl"]: r for r in report["results"]}
+    assert sorted(results) == urls, report["results"]
+    for result in results.values():
+        assert result["done"] and result["status"] == "drained", result
+        assert result["sinkStatus"] == "drained", result
+    # Progress while uploading: Uppy's bytes and time left, the page's speed.
+    assert any(re.search(r"\d+ s(ec)? left|\d+s left", t) for t in report["statusBarText"]), (
+        report["statusBarText"])
+    assert any(speed > 0 for speed in report["speeds"]), report["liveText"]
+    assert any("/s · about" in t for t in report["liveText"]), report["liveText"]
+
+    for name, source in sources.items():
+        url = next(r["uploadUrl"] for r in report["results"] if r["text"].startswith(name))
+        assert_delivered(upload_gw, url, source, name)
+
+
+@disk_only
+def test_dropped_file_is_sent_again_by_the_retry_button(gateway_process: Gateways,
+                                                        tmp_path: Path) -> None:
+    """The file arrives by drag and drop; every PATCH fails until Uppy gives up (no automatic
+    retries here); the Dashboard's retry button then carries on with the same upload."""
+    chromium = tool("chromium", "run `make install-test`, which installs Debian's chromium")
+    gw = gateway_process()
+    source = random_file(tmp_path / "retried.bin", 700_000)
+    screenshot = tmp_path / "retried.png"
+    report = run_driver({
+        "chromium": chromium,
+        "pageUrl": f"http://127.0.0.1:{gw.port}/?retryDelays=&chunkSize={CHUNK_BYTES}",
+        "uploadOrigin": f"http://127.0.0.1:{gw.port}",
+        "files": [str(source)],
+        "dropFiles": True,
+        "patchDelayMs": 0,
+        "reloadAfterPatches": 0,
+        "pauseMs": 0,
+        "failUntilRetry": True,
+        "screenshot": str(screenshot),
+        "timeoutMs": 60_000,
+    }, tmp_path, gw)
+    requests = report["requests"]
+    posts = [r for r in requests if r["method"] == "POST"]
+    assert len(posts) == 1 and posts[0]["phase"] == "first", requests
+    url = posts[0]["location"]
+    failed = [r for r in requests if r["phase"] == "first" and r["method"] == "PATCH"]
+    assert failed and all(r["failure"] for r in failed), requests
+    retried = [r for r in requests if r["phase"] == "retried" and r["url"] == url]
+    assert retried and all(r["status"] in (200, 204) for r in retried), retried
+    assert [r["uploadUrl"] for r in report["results"]] == [url]
+    assert_delivered(gw, url, source, "retried.bin")
+    assert (tmp_path / "retried-error.png").is_file()
+
+
+@disk_only
+async def test_page_and_its_files_come_from_the_package(make_client: ClientFactory) -> None:
+    client: TestClient[Any, Any] = await make_client()
+    page = await client.get("/")
+    assert page.status == 200
+    assert page.content_type == "text/html"
+    html = await page.text()
+    assert '<meta name="tus-base-path" content="/files/">' in html
+    # Nothing from elsewhere: every script, style and icon is the gateway's own.
+    for ref in re.findall(r'(?:src|href)="([^"]*)"', html):
+        assert ref.startswith(("static/", "data:")), ref
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+
+    script = await client.get("/static/upload-page.js")
+    assert script.status == 200 and script.content_type == "text/javascript"
+    assert await script.read() == (STATIC_DIR / "upload-page.js").read_bytes()
+    style = await client.get("/static/upload-page.css")
+    assert style.status == 200 and style.content_type == "text/css"
+    assert b"uppy-Dashboard" in await style.read()
+    licences = await client.get("/static/THIRD-PARTY-LICENSES.txt")
+    assert licences.status == 200 and "@uppy/core" in await licences.text()
+
+    again = await client.get("/static/upload-page.js",
+                             headers={"If-None-Match": script.headers["ETag"]})
+    assert again.status == 304 and not await again.read()
+    for missing in ("/static/index.js", "/static/..%2Fpage.py", "/static/"):
+        assert (await client.get(missing)).status == 404, missing
+    # A tus client sent to / (an upload URL resolved there) still learns there is no upload.
+    for method in ("HEAD", "GET", "PATCH", "DELETE", "POST"):
+        lost = await client.request(method, "/", headers={"Tus-Resumable": "1.0.0"})
+        assert lost.status == 404, method
+
+
+@disk_only
+async def test_page_uploads_to_the_configured_base_path(make_client: ClientFactory) -> None:
+    client: TestClient[Any, Any] = await make_client(base_path="/up/")
+    html = await (await client.get("/")).text()
+    assert '<meta name="tus-base-path" content="/up/">' in html
+
+
+@disk_only
+async def test_page_can_be_switched_off(make_client: ClientFactory) -> None:
+    client: TestClient[Any, Any] = await make_client(upload_page=False)
+    for path in ("/", "/static/upload-page.js"):
+        assert (await client.get(path)).status == 404, path
+    # The uploads themselves are unaffected.
+    created = await client.post("/files/", headers={"Tus-Resumable": "1.0.0",
+                                                    "Upload-Length": "1"})
+    assert created.status == 201
+
+
+@disk_only
+async def test_page_steps_aside_when_the_uploads_live_at_the_root(
+        make_client: ClientFactory) -> None:
+    client: TestClient[Any, Any] = await make_client(base_path="/")
+    answer = await client.get("/")
+    assert answer.content_type != "text/html"
+    created = await client.post("/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "1"})
+    assert created.status == 201
+
+
+def test_shipped_bundle_is_built_from_the_sources(tmp_path: Path) -> None:
+    """gateway/static/ is committed; it must be what `make web` makes from web/ today."""
+    node = tool("node", "the bundle check needs Node 18 or later (CI uses Node 20)")
+    if not (WEB_DIR / "node_modules" / "esbuild" / "package.json").is_file():
+        pytest.fail("web/node_modules is missing: run `make install-test` "
+                    "(or `cd web && npm ci`)")
+    subprocess.run([node, "build.mjs", str(tmp_path)], cwd=WEB_DIR, check=True,
+                   capture_output=True, timeout=120)
+    built = sorted(p.name for p in tmp_path.iterdir())
+    assert built == sorted(p.name for p in STATIC_DIR.iterdir())
+    stale = [name for name in built
+             if (tmp_path / name).read_bytes() != (STATIC_DIR / name).read_bytes()]
+    assert not stale, f"gateway/static/ is out of date ({stale}): run `make web`"
+    # A page, not an application: a size that loads quickly on a slow link.
+    assert (STATIC_DIR / "upload-page.js").stat().st_size < MiB
