@@ -58,6 +58,7 @@ from aiohttp import web
 from gateway.aio import run_to_completion
 from gateway.config import GatewayConfig
 from gateway.state.base import UploadStore
+from gateway.state.lease import held_lease, lease_ttl
 from protocol import errors
 from protocol.decisions import CreatePlan, ProtocolSettings
 from protocol.headers import ConcatFinal, ConcatPartial, format_metadata, parse_metadata
@@ -155,9 +156,7 @@ class Hooks:
         self.settings = settings
         self.store = store
         self.owner = secrets.token_hex(8)
-        # Long enough to ride out a Redis hiccup, short enough that a dead instance's hooks
-        # are taken over within seconds (as for the Notion sink's drains).
-        self.lease_s = max(3 * config.lock_ttl_s, 3.0)
+        self.lease_s = lease_ttl(config.lock_ttl_s)
         self._session: aiohttp.ClientSession | None = None
         self._active: dict[str, asyncio.Task[None]] = {}
         self._scanner: asyncio.Task[None] | None = None
@@ -324,47 +323,24 @@ class Hooks:
         task.add_done_callback(forget)
 
     async def _run(self, upload_id: str) -> None:
-        lease = f"hook:{upload_id}"
-        try:
-            if not await self.store.hold_lease(lease, self.owner, self.lease_s):
+        async with held_lease(self.store, f"hook:{upload_id}", self.owner,
+                              self.lease_s) as held:
+            if not held:
                 return  # another instance sends it; the scan takes over if it dies
-        except errors.StateUnavailable:
-            return  # the scan tries again
-        me = asyncio.current_task()
-        assert me is not None
-        keeper = asyncio.create_task(self._keep_lease(lease, me))
-        try:
-            await self._deliver(upload_id)
-        except (errors.NotFound, errors.Gone):
-            # Removed before its notice went out: there is nothing left to describe.
-            log.info("upload %s was removed before its post-finish hook succeeded", upload_id)
-            with contextlib.suppress(errors.StateUnavailable):
-                await self.store.owe_hook(upload_id, False)
-        except errors.StateUnavailable:
-            log.warning("the state store is unreachable; the post-finish hook of %s is sent "
-                        "later", upload_id)
-        except Exception:
-            log.exception("the post-finish hook of %s failed; the next scan tries again",
-                          upload_id)
-        finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-            with contextlib.suppress(errors.StateUnavailable):
-                await asyncio.shield(self.store.drop_lease(lease, self.owner))
-
-    async def _keep_lease(self, lease: str, sender: asyncio.Task[None]) -> None:
-        while True:
-            await asyncio.sleep(self.lease_s / 3)
             try:
-                if await self.store.hold_lease(lease, self.owner, self.lease_s):
-                    continue
+                await self._deliver(upload_id)
+            except (errors.NotFound, errors.Gone):
+                # Removed before its notice went out: there is nothing left to describe.
+                log.info("upload %s was removed before its post-finish hook succeeded",
+                         upload_id)
+                with contextlib.suppress(errors.StateUnavailable):
+                    await self.store.owe_hook(upload_id, False)
             except errors.StateUnavailable:
-                continue  # still ours unless the outage outlasts the lease
-            log.warning("lost the hook lease %s (this process was too slow to extend it); "
-                        "another instance goes on", lease)
-            sender.cancel()
-            return
+                log.warning("the state store is unreachable; the post-finish hook of %s is "
+                            "sent later", upload_id)
+            except Exception:
+                log.exception("the post-finish hook of %s failed; the next scan tries again",
+                              upload_id)
 
     async def _deliver(self, upload_id: str) -> None:
         url = self.config.hook_post_finish

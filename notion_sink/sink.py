@@ -41,6 +41,7 @@ from gateway.aio import IoPool
 from gateway.config import GatewayConfig
 from gateway.metrics import Metrics
 from gateway.state.base import UploadStore
+from gateway.state.lease import held_lease, lease_ttl
 from notion_sink.breaker import BreakerPolicy, CircuitBreaker
 from notion_sink.client import ClientSettings, NotionClient, read_range
 from notion_sink.drain import (
@@ -113,9 +114,7 @@ class NotionSink:
         self._hashing = asyncio.Semaphore(2)
         self.retry_failed_s = config.notion_retry_failed_s
         self.scan_s = config.notion_scan_s
-        # Long enough to ride out a Redis hiccup, short enough that a dead instance's drains
-        # are taken over within seconds.
-        self.lease_s = max(3 * config.lock_ttl_s, 3.0)
+        self.lease_s = lease_ttl(config.lock_ttl_s)
         self.owner = secrets.token_hex(8)
         self._scanner: asyncio.Task[None] | None = None
 
@@ -178,44 +177,20 @@ class NotionSink:
             await close()  # a shared limiter's pending writes
 
     async def _run(self, upload_id: str, progress: DrainProgress) -> None:
-        lease = f"drain:{upload_id}"
-        try:
-            if not await self.store.hold_lease(lease, self.owner, self.lease_s):
+        async with held_lease(self.store, f"drain:{upload_id}", self.owner,
+                              self.lease_s) as held:
+            if not held:
                 return  # another instance drains it; the scan takes over if it dies
-        except errors.StateUnavailable:
-            return  # the scan tries again
-        me = asyncio.current_task()
-        assert me is not None
-        keeper = asyncio.create_task(self._keep_lease(lease, me))
-        try:
-            if await self._watch(upload_id, progress):
-                await self._finish(upload_id, progress)
-        except (errors.NotFound, errors.Gone):
-            log.info("upload %s was removed during its Notion drain", upload_id)
-            with contextlib.suppress(errors.StateUnavailable):
-                await self.store.owe_sink(upload_id, False)
-        except errors.StateUnavailable:
-            log.warning("the state store is unreachable; the drain of %s resumes later",
-                        upload_id)
-        finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-            with contextlib.suppress(errors.StateUnavailable):
-                await asyncio.shield(self.store.drop_lease(lease, self.owner))
-
-    async def _keep_lease(self, lease: str, drain: asyncio.Task[None]) -> None:
-        while True:
-            await asyncio.sleep(self.lease_s / 3)
             try:
-                if await self.store.hold_lease(lease, self.owner, self.lease_s):
-                    continue
+                if await self._watch(upload_id, progress):
+                    await self._finish(upload_id, progress)
+            except (errors.NotFound, errors.Gone):
+                log.info("upload %s was removed during its Notion drain", upload_id)
+                with contextlib.suppress(errors.StateUnavailable):
+                    await self.store.owe_sink(upload_id, False)
             except errors.StateUnavailable:
-                continue  # still ours unless the outage outlasts the lease
-            log.warning("lost the drain lease %s (this process was too slow to extend it); "
-                        "another instance goes on", lease)
-            drain.cancel()
-            return
+                log.warning("the state store is unreachable; the drain of %s resumes later",
+                            upload_id)
 
     async def _watch(self, upload_id: str, progress: DrainProgress) -> bool:
         """Send the windows that fill while the upload receives bytes; True once it was
