@@ -11,7 +11,7 @@ is a child process started with ``--sink notion`` and pointed at it. Two measure
 * **memory**: ``--files`` uploads of ``--file-mib`` MiB arrive at once and drain at once;
   the gateway's peak RSS (VmHWM) over the whole run. Target ≤ 128 MiB.
 
-    .venv/bin/python bench/notion_drain.py              # the sizes (needs ~55 GB disk)
+    .venv/bin/python bench/notion_drain.py              # full sizes (needs ~55 GB disk)
     .venv/bin/python bench/notion_drain.py --quick      # small sizes, to check the setup
 
 Every median is over ``--reps`` repetitions; results are printed as Markdown.
