@@ -39,8 +39,6 @@ from gateway.config import (
     secret_values,
 )
 from gateway.logs import ACCESS_LOGGER, AccessLogger, setup_logging
-from gateway.uploader import add_arguments as add_upload_arguments
-from gateway.uploader import main as upload_main
 
 
 def _field_docs() -> dict[str, str]:
@@ -133,14 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
              "(`tus-gateway fake-notion --help` for its options)")
     del fake  # its arguments are the fake's own: main() hands them over unparsed
     upload = commands.add_parser(
-        "upload", help="upload files to any tus server, resuming interrupted uploads",
-        description="Upload FILEs to the tus endpoint URL (ours, tusd, @tus/server, ...) and "
-                    "print each upload URL on stdout, in argument order. An interrupted run "
-                    "resumes where the server stopped when run again. Progress is shown on "
-                    "stderr when it is a terminal. Exit status: 0 all uploaded, 1 some "
-                    "failed, 2 usage error.",
-    )
-    add_upload_arguments(upload)
+        "upload", add_help=False,
+        help="upload files to any tus server, resuming interrupted uploads "
+             "(`tus-gateway upload --help` for its options)")
+    del upload  # its arguments are the uploader's own: main() hands them over unparsed
     sink = commands.add_parser("sink", help="act on deliveries of a running gateway")
     sink_commands = sink.add_subparsers(dest="sink_command", required=True)
     retry = sink_commands.add_parser("retry", help="deliver a failed upload again")
@@ -165,13 +159,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["fake-notion"]:
         from notion_sink.fake import main as fake_main
         return fake_main(argv[1:])
+    if argv[:1] == ["upload"]:
+        # Loaded only for this command: a serving gateway does not carry the client.
+        from gateway.uploader import command as upload_command
+        return upload_command(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "sink":
         return sink_retry(args.url, args.upload_id)
     if args.command == "token":
         return print_token(args, dict(os.environ))
-    if args.command == "upload":
-        return upload_main(args)
     try:
         config = config_from_args(args, dict(os.environ))
     except ValueError as exc:

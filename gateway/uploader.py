@@ -774,6 +774,19 @@ async def run(options: UploadOptions, stdout: TextIO, stderr: TextIO) -> int:
     return EXIT_FAILED if any(t.error is not None for t in transfers) else EXIT_OK
 
 
+DESCRIPTION = ("Upload FILEs to the tus endpoint URL (ours, tusd, @tus/server, ...) and print "
+               "each upload URL on stdout, in argument order. An interrupted run resumes "
+               "where the server stopped when run again. Progress is shown on stderr when it "
+               "is a terminal. Exit status: 0 all uploaded, 1 some failed, 2 usage error.")
+
+
+def command(argv: Sequence[str]) -> int:
+    """``tus-gateway upload ARGS...``: parse the arguments and run."""
+    parser = argparse.ArgumentParser(prog="tus-gateway upload", description=DESCRIPTION)
+    add_arguments(parser)
+    return main(parser.parse_args(argv))
+
+
 def main(args: argparse.Namespace) -> int:
     """``tus-gateway upload``; returns the exit status."""
     try:
