@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+import contextlib
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -32,6 +33,17 @@ class IoPool:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self._background.shutdown(wait=True)
+
+
+async def stop_tasks(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
+    """Cancel background tasks and wait until each has ended; what they raise on the way
+    out is theirs to log, not the caller's (a shutdown goes on regardless)."""
+    running = [t for t in tasks if t is not None]
+    for task in running:
+        task.cancel()
+    for task in running:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 async def run_to_completion(step: Coroutine[Any, Any, T] | asyncio.Future[T]) -> T:

@@ -9,7 +9,6 @@ created at import time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
 import time
@@ -21,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 from aiohttp import web
 
-from gateway.aio import IoPool
+from gateway.aio import IoPool, stop_tasks
 from gateway.config import FsyncPolicy, GatewayConfig
 from gateway.cors import setup_cors
 from gateway.keys import CONFIG, RUNTIME, Runtime
@@ -193,9 +192,7 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
 
     task = asyncio.create_task(loop(), name="tus-expiry-sweeper")
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await stop_tasks([task])
 
 
 async def _interrupt_receivers(app: web.Application) -> None:

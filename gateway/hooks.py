@@ -55,7 +55,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from gateway.aio import run_to_completion
+from gateway.aio import run_to_completion, stop_tasks
 from gateway.config import GatewayConfig
 from gateway.state.base import UploadStore
 from gateway.state.lease import held_lease, lease_ttl
@@ -299,14 +299,7 @@ class Hooks:
 
     async def close(self) -> None:
         self._closed = True
-        tasks = list(self._active.values())
-        if self._scanner is not None:
-            tasks.append(self._scanner)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks([*self._active.values(), self._scanner])
         if self._session is not None:
             await self._session.close()
 

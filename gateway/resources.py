@@ -32,7 +32,7 @@ from pathlib import Path
 
 import psutil
 
-from gateway.aio import IoPool
+from gateway.aio import IoPool, stop_tasks
 from protocol import errors
 
 log = logging.getLogger(__name__)
@@ -127,10 +127,7 @@ class ResourceMonitor:
         self.thresholds = Thresholds(budget, self.high_percent, self.critical_percent)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_tasks([self._task])
 
     async def sample(self) -> None:
         self.rss, self.cpu_percent = await self.pool.run(self._read)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.aio import IoPool
+from gateway.aio import IoPool, stop_tasks
 from gateway.config import GatewayConfig
 from gateway.metrics import Metrics
 from gateway.state.base import UploadStore
@@ -164,14 +164,7 @@ class NotionSink:
         task.add_done_callback(forget)
 
     async def close(self) -> None:
-        tasks = [t.task for t in self.active.values()]
-        if self._scanner is not None:
-            tasks.append(self._scanner)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks([*(t.task for t in self.active.values()), self._scanner])
         close = getattr(self.resilient.limiter, "close", None)
         if close is not None:
             await close()  # a shared limiter's pending writes
