@@ -15,6 +15,9 @@
 //                       status bar's pause button, wait this long, then press it again (0: no)
 //   failUntilRetry      fail every PATCH (connection reset) until the Dashboard offers its
 //                       retry button, then let them through and press it
+//   maxPatches          give up as soon as the page has started more PATCHes than this, so
+//                       a page that loops on PATCH fails at once, not at the timeout
+//                       (absent: no limit)
 //   screenshot          where to save the finished Dashboard (PNG)
 //   timeoutMs           give up after this long
 //
@@ -35,10 +38,15 @@ const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms) })
 const deadline = Date.now() + config.timeoutMs
 let phase = 'first'
 let failing = Boolean(config.failUntilRetry)
+let patchesStarted = 0
 
 async function waitFor(what, predicate) {
   while (!(await predicate())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    if (config.maxPatches != null && patchesStarted > config.maxPatches) {
+      throw new Error(`${patchesStarted} PATCHes started, more than the ${config.maxPatches} ` +
+        `allowed, while waiting for ${what}`)
+    }
     await sleep(25)
   }
 }
@@ -135,7 +143,10 @@ try {
   })
   // The phase a request belongs to is the one it started in.
   const started = new WeakMap()
-  page.on('request', (request) => { started.set(request, phase) })
+  page.on('request', (request) => {
+    started.set(request, phase)
+    if (request.method() === 'PATCH') patchesStarted += 1
+  })
   const record = async (request, failure) => {
     if (!fromUploadGateway(new URL(request.url()))) return
     const entry = { phase: started.get(request) ?? phase, method: request.method(), url: request.url(), status: null,

@@ -89,10 +89,10 @@ def access_log(gw: GatewayProcess) -> list[dict[str, Any]]:
     return lines
 
 
-def keep_artifact(screenshot: Path) -> Path:
+def keep_artifact(screenshot: Path, name: str = "upload-page-dashboard.png") -> Path:
     """Copy the screenshot where CI collects artifacts; tmp_path is gone after the run."""
     ARTIFACTS.mkdir(exist_ok=True)
-    kept = ARTIFACTS / "upload-page-dashboard.png"
+    kept = ARTIFACTS / name
     shutil.copyfile(screenshot, kept)
     return kept
 
@@ -186,6 +186,48 @@ def test_dashboard_uploads_two_files_cross_origin_and_resumes_after_reload(
     for name, source in sources.items():
         url = next(r["uploadUrl"] for r in report["results"] if r["text"].startswith(name))
         assert_delivered(upload_gw, url, source, name)
+
+
+@disk_only
+def test_page_as_shipped_uploads_to_its_own_gateway(gateway_process: Gateways,
+                                                    tmp_path: Path) -> None:
+    """What a new user gets: a gateway with its defaults, the page at / with nothing in the
+    address, two files chosen through the Dashboard. Every other browser test sets options in
+    the address, so this is the one that sees the page's own defaults at work."""
+    chromium = tool("chromium", "run `make install-test`, which installs Debian's chromium")
+    gw = gateway_process()
+    origin = f"http://127.0.0.1:{gw.port}"
+    # Not multiples of any chunk size, so a chunked send would end with a short PATCH.
+    files = {"three.bin": 3 * MiB + 12_345, "small.bin": 760 * 1024 + 321}
+    sources = [random_file(tmp_path / name, size) for name, size in files.items()]
+    screenshot = tmp_path / "as-shipped.png"
+    report = run_driver({
+        "chromium": chromium,
+        "pageUrl": f"{origin}/",
+        "uploadOrigin": origin,
+        "files": [str(p) for p in sources],
+        "patchDelayMs": 0,
+        "reloadAfterPatches": 0,
+        "pauseMs": 0,
+        # A page that loops on PATCH fails here within moments, not at the timeout.
+        "maxPatches": 20,
+        "screenshot": str(screenshot),
+        "timeoutMs": 25_000,
+    }, tmp_path, gw)
+    keep_artifact(screenshot, "upload-page-as-shipped.png")
+    assert not report["consoleErrors"], report["consoleErrors"]
+    assert len(report["results"]) == len(files), report["results"]
+    for name, source in zip(files, sources, strict=True):
+        result = next(r for r in report["results"] if r["text"].startswith(name))
+        assert result["uploadUrl"].startswith(gw.url), result
+        assert result["done"] and result["status"] == "drained", result
+        assert_delivered(gw, result["uploadUrl"], source, name)
+
+    # The gateway's own account: each file in a PATCH or two, none sent empty over and over.
+    patches = [line for line in access_log(gw) if line["method"] == "PATCH"]
+    assert len(patches) <= 2 * len(files), [(p["status"], p["bytes_in"]) for p in patches]
+    assert len([p for p in patches if p["bytes_in"] == 0]) <= 1, patches
+    assert sum(p["bytes_in"] for p in patches) == sum(files.values()), patches
 
 
 @disk_only

@@ -58,6 +58,14 @@ function delays(raw) {
   return list.every((n) => Number.isFinite(n) && n >= 0) ? list : undefined
 }
 
+// Options for a plugin, without the ones whose value is undefined. Uppy spreads the options
+// it is given over its defaults, so a key that is present with the value undefined replaces
+// the default instead of leaving it: a chunkSize of undefined (no `?chunkSize=`) made
+// tus-js-client cut every PATCH body to nothing and send it again, forever.
+function setOnly(options) {
+  return Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined))
+}
+
 function bearerToken() {
   const fragment = new URLSearchParams(window.location.hash.slice(1))
   return fragment.get('token') || undefined
@@ -209,10 +217,11 @@ const uppy = new Uppy({
     showLinkToFileUploadResult: true,
     note: 'Drop files here or browse; several at once are fine.',
   })
-  .use(Tus, {
+  .use(Tus, setOnly({
     endpoint,
-    // Unset: each file goes in one PATCH, resumed from the stored offset if it is cut off.
-    // `?chunkSize=` bounds each PATCH, for proxies with a body size limit.
+    // Unset (no or no valid `?chunkSize=`): tus-js-client's default, each file in one PATCH,
+    // resumed from the stored offset if it is cut off. `?chunkSize=` bounds each PATCH, for
+    // proxies with a body size limit.
     chunkSize: positiveInt(params.get('chunkSize')),
     retryDelays: delays(params.get('retryDelays')) ?? RETRY_DELAYS_MS,
     // Keep the URL after success: adding the same file again finds it finished and sends
@@ -220,7 +229,7 @@ const uppy = new Uppy({
     removeFingerprintOnSuccess: false,
     limit: 4,
     headers: token ? { Authorization: `Bearer ${token}` } : {},
-  })
+  }))
 
 uppy.on('upload-success', (file, response) => {
   const uploadUrl = response?.uploadURL ?? file?.tus?.uploadUrl
