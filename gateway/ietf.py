@@ -39,10 +39,8 @@ async def dispatch(request: web.Request, headers: Headers, method: str,
     draft: ietf.Draft | None = None
     try:
         draft = ietf.draft_of(headers)
-        handler = handlers.get(method)
-        if handler is None:
-            raise errors.MethodNotAllowed(headers={"Allow": ", ".join(sorted(handlers))})
-        return await handler(request, headers, draft)
+        decisions.check_method(method, handlers)
+        return await handlers[method](request, headers, draft)
     except errors.TusError as exc:
         return await _problem_response(request, draft, exc)
 

@@ -7,7 +7,8 @@ that aiohttp-cors can answer browser preflights on the same resources.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from typing import Any
 
 import aiohttp_cors
 from aiohttp import web
@@ -20,7 +21,7 @@ from gateway.health import health
 from gateway.http import defer_continue, headers_of
 from gateway.metrics import metrics_handler
 from gateway.page import setup_page
-from protocol import decisions, errors, ietf
+from protocol import decisions, ietf
 from protocol.headers import Headers
 
 Handler = Callable[[web.Request, Headers], Awaitable[web.StreamResponse]]
@@ -30,6 +31,34 @@ class _TusView(aiohttp_cors.CorsViewMixin, web.View):
     METHODS: Mapping[str, Handler] = {}
     IETF_METHODS: dict[str, gateway_ietf.IetfHandler] = {}
 
+    def __await__(self) -> Generator[None, None, web.StreamResponse]:
+        # web.View picks a handler by attribute name and refuses any other method with a 405
+        # of its own before our code runs (and aiohttp-cors then fails on that answer, so the
+        # client got nothing). Here every method comes to ``_dispatch``, which answers it.
+        return self._answer().__await__()
+
+    async def _answer(self) -> web.StreamResponse:
+        if self.request.method == "OPTIONS":
+            return await self.options()
+        return await self._dispatch()
+
+    @classmethod
+    def get_request_config(cls, request: web.Request,
+                           request_method: str) -> Mapping[str, Any]:
+        # aiohttp-cors finds a method's settings by attribute name and raises KeyError for a
+        # method the view does not name. On an actual request every method is answered (a
+        # refusal too, which a browser should be able to read), so all share the resource's
+        # settings; a preflight still asks ``_get_config``, which refuses what the gateway
+        # does not serve.
+        config: Mapping[str, Any] = request.app[aiohttp_cors.APP_CONFIG_KEY].defaults
+        return config
+
+    async def _get_config(self, request: web.Request, origin: str,
+                          request_method: str) -> Mapping[str, Any]:
+        if request_method not in decisions.TUS_METHODS:
+            raise KeyError(request_method)  # aiohttp-cors answers the preflight with 403
+        return self.get_request_config(request, request_method)
+
     async def _dispatch(self) -> web.StreamResponse:
         request = self.request
         headers = headers_of(request)
@@ -38,12 +67,9 @@ class _TusView(aiohttp_cors.CorsViewMixin, web.View):
             # The IETF resumable uploads draft on the same URLs and uploads; it has no
             # Tus-Resumable. A GET stays a plain download whatever it carries.
             return await gateway_ietf.dispatch(request, headers, method, self.IETF_METHODS)
+        decisions.check_method(method, self.METHODS)
         decisions.check_version(method, headers)
-        handler = self.METHODS.get(method)
-        if handler is None:
-            raise errors.MethodNotAllowed(
-                headers={"Allow": ", ".join(sorted(self.METHODS))})
-        return await handler(request, headers)
+        return await self.METHODS[method](request, headers)
 
     async def options(self) -> web.StreamResponse:
         if ("Origin" in self.request.headers
@@ -51,8 +77,6 @@ class _TusView(aiohttp_cors.CorsViewMixin, web.View):
             response: web.StreamResponse = await super().options()  # type: ignore[no-untyped-call]
             return response
         return await self._dispatch()
-
-    get = head = post = put = patch = delete = _dispatch
 
 
 class CollectionView(_TusView):

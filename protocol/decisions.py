@@ -9,7 +9,7 @@ can fail happens before a plan exists, and a plan is only ever carried out whole
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from protocol import errors
@@ -35,6 +35,8 @@ from protocol.state import UploadStatus
 
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 TUS_METHODS = frozenset({"OPTIONS", "POST", "HEAD", "PATCH", "DELETE", "GET"})
+# RFC 9110's methods and PATCH (RFC 5789): refused with 405 where a URL does not take them.
+KNOWN_METHODS = TUS_METHODS | {"PUT", "CONNECT", "TRACE"}
 # OPTIONS needs no Tus-Resumable (tus: the server ignores it there). A GET is a plain download
 # that browsers follow from links, which cannot carry tus headers: it may omit the header,
 # but a GET that names a version we do not speak is refused like any other request.
@@ -60,14 +62,38 @@ class ProtocolSettings:
 
 
 def effective_method(method: str, headers: Headers) -> str:
-    """tus: "the Server MUST interpret the request as if the value of the header was the method"."""
+    """tus: "the Server MUST interpret the request as if the value of the header was the method".
+
+    The override is read case-insensitively, as tus clients send it. Whatever it names is
+    checked against the URL's methods by ``check_method``, like a method on the wire.
+    """
     override = headers.one("X-HTTP-Method-Override")
     if override is None or method == "OPTIONS":
         return method
-    override = override.strip().upper()
-    if override not in TUS_METHODS:
-        raise errors.MethodNotAllowed(f"X-HTTP-Method-Override {override[:20]!r} is not supported")
-    return override
+    return override.strip().upper()
+
+
+def check_method(method: str, allowed: Collection[str]) -> None:
+    """Refuse a method a URL does not take: 405 with ``Allow`` if it is a method the server
+    knows, 501 if not (``method_refused``)."""
+    if method not in allowed:
+        raise method_refused(method, allowed)
+
+
+def method_refused(method: str, allowed: Collection[str]) -> errors.TusError:
+    """The error for ``method`` on a URL that takes ``allowed``.
+
+    Known means a tus method or a standard HTTP method: a client that sends one of these
+    learns from ``Allow`` what to send instead. Anything else (WebDAV's methods, made-up
+    tokens, lowercase spellings, since methods are case-sensitive) is a method this server
+    does not implement anywhere. The detail names at most 20 characters of the method, so a
+    long token does not come back whole.
+    """
+    shown = repr(method[:20]) + ("..." if len(method) > 20 else "")
+    if method in KNOWN_METHODS:
+        return errors.MethodNotAllowed(f"{shown} is not allowed on this URL",
+                                       headers={"Allow": ", ".join(sorted(allowed))})
+    return errors.MethodNotImplemented(f"the server does not implement the method {shown}")
 
 
 def check_version(method: str, headers: Headers) -> None:

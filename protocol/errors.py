@@ -116,6 +116,11 @@ ModifyFinal = _error("ERR_MODIFY_FINAL", 403, "a final upload cannot be modified
 NotFound = _error("ERR_UPLOAD_NOT_FOUND", 404, "no upload with this id")
 MethodNotAllowed = _error("ERR_METHOD_NOT_ALLOWED", 405, "method not allowed on this URL",
                           Allow="OPTIONS, POST, HEAD, PATCH, DELETE, GET")
+# RFC 9110 section 9.1: "An origin server that receives a request method that is unrecognized
+# or not implemented SHOULD respond with the 501 (Not Implemented) status code." A standard
+# method that a URL does not take is 405 (above) instead.
+MethodNotImplemented = _error("ERR_METHOD_NOT_IMPLEMENTED", 501,
+                              "the server does not implement this method")
 # tus core: "If the offsets do not match, the Server MUST respond with the 409 Conflict status
 # without modifying the upload resource." The current offset rides along so clients can
 # recover without another HEAD.

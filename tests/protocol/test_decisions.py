@@ -10,6 +10,7 @@ from protocol import errors
 from protocol.decisions import (
     BodyFacts,
     ProtocolSettings,
+    check_method,
     check_version,
     effective_method,
     expires_at,
@@ -54,8 +55,15 @@ def test_version_check() -> None:
 def test_method_override() -> None:
     assert effective_method("POST", Headers({"X-HTTP-Method-Override": "patch"})) == "PATCH"
     assert effective_method("POST", Headers({})) == "POST"
-    with pytest.raises(errors.MethodNotAllowed):
-        effective_method("POST", Headers({"X-HTTP-Method-Override": "TRACE"}))
+    # What the override names is checked like a method on the wire: 405 if the server knows
+    # it, 501 if it does not.
+    assert effective_method("POST", Headers({"X-HTTP-Method-Override": "TRACE"})) == "TRACE"
+    with pytest.raises(errors.MethodNotAllowed) as info:
+        check_method("TRACE", {"OPTIONS", "POST"})
+    assert info.value.extra_headers["Allow"] == "OPTIONS, POST"
+    with pytest.raises(errors.MethodNotImplemented):
+        check_method("PROPFIND", {"OPTIONS", "POST"})
+    check_method("POST", {"OPTIONS", "POST"})
 
 
 def test_options_announce_configuration() -> None:
