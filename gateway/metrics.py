@@ -29,6 +29,7 @@ from prometheus_client import (
 
 from gateway.state.base import UploadStore
 from protocol import errors
+from protocol.decisions import KNOWN_METHODS
 
 # Request bodies on a LAN finish in milliseconds, a 5 GB PATCH over a phone in hours.
 DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.5, 1, 2.5, 10, 30, 120, 600, 3600)
@@ -107,7 +108,7 @@ class Metrics:
         @web.middleware
         async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
             started = time.perf_counter()
-            method = request.headers.get("X-HTTP-Method-Override", request.method).upper()
+            method = method_label(request)
             status = 500
             try:
                 response = await handler(request)
@@ -117,10 +118,29 @@ class Metrics:
                 status = exc.status
                 raise
             finally:
-                requests.labels(method, str(status)).inc()
+                requests.labels(method, status_label(status)).inc()
                 if method == "PATCH":
                     patch_duration.observe(time.perf_counter() - started)
         return count
+
+
+def method_label(request: web.Request) -> str:
+    """The method a request is counted under: the one it asks for (an override counts, as
+    the upload URLs honour it), from a closed set.
+
+    Every label value is a series kept for the life of the process, so a value the client
+    makes up must never become one: anything but a known method is "other".
+    """
+    method = request.method
+    override = request.headers.get("X-HTTP-Method-Override")
+    if override is not None and method != "OPTIONS":
+        method = override.strip().upper()
+    return method if method in KNOWN_METHODS else "other"
+
+
+def status_label(status: int) -> str:
+    """A status as a label: HTTP statuses are three digits, so at most 500 series."""
+    return str(status) if 100 <= status <= 599 else "other"
 
 
 METRICS = web.AppKey("metrics", Metrics)
