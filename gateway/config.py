@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,10 @@ class GatewayConfig:
     """Serve the upload page (Uppy's Dashboard, shipped with the package) at / and its files
     under /static/; on by default so a browser pointed at the gateway can upload at once.
     Turn it off where the gateway is only an API."""
+    page_token_origins: tuple[str, ...] = ()
+    """Origins (scheme://host[:port], comma-separated) besides this gateway's own that the
+    upload page may send its #token= bearer to when ?endpoint= names them. Empty by default,
+    so a link with a crafted ?endpoint= cannot carry a user's token to another server."""
     extensions: tuple[str, ...] = ALL_EXTENSIONS
     """tus extensions offered; OPTIONS announces exactly these."""
     access_log: bool = True
@@ -275,6 +280,10 @@ class GatewayConfig:
             problems.append("redis_prefix must be non-empty, without braces or spaces")
         if not self.cors_origins:
             problems.append("cors_origins must name at least one origin (or '*')")
+        bad_origins = [o for o in self.page_token_origins if not _is_origin(o)]
+        if bad_origins:
+            problems.append(f"page_token_origins must be origins like https://host:port, "
+                            f"without a path or '*': {', '.join(map(repr, bad_origins))}")
         problems += self._auth_and_log_problems()
         problems += self._hook_problems()
         if problems:
@@ -385,6 +394,21 @@ def _is_http_url(url: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _is_origin(value: str) -> bool:
+    """``http(s)://host[:port]`` and nothing else, as a browser writes an origin."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        return False
+    # A host name (or IPv4 address) or an IPv6 literal; non-ASCII names in their xn-- form,
+    # which is how a browser writes them in an origin.
+    host_ok = re.fullmatch(r"[a-z0-9.-]+|[0-9a-f:.]+", parts.hostname or "") is not None
+    return (parts.scheme in ("http", "https") and host_ok and "@" not in parts.netloc
+            and not (parts.path or parts.query or parts.fragment)
+            and not value.endswith(("?", "#")))
 
 
 ENV_PREFIX = "TUS_"

@@ -9,7 +9,9 @@ Theory of operation:
   read must not block the event loop), then kept in memory: the whole folder is a few
   hundred KiB and never changes while the gateway runs.
 - ``index.html`` gets the gateway's ``--base-path`` written in, so the page uploads to this
-  gateway whatever its prefix; everything else is served byte for byte.
+  gateway whatever its prefix, and ``--page-token-origins``, the other origins the page may
+  send its ``#token=`` to (it sends it to its own origin and those only); each value is
+  HTML-escaped into a meta tag. Everything else is served byte for byte.
 - Every answer carries an ETag (a hash of the bytes) and ``Cache-Control: no-cache``: the
   names carry no version, so a browser must ask again after an upgrade, and a 304 makes the
   asking cheap.
@@ -29,6 +31,7 @@ import hashlib
 import html
 import importlib.resources
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -51,6 +54,7 @@ STATIC_TYPES = {
     "THIRD-PARTY-LICENSES.txt": "text/plain",
 }
 BASE_PATH_SLOT = "{{base_path}}"
+TOKEN_ORIGINS_SLOT = "{{token_origins}}"
 # The page runs only our own bundle: no inline script, nothing from another origin except the
 # uploads themselves (the endpoint may be another gateway, so connect-src stays open) and
 # Uppy's thumbnails, which are blob: URLs.
@@ -73,11 +77,18 @@ def _read_static(name: str) -> bytes:
     return (importlib.resources.files(STATIC_PACKAGE) / STATIC_FOLDER / name).read_bytes()
 
 
+def page_slots(config: GatewayConfig) -> dict[str, str]:
+    """What the gateway writes into ``index.html``: each slot's text, before escaping."""
+    # Space-separated, as in a CSP source list: validate() refuses whitespace in an origin.
+    return {BASE_PATH_SLOT: config.base_path,
+            TOKEN_ORIGINS_SLOT: " ".join(config.page_token_origins)}
+
+
 @dataclass
 class PageFiles:
     """The static files, each read on first use and kept."""
 
-    base_path: str
+    slots: dict[str, str]
     _assets: dict[str, Asset] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -95,8 +106,10 @@ class PageFiles:
     def _load(self, name: str, body: bytes) -> Asset:
         content_type = "text/html" if name == INDEX else STATIC_TYPES[name]
         if name == INDEX:
-            body = body.replace(BASE_PATH_SLOT.encode(),
-                                html.escape(self.base_path, quote=True).encode())
+            # One pass, so a value that happens to spell another slot stays as it is.
+            pattern = re.compile(b"|".join(re.escape(slot.encode()) for slot in self.slots))
+            body = pattern.sub(lambda m: html.escape(self.slots[m[0].decode()],
+                                                     quote=True).encode(), body)
         etag = hashlib.sha256(body).hexdigest()[:32]
         return Asset(body, content_type, etag)
 
@@ -141,7 +154,7 @@ def setup_page(app: web.Application, config: GatewayConfig) -> None:
         log.warning("the upload page is off: --base-path %s overlaps its paths / and "
                     "/static/", config.base_path)
         return
-    files = PageFiles(config.base_path)
+    files = PageFiles(page_slots(config))
     # Every method, so the ones the page does not answer stay 404 rather than become 405.
     app.router.add_route("*", PAGE_PATH, _responder(files, INDEX))
     app.router.add_route("*", STATIC_PREFIX + "{name}", _responder(files, None))

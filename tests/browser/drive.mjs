@@ -15,6 +15,9 @@
 //                       status bar's pause button, wait this long, then press it again (0: no)
 //   failUntilRetry      fail every PATCH (connection reset) until the Dashboard offers its
 //                       retry button, then let them through and press it
+//   thenVisit           once the first page is done, open each of these in turn in the same
+//                       tab, add its files, start them and wait until the page lists them
+//                       finished: a list of { pageUrl, files }
 //   maxPatches          give up as soon as the page has started more PATCHes than this, so
 //                       a page that loops on PATCH fails at once, not at the timeout
 //                       (absent: no limit)
@@ -25,7 +28,8 @@
 // the phase it started in: "first" before the reload, "second" after it, "paused" while
 // paused, "retried" after the retry button), statusBarText (the Dashboard's progress line),
 // liveText and speeds (the page's speed line), results (the page's list of finished
-// uploads), fingerprints (tus keys in localStorage), consoleErrors.
+// uploads), fingerprints (tus keys in localStorage), consoleErrors, visits (for each page of
+// thenVisit: pageUrl and results).
 
 import { readFile } from 'node:fs/promises'
 import path from 'node:path'
@@ -33,7 +37,7 @@ import { chromium } from 'playwright-core'
 
 const config = JSON.parse(await readFile(process.argv[2], 'utf8'))
 const report = { status: 'error', error: null, requests: [], statusBarText: [], liveText: [],
-  speeds: [], results: [], fingerprints: [], consoleErrors: [] }
+  speeds: [], results: [], fingerprints: [], consoleErrors: [], visits: [] }
 const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms) })
 const deadline = Date.now() + config.timeoutMs
 let phase = 'first'
@@ -53,8 +57,8 @@ async function waitFor(what, predicate) {
 
 // Drop the files on the Dashboard. A test cannot drag from the desktop, so the page builds
 // the DataTransfer a real drop would carry and gets dragover and drop events with it.
-async function dropFiles(page) {
-  const files = await Promise.all(config.files.map(async (file) => (
+async function dropFiles(page, paths) {
+  const files = await Promise.all(paths.map(async (file) => (
     { name: path.basename(file), data: (await readFile(file)).toString('base64') })))
   const dataTransfer = await page.evaluateHandle((items) => {
     const transfer = new DataTransfer()
@@ -71,16 +75,30 @@ async function dropFiles(page) {
 
 // Add the files through the Dashboard's own file input (what "browse" opens) or by a drop,
 // and press its upload button, as a person would.
-async function addFilesAndStart(page) {
+async function addFilesAndStart(page, files = config.files) {
   if (config.dropFiles) {
-    await dropFiles(page)
+    await dropFiles(page, files)
   } else {
-    await page.locator('input.uppy-Dashboard-input[type="file"]').first()
-      .setInputFiles(config.files)
+    await page.locator('input.uppy-Dashboard-input[type="file"]').first().setInputFiles(files)
   }
   await waitFor('the Dashboard to list the files', async () => (
-    await page.locator('.uppy-Dashboard-Item').count()) === config.files.length)
+    await page.locator('.uppy-Dashboard-Item').count()) === files.length)
   await page.locator('.uppy-StatusBar-actionBtn--upload').click()
+}
+
+const finishedResults = async (page) => page.locator('#results li').evaluateAll((items) => (
+  items.map((li) => ({ text: li.textContent, uploadUrl: li.dataset.uploadUrl,
+    status: li.dataset.status, sinkStatus: li.dataset.sinkStatus ?? null,
+    done: li.dataset.done === 'true' }))))
+
+async function visit(page, { pageUrl, files }) {
+  // By way of a blank page, so an address that differs only in its fragment loads afresh.
+  await page.goto('about:blank')
+  await page.goto(pageUrl)
+  await addFilesAndStart(page, files)
+  await waitFor(`the files of ${pageUrl} to be reported finished`, async () => (
+    await page.locator('#results li[data-done="true"]').count()) >= files.length)
+  report.visits.push({ pageUrl, results: await finishedResults(page) })
 }
 
 const answeredPatches = () => report.requests.filter(
@@ -193,11 +211,10 @@ try {
     return done >= config.files.length
   })
   await page.screenshot({ path: config.screenshot, fullPage: true })
-  report.results = await page.locator('#results li').evaluateAll((items) => items.map(
-    (li) => ({ text: li.textContent, uploadUrl: li.dataset.uploadUrl, status: li.dataset.status,
-      sinkStatus: li.dataset.sinkStatus ?? null, done: li.dataset.done === 'true' })))
+  report.results = await finishedResults(page)
   report.fingerprints = await page.evaluate(
     () => Object.keys(window.localStorage).filter((key) => key.startsWith('tus::')))
+  for (const next of config.thenVisit ?? []) await visit(page, next)
   report.status = 'ok'
 } catch (error) {
   report.error = String(error?.stack ?? error)

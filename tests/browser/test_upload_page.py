@@ -16,14 +16,17 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gateway.config import GatewayConfig
+from gateway.page import INDEX, PageFiles, page_slots
 from tests.clients.support import MiB, assert_delivered, random_file
+from tests.clients.test_cli_upload import Proxy
 from tests.conftest import ROOT, ClientFactory, GatewayProcess
 
 BROWSER_DIR = ROOT / "tests" / "browser"
@@ -38,6 +41,10 @@ CHUNK_BYTES = 256 * 1024
 
 Gateways = Callable[..., GatewayProcess]
 Report = dict[str, Any]
+TUS_METHODS = ("POST", "HEAD", "PATCH", "DELETE")
+# A request's head as it crossed a relay: request line, then header lines up to a blank line.
+REQUEST_HEAD = re.compile(
+    rb"(GET|HEAD|POST|PATCH|DELETE|OPTIONS) (\S+) HTTP/1\.1\r\n(.*?)\r\n\r\n", re.DOTALL)
 
 # The page does not care where state lives; one backend is enough.
 disk_only = pytest.mark.parametrize("backend", ["disk"], indirect=True)
@@ -87,6 +94,38 @@ def access_log(gw: GatewayProcess) -> list[dict[str, Any]]:
         if record.get("logger") == "gateway.access":
             lines.append(record)
     return lines
+
+
+def relayed(relay: Proxy) -> list[tuple[str, str, dict[str, str]]]:
+    """The tus requests a relay passed on: method, path and headers (names in lower case),
+    read from the bytes themselves, as the server behind it got them."""
+    found = []
+    for match in REQUEST_HEAD.finditer(bytes(relay.sent)):
+        method, path = match[1].decode(), match[2].decode()
+        if method not in TUS_METHODS or not path.startswith("/files/"):
+            continue
+        headers = {}
+        for line in match[3].decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        found.append((method, path, headers))
+    return found
+
+
+@pytest.fixture
+def relays() -> Iterator[Callable[[], Proxy]]:
+    """Loopback TCP relays, each its own origin in front of a gateway, that keep every byte
+    the browser sent through them. The gateway's port is set once it runs (the gateway's
+    flags may name a relay's origin, so the relay comes first)."""
+    made: list[Proxy] = []
+
+    def factory() -> Proxy:
+        made.append(Proxy(target_port=0))
+        return made[-1]
+
+    yield factory
+    for relay in made:
+        relay.close()
 
 
 def keep_artifact(screenshot: Path, name: str = "upload-page-dashboard.png") -> Path:
@@ -231,6 +270,56 @@ def test_page_as_shipped_uploads_to_its_own_gateway(gateway_process: Gateways,
 
 
 @disk_only
+def test_token_goes_only_to_the_pages_own_origin_and_listed_ones(
+        gateway_process: Gateways, relays: Callable[[], Proxy], tmp_path: Path) -> None:
+    """One gateway behind three relays, each another origin. The page, served through
+    ``own``, sends its #token= to its own origin and to the one --page-token-origins lists,
+    and keeps it from an endpoint that a link names but the operator did not list."""
+    chromium = tool("chromium", "run `make install-test`, which installs Debian's chromium")
+    own, listed, unlisted = relays(), relays(), relays()
+    gw = gateway_process("--page-token-origins", listed.url(""))
+    for relay in (own, listed, unlisted):
+        relay.target_port = gw.port
+    token = "page-token-3f9a"
+    sources = {relay: random_file(tmp_path / f"{name}.bin", 200_000 + i * 1000)
+               for i, (name, relay) in enumerate(
+                   {"own": own, "listed": listed, "unlisted": unlisted}.items())}
+    page = own.url("/")
+    report = run_driver({
+        "chromium": chromium,
+        "pageUrl": f"{page}#token={token}",
+        "uploadOrigin": own.url(""),
+        "files": [str(sources[own])],
+        "patchDelayMs": 0,
+        "reloadAfterPatches": 0,
+        "pauseMs": 0,
+        "thenVisit": [
+            {"pageUrl": f"{page}?endpoint={relay.url()}#token={token}",
+             "files": [str(sources[relay])]} for relay in (listed, unlisted)],
+        "maxPatches": 10,
+        "screenshot": str(tmp_path / "token.png"),
+        "timeoutMs": 25_000,
+    }, tmp_path, gw)
+    assert not report["consoleErrors"], report["consoleErrors"]
+
+    bearer = f"Bearer {token}"
+    for relay in (own, listed, unlisted):
+        sent = relayed(relay)
+        assert {"POST", "PATCH"} <= {method for method, _path, _headers in sent}, sent
+        if relay is unlisted:
+            assert not [h for _m, _p, h in sent if "authorization" in h], sent
+            assert token.encode() not in relay.sent
+        else:
+            assert all(h.get("authorization") == bearer for _m, _p, h in sent), sent
+    results = [report["results"], *(v["results"] for v in report["visits"])]
+    for relay, shown in zip((own, listed, unlisted), results, strict=True):
+        name = sources[relay].name
+        assert len(shown) == 1 and shown[0]["text"].startswith(name), shown
+        assert shown[0]["done"] and shown[0]["uploadUrl"].startswith(relay.url()), shown
+        assert_delivered(gw, shown[0]["uploadUrl"], sources[relay], name)
+
+
+@disk_only
 def test_dropped_file_is_sent_again_by_the_retry_button(gateway_process: Gateways,
                                                         tmp_path: Path) -> None:
     """The file arrives by drag and drop; every PATCH fails until Uppy gives up (no automatic
@@ -303,6 +392,41 @@ async def test_page_uploads_to_the_configured_base_path(make_client: ClientFacto
     client: TestClient[Any, Any] = await make_client(base_path="/up/")
     html = await (await client.get("/")).text()
     assert '<meta name="tus-base-path" content="/up/">' in html
+
+
+@disk_only
+async def test_page_names_the_origins_its_token_may_go_to(make_client: ClientFactory) -> None:
+    default: TestClient[Any, Any] = await make_client()
+    assert '<meta name="tus-token-origins" content="">' in await (await default.get("/")).text()
+    client: TestClient[Any, Any] = await make_client(
+        page_token_origins=("https://a.example", "http://127.0.0.1:8080"))
+    html = await (await client.get("/")).text()
+    assert ('<meta name="tus-token-origins" content="https://a.example '
+            'http://127.0.0.1:8080">') in html
+
+
+async def test_page_values_are_escaped_and_written_once() -> None:
+    # validate() keeps quotes out of origins; the base path is only checked for its slashes.
+    config = GatewayConfig(base_path='/a"><script>{{token_origins}}/',
+                           page_token_origins=("https://a.example",))
+    html = (await PageFiles(page_slots(config)).get(INDEX)).body.decode()
+    assert ('<meta name="tus-base-path" content="/a&quot;&gt;&lt;script&gt;{{token_origins}}/">'
+            in html)
+    assert '<meta name="tus-token-origins" content="https://a.example">' in html
+
+
+@pytest.mark.parametrize("origin", [
+    "*", "https://a.example/", "https://a.example/path", "https://a.example?x", "ftp://a.example",
+    "https://user@a.example", "https://a.example:port", 'https://a"b.example', "a.example", ""])
+def test_token_origins_must_be_origins(origin: str) -> None:
+    with pytest.raises(ValueError, match="page_token_origins"):
+        GatewayConfig(page_token_origins=(origin,)).validate()
+
+
+def test_token_origins_come_from_a_comma_separated_setting() -> None:
+    config = GatewayConfig.from_env(
+        {"TUS_PAGE_TOKEN_ORIGINS": "https://a.example, http://[::1]:8080"})
+    assert config.page_token_origins == ("https://a.example", "http://[::1]:8080")
 
 
 @disk_only

@@ -16,6 +16,11 @@
 //   upload's earlier bytes are not this page's speed).
 // - `#token=...` in the address becomes `Authorization: Bearer ...` for gateways that guard
 //   creation (--auth); the fragment is never sent to a server, so it stays out of logs.
+//   The token goes only to the page's own origin and to the origins the gateway lists
+//   (--page-token-origins, written into the page): anyone can send a user a link whose
+//   `?endpoint=` is their own server. The check is made for each request, on the URL it
+//   goes to, so an upload URL (a Location, or one remembered in localStorage) on another
+//   origin gets no token either.
 
 import Uppy from '@uppy/core'
 import Dashboard from '@uppy/dashboard'
@@ -43,6 +48,35 @@ function basePath() {
   const value = meta?.getAttribute('content') ?? ''
   // Opened from disk (or a server that does not fill the template in): the default path.
   return value.startsWith('/') ? value : '/files/'
+}
+
+// Origins the token may go to, each as the browser writes it (`new URL(...).origin`), so
+// comparing strings compares origins. An opaque origin ("null": a page opened from disk,
+// a data: URL) matches nothing, since every opaque origin serializes the same way.
+function tokenOrigins() {
+  const meta = document.querySelector('meta[name="tus-token-origins"]')
+  const listed = (meta?.getAttribute('content') ?? '').split(/\s+/).filter(Boolean)
+  const origins = new Set()
+  for (const entry of [window.location.origin, ...listed]) {
+    const origin = originOf(entry)
+    if (origin !== null) origins.add(origin)
+  }
+  return origins
+}
+
+// An absolute or page-relative URL, parsed; null when it does not parse.
+function resolve(url) {
+  try {
+    return new URL(url, window.location.href)
+  } catch {
+    return null
+  }
+}
+
+// The URL's origin; null when it does not parse or its origin is opaque.
+function originOf(url) {
+  const origin = resolve(url)?.origin
+  return origin === undefined || origin === 'null' ? null : origin
 }
 
 function positiveInt(raw) {
@@ -194,9 +228,20 @@ async function watchStatus(file, uploadUrl) {
 }
 
 const params = new URLSearchParams(window.location.search)
-const endpoint = new URL(params.get('endpoint') || basePath(), window.location.href).href
+const wanted = params.get('endpoint') || basePath()
+// One that does not parse is passed on as written: the upload then fails where the
+// Dashboard shows it, and no token goes with it.
+const endpoint = resolve(wanted)?.href ?? wanted
 document.getElementById('endpoint').textContent = endpoint
 const token = bearerToken()
+const trusted = tokenOrigins()
+
+// Called by tus-js-client before every request it sends (creation, HEAD, PATCH, DELETE).
+function authorize(request) {
+  if (token && trusted.has(originOf(request.getURL()))) {
+    request.setHeader('Authorization', `Bearer ${token}`)
+  }
+}
 
 const uppy = new Uppy({
   // A fixed id: it is part of every file's id and so of the tus fingerprint, which has to be
@@ -228,7 +273,7 @@ const uppy = new Uppy({
     // nothing, rather than storing a second copy.
     removeFingerprintOnSuccess: false,
     limit: 4,
-    headers: token ? { Authorization: `Bearer ${token}` } : {},
+    onBeforeRequest: authorize,
   }))
 
 uppy.on('upload-success', (file, response) => {
