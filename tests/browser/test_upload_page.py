@@ -6,6 +6,9 @@ Debian's chromium) adds two files through the Dashboard's file input, starts the
 the page midway, adds the same files again, pauses and resumes, and waits for the page's
 list of finished uploads. The checks use what the browser sent (its request log), what B
 logged (its JSON access log) and what B stored (SHA-256 over GET and of ``complete/``).
+The other browser tests cover the page exactly as shipped (a gateway's defaults, ``/`` with
+nothing in the address), where the #token= bearer goes (read off loopback relays, as the
+server behind them got the requests) and the Dashboard's retry button.
 ``chromium``, Node and ``tests/browser/node_modules`` come from ``make install-test``;
 without them the browser test fails rather than skips.
 """
