@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from gateway.config import GatewayConfig
 from gateway.keys import CONFIG, RUNTIME
 from gateway.uploads import Uploads
+from protocol import origin
 from protocol.decisions import BodyFacts
 from protocol.headers import Headers
 
@@ -38,6 +39,20 @@ async def defer_continue(request: web.Request) -> None:
     return None
 
 
+def public_origin(request: web.Request) -> tuple[str, str]:
+    """The scheme and host[:port] the client used (``protocol.origin``); a malformed Host,
+    or behind a proxy (``--behind-proxy``) a malformed forwarded host, is ``InvalidHost``.
+
+    The upload URLs call this before anything else, so a request that could not be given a
+    sound ``Location`` changes nothing.
+    """
+    config: GatewayConfig = request.app[CONFIG]
+    # An HTTP/1.0 request may omit Host: then the address it arrived on names the server.
+    local_host = request.host if request.version < HttpVersion11 else None
+    return origin.public_origin(headers_of(request), request.scheme,
+                                behind_proxy=config.behind_proxy, local_host=local_host)
+
+
 def location(request: web.Request, upload_id: str) -> str:
     """Absolute URL of an upload (TUS-CRE-11).
 
@@ -45,35 +60,5 @@ def location(request: web.Request, upload_id: str) -> str:
     client that asked. Behind a proxy (``--behind-proxy``), Forwarded or X-Forwarded-* name
     the public scheme and host instead.
     """
-    config: GatewayConfig = request.app[CONFIG]
-    scheme, host = request.scheme, request.host
-    if config.behind_proxy:
-        scheme, host = _forwarded(request, scheme, host)
-    return f"{scheme}://{host}{config.base_path}{upload_id}"
-
-
-def _forwarded(request: web.Request, scheme: str, host: str) -> tuple[str, str]:
-    forwarded = request.headers.get("Forwarded")
-    if forwarded:
-        # RFC 7239: the first element was added by the proxy nearest the client.
-        for pair in forwarded.split(",", 1)[0].split(";"):
-            name, _, value = pair.strip().partition("=")
-            value = value.strip().strip('"')
-            if name.lower() == "proto" and value in ("http", "https"):
-                scheme = value
-            elif name.lower() == "host" and _plausible_host(value):
-                host = value
-        return scheme, host
-    fwd_host = request.headers.get("X-Forwarded-Host", "").split(",", 1)[0].strip()
-    fwd_proto = request.headers.get("X-Forwarded-Proto", "").split(",", 1)[0].strip().lower()
-    if fwd_host and _plausible_host(fwd_host):
-        host = fwd_host
-    if fwd_proto in ("http", "https"):
-        scheme = fwd_proto
-    return scheme, host
-
-
-def _plausible_host(value: str) -> bool:
-    """A host[:port] with no characters that could break out of a URL."""
-    return bool(value) and len(value) <= 255 and all(
-        ch.isalnum() or ch in "-.:[]_" for ch in value)
+    scheme, host = public_origin(request)
+    return f"{scheme}://{host}{request.app[CONFIG].base_path}{upload_id}"

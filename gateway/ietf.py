@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway.auth import bearer_token, check_bearer, verify_token
-from gateway.http import body_facts, location, send_continue, uploads_of
+from gateway.http import body_facts, location, public_origin, send_continue, uploads_of
 from gateway.keys import CONFIG
 from gateway.middleware import CLOSE_AFTER
 from gateway.uploads import Uploads, checked_id
@@ -39,6 +39,7 @@ async def dispatch(request: web.Request, headers: Headers, method: str,
     draft: ietf.Draft | None = None
     try:
         draft = ietf.draft_of(headers)
+        public_origin(request)  # refuse a malformed Host before anything can be created
         decisions.check_method(method, handlers)
         return await handlers[method](request, headers, draft)
     except errors.TusError as exc:

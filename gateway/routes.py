@@ -18,7 +18,7 @@ from gateway import ietf as gateway_ietf
 from gateway.config import GatewayConfig
 from gateway.handlers import sink_retry, upload_status
 from gateway.health import health
-from gateway.http import defer_continue, headers_of
+from gateway.http import defer_continue, headers_of, public_origin
 from gateway.metrics import metrics_handler
 from gateway.page import setup_page
 from protocol import decisions, ietf
@@ -67,6 +67,7 @@ class _TusView(aiohttp_cors.CorsViewMixin, web.View):
             # The IETF resumable uploads draft on the same URLs and uploads; it has no
             # Tus-Resumable. A GET stays a plain download whatever it carries.
             return await gateway_ietf.dispatch(request, headers, method, self.IETF_METHODS)
+        public_origin(request)  # refuse a malformed Host before anything can be created
         decisions.check_method(method, self.METHODS)
         decisions.check_version(method, headers)
         return await self.METHODS[method](request, headers)

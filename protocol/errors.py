@@ -84,6 +84,9 @@ InvalidChecksum = _error("ERR_INVALID_CHECKSUM", 400,
 UnsupportedChecksum = _error("ERR_UNSUPPORTED_CHECKSUM", 400,
                              "the checksum algorithm is not supported")
 InvalidHeader = _error("ERR_INVALID_HEADER", 400, "a request header is malformed")
+# RFC 9112 section 3.2: a request without Host, with several, or with an invalid one gets 400.
+# The host (or, behind a proxy, the forwarded host) becomes part of Location (protocol/origin.py).
+InvalidHost = _error("ERR_INVALID_HOST", 400, "the Host header is missing or not a host[:port]")
 BodyNotAllowed = _error("ERR_BODY_NOT_ALLOWED", 400, "this request must not carry a body")
 # The IETF resumable uploads draft (protocol/ietf.py). A request naming an interop version we
 # do not implement must not get a 104, and is no tus request either.

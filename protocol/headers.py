@@ -57,6 +57,12 @@ class Headers:
             raise error(f"{name} must be sent once")
         return found[0]
 
+    def first(self, name: str) -> str | None:
+        """The first field line of a list-valued header (such as Forwarded), which may be
+        sent several times."""
+        found = self._values.get(name.lower())
+        return found[0] if found else None
+
 
 def parse_uint(value: str, error: type[errors.TusError]) -> int:
     """A tus integer: ASCII digits only, no sign, no spaces, at most 2**63-1."""
