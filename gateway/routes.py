@@ -1,4 +1,5 @@
-"""Map the tus methods on the two URLs to their handlers.
+"""Map the tus methods on the two URLs (the collection, also without its trailing slash, and
+an upload) to their handlers.
 
 Both URLs are served by a view so that X-HTTP-Method-Override can pick the handler (tus:
 "the Server MUST interpret the request as if the value of the header was the method") and so
@@ -94,8 +95,15 @@ class UploadView(_TusView):
 def setup_routes(app: web.Application, config: GatewayConfig) -> list[web.AbstractRoute]:
     base = config.base_path
     setup_page(app, config)  # not CORS-enabled: the page is only for same-origin use
+    collection = [app.router.add_route("*", base, CollectionView, expect_handler=defer_continue)]
+    if base != "/":
+        # The collection without its slash is the collection too, as for tusd and @tus/server:
+        # some clients strip the slash from the URL they are given (the resumable-upload CLI
+        # does). Uploads keep one URL, <base_path><id>, whichever was used to create them.
+        collection.append(app.router.add_route("*", base.rstrip("/"), CollectionView,
+                                               expect_handler=defer_continue))
     return [
-        app.router.add_route("*", base, CollectionView, expect_handler=defer_continue),
+        *collection,
         app.router.add_route("*", base + "{upload_id}", UploadView,
                              expect_handler=defer_continue),
         app.router.add_get("/api/upload/status/{upload_id}", upload_status),

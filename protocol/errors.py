@@ -133,6 +133,13 @@ UploadNotFinished = _error("ERR_UPLOAD_NOT_FINISHED", 409, "the upload is not fi
 SinkNotFailed = _error("ERR_SINK_NOT_FAILED", 409, "the upload's delivery has not failed")
 SinkCannotRetry = _error("ERR_SINK_CANNOT_RETRY", 409,
                          "the configured sink does not retry deliveries")
+# Each unassembled final waiting for a partial is assembled inside that partial's last PATCH
+# (gateway/uploads.py), so their number per partial is bounded (--max-finals-per-partial).
+# 409: the partial's state is the conflict; once it is finished a new final is assembled at
+# once and waits for nothing.
+TooManyFinals = _error("ERR_TOO_MANY_FINALS", 409,
+                       "as many final uploads as allowed already wait for this partial "
+                       "upload; create this final once the partial is finished")
 Gone = _error("ERR_UPLOAD_GONE", 410, "the upload was terminated or has expired")
 DataDelivered = _error("ERR_DATA_DELIVERED", 410,
                        "the file was delivered to the sink and is no longer kept here; "
@@ -153,6 +160,21 @@ UploadInterrupted = _error("ERR_UPLOAD_INTERRUPTED", 423,
 UploadLocked = _error("ERR_UPLOAD_LOCKED", 423,
                       "the upload is busy and its holder did not let go in time",
                       Retry_After="1")
+# RFC 6585 section 4: 429 Too Many Requests, with Retry-After. Unfinished uploads are kept
+# until they finish, are deleted or expire, so their number is bounded in total
+# (--max-open-uploads) and per client (--max-open-uploads-per-client); nothing is created.
+OpenUploadsLimit = _error("ERR_OPEN_UPLOADS_LIMIT", 429,
+                          "the server holds as many unfinished uploads as it may; retry later",
+                          Retry_After="10")
+ClientOpenUploadsLimit = _error("ERR_CLIENT_OPEN_UPLOADS_LIMIT", 429,
+                                "you have as many unfinished uploads as allowed; finish or "
+                                "delete some first", Retry_After="10")
+# A PATCH that carries and changes nothing, repeated for the same upload within
+# --empty-patch-interval (a client stuck in a loop). The answer's Retry-After says when the
+# next one is taken; a PATCH with bytes is taken at once.
+EmptyPatchTooSoon = _error("ERR_EMPTY_PATCH_TOO_SOON", 429,
+                           "an empty PATCH that changes nothing was repeated too soon; send "
+                           "bytes, or wait", Retry_After="1")
 # tus checksum: "460 Checksum Mismatch" — the chunk is discarded, the offset does not move.
 ChecksumMismatch = _error("ERR_CHECKSUM_MISMATCH", 460, "the checksum does not match the body")
 # The stall timer ended a PATCH whose client stopped sending. The connection is closed, so

@@ -113,6 +113,9 @@ class UploadInfo:
     data_removed: bool = False
     # Set when a post-finish hook is configured and the upload finishes (not for partials).
     hook: HookState | None = None
+    # Who created it, as a hashed key (gateway/limits.py): unfinished uploads count against
+    # their creator's limit, also after a restart. Never shown to clients.
+    client: str = ""
 
     @property
     def is_final(self) -> bool:
@@ -144,6 +147,7 @@ class UploadInfo:
             "assembled": self.assembled,
             "data_removed": self.data_removed,
             "hook": None if self.hook is None else self.hook.to_json(),
+            "client": self.client,
         }
 
     @classmethod
@@ -172,6 +176,7 @@ class UploadInfo:
             assembled=bool(data.get("assembled", False)),
             data_removed=bool(data.get("data_removed", False)),
             hook=None if raw_hook is None else HookState.from_json(raw_hook),
+            client=str(data.get("client") or ""),
         )
 
 

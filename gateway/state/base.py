@@ -75,11 +75,36 @@ class UploadStore(Protocol):
         """Remove bytes that have no record (an interrupted create) from before ``older_than``."""
 
     # Final concatenations that wait for partials, visible to every process of the store.
-    async def register_final(self, final_id: str, partial_ids: tuple[str, ...]) -> None: ...
+    async def register_final(self, final_id: str, partial_ids: tuple[str, ...], *,
+                             max_per_partial: int = 0) -> None:
+        """Note that the final waits for these partials. With ``max_per_partial`` (0: no
+        limit), ``errors.TooManyFinals`` if one of them already has that many finals
+        waiting, and nothing is noted. Registering a final again changes nothing."""
 
     async def unregister_final(self, final_id: str) -> None: ...
 
     async def waiting_finals(self) -> dict[str, tuple[str, ...]]: ...
+
+    async def finals_waiting_on(self, partial_id: str) -> list[str]:
+        """The finals registered as waiting for this partial (at most the limit they were
+        registered with), without reading every waiting final."""
+
+    # Open (unfinished) uploads, counted in total and per client so that creations can be
+    # refused before they use up inodes or memory. The caller claims a slot before it
+    # creates the record and releases it when the upload finishes; ``terminate`` releases it.
+    async def claim_open_slot(self, upload_id: str, client: str, *, max_total: int,
+                              max_per_client: int) -> None:
+        """Count the upload as open for ``client`` (a short key, see ``gateway.limits``);
+        atomic across every process of the store. ``errors.OpenUploadsLimit`` when
+        ``max_total`` are open, ``errors.ClientOpenUploadsLimit`` when ``max_per_client``
+        of this client are (0: no limit); a refused claim counts nothing. Claiming an
+        upload already counted changes nothing."""
+
+    async def release_open_slot(self, upload_id: str) -> None:
+        """Stop counting the upload as open (finished or removed). Idempotent."""
+
+    async def open_slots_taken(self, client: str | None = None) -> int:
+        """How many uploads are open: in total, or of one client."""
 
     # A remote sink's checkpoint (see ``protocol.model.Checkpoint``).
     async def checkpoint(self, upload_id: str) -> Checkpoint:

@@ -112,6 +112,9 @@ class DiskStore:
         self._changes = 0  # counts cache writes, so a racing lockless read is not cached
         self._dir_lock_fd: int | None = None
         self._finals: dict[str, tuple[str, ...]] = {}
+        self._waiting: dict[str, set[str]] = {}  # partial -> the finals waiting for it
+        self._open: dict[str, str] = {}  # unfinished upload -> its client
+        self._open_of: dict[str, set[str]] = {}  # client -> its unfinished uploads
         self._ckpt_locks: dict[str, asyncio.Lock] = {}
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, expires, monotonic)
         self._owed: set[str] = set()
@@ -141,7 +144,8 @@ class DiskStore:
             try:
                 info = UploadInfo.from_json(json.loads(record.read_bytes()))
                 if isinstance(info.concat, ConcatFinal) and not info.assembled:
-                    self._finals[info.upload_id] = info.concat.upload_ids
+                    self._note_final(info.upload_id, info.concat.upload_ids)
+                self._reopen_slot(info)
             except (ValueError, KeyError, TypeError):
                 # A create that crashed before its 201: nobody knows this id. Drop it.
                 record.unlink(missing_ok=True)
@@ -361,6 +365,7 @@ class DiskStore:
             await self._pool.run(self._terminate_sync, upload_id, reason)
         finally:
             self._forget(upload_id)
+        self._release_slot(upload_id)
         return True
 
     def _terminate_sync(self, upload_id: str, reason: str) -> None:
@@ -404,14 +409,76 @@ class DiskStore:
 
     # --- finals waiting for partials: one process owns the directory, so memory (rebuilt
     # from the records at open) is enough ----------------------------------------------------
-    async def register_final(self, final_id: str, partial_ids: tuple[str, ...]) -> None:
+    async def register_final(self, final_id: str, partial_ids: tuple[str, ...], *,
+                             max_per_partial: int = 0) -> None:
+        if final_id not in self._finals and max_per_partial > 0:
+            for partial_id in set(partial_ids):
+                if len(self._waiting.get(partial_id, ())) >= max_per_partial:
+                    raise errors.TooManyFinals(f"partial upload {partial_id} has "
+                                               f"{max_per_partial} finals waiting for it")
+        self._note_final(final_id, partial_ids)
+
+    def _note_final(self, final_id: str, partial_ids: tuple[str, ...]) -> None:
         self._finals[final_id] = partial_ids
+        for partial_id in partial_ids:
+            self._waiting.setdefault(partial_id, set()).add(final_id)
 
     async def unregister_final(self, final_id: str) -> None:
-        self._finals.pop(final_id, None)
+        for partial_id in self._finals.pop(final_id, ()):
+            waiting = self._waiting.get(partial_id)
+            if waiting is not None:
+                waiting.discard(final_id)
+                if not waiting:
+                    del self._waiting[partial_id]
 
     async def waiting_finals(self) -> dict[str, tuple[str, ...]]:
         return dict(self._finals)
+
+    async def finals_waiting_on(self, partial_id: str) -> list[str]:
+        return sorted(self._waiting.get(partial_id, ()))
+
+    # --- open uploads: counted in memory (one process owns the directory), rebuilt at open
+    # from the records: an upload is open until its record says it finished -----------------
+    async def claim_open_slot(self, upload_id: str, client: str, *, max_total: int,
+                              max_per_client: int) -> None:
+        # No await between the checks and the change: claims on this loop cannot interleave.
+        if upload_id in self._open:
+            return
+        if max_total > 0 and len(self._open) >= max_total:
+            raise errors.OpenUploadsLimit()
+        if max_per_client > 0 and len(self._open_of.get(client, ())) >= max_per_client:
+            raise errors.ClientOpenUploadsLimit()
+        self._take_slot(upload_id, client)
+
+    def _take_slot(self, upload_id: str, client: str) -> None:
+        self._open[upload_id] = client
+        self._open_of.setdefault(client, set()).add(upload_id)
+
+    async def release_open_slot(self, upload_id: str) -> None:
+        self._release_slot(upload_id)
+
+    def _release_slot(self, upload_id: str) -> None:
+        client = self._open.pop(upload_id, None)
+        mine = self._open_of.get(client or "")
+        if client is not None and mine is not None:
+            mine.discard(upload_id)
+            if not mine:
+                del self._open_of[client]
+
+    async def open_slots_taken(self, client: str | None = None) -> int:
+        return len(self._open) if client is None else len(self._open_of.get(client, ()))
+
+    def _reopen_slot(self, info: UploadInfo) -> None:
+        """At open: count the upload again if its record and bytes say it is unfinished.
+        (A slot claimed for a record that was never written is simply not found.)"""
+        if info.sink is not None or info.data_removed:
+            return  # handed to the sink: finished
+        try:
+            size = os.stat(self.data_path(info.upload_id)).st_size
+        except FileNotFoundError:
+            return
+        if not UploadState(info, size, info.created_at).finished:
+            self._take_slot(info.upload_id, info.client)
 
     # --- sink checkpoints: uploads/<id>.ckpt, replaced atomically ------------------------
     async def checkpoint(self, upload_id: str) -> Checkpoint:

@@ -527,6 +527,7 @@ class RedisStore:
                 pipe.zrem(keys.index, upload_id)
                 pipe.zadd(keys.tombs, {upload_id: time.time()})
                 await pipe.execute()
+        await self.release_open_slot(upload_id)
         return True
 
     async def purge_tombstones(self, older_than: float) -> int:
@@ -574,16 +575,80 @@ class RedisStore:
                 self.data_path(upload_id).unlink(missing_ok=True)
 
         await self._pool.run(unlink)
+        await self._prune_open_slots(older_than)
         return len(orphans)
 
     # --- finals waiting for partials ---------------------------------------------------------
-    async def register_final(self, final_id: str, partial_ids: tuple[str, ...]) -> None:
+    async def register_final(self, final_id: str, partial_ids: tuple[str, ...], *,
+                             max_per_partial: int = 0) -> None:
+        client = self.backend.client
         with mapped_errors():
-            await self.backend.client.hset(self.keys.finals, final_id, json.dumps(partial_ids))
+            # Registered before: recovery making sure of it, which no limit refuses.
+            again = bool(await client.hexists(self.keys.finals, final_id))
+            # The final is listed first, so a registration that dies half-way is found
+            # (``waiting_finals``) and cleaned up like any other final without a record.
+            await client.hset(self.keys.finals, final_id, json.dumps(partial_ids))
+        for partial_id in dict.fromkeys(partial_ids):
+            added = await self.backend.script(
+                "wait_for_partial", [self.keys.waiting(partial_id)],
+                [final_id, 0 if again else max_per_partial])
+            if added == 0:
+                await self.unregister_final(final_id)
+                raise errors.TooManyFinals(f"partial upload {partial_id} has "
+                                           f"{max_per_partial} finals waiting for it")
 
     async def unregister_final(self, final_id: str) -> None:
+        client = self.backend.client
         with mapped_errors():
-            await self.backend.client.hdel(self.keys.finals, final_id)
+            raw = await client.hget(self.keys.finals, final_id)
+            async with client.pipeline(transaction=False) as pipe:
+                for partial_id in dict.fromkeys(json.loads(raw) if raw else ()):
+                    pipe.srem(self.keys.waiting(str(partial_id)), final_id)
+                pipe.hdel(self.keys.finals, final_id)
+                await pipe.execute()
+
+    async def finals_waiting_on(self, partial_id: str) -> list[str]:
+        with mapped_errors():
+            members = await self.backend.client.smembers(self.keys.waiting(partial_id))
+        return sorted(map(_text, members))
+
+    # --- open uploads: one index every instance shares; claims are checked and counted in
+    # one script, so instances racing for the last slot cannot both win -------------------
+    async def claim_open_slot(self, upload_id: str, client: str, *, max_total: int,
+                              max_per_client: int) -> None:
+        keys = self.keys
+        answer = _text(await self.backend.script(
+            "claim_open", [keys.open_uploads, keys.open_since, keys.open_of(client)],
+            [upload_id, client, repr(time.time()), max_total, max_per_client]))
+        if answer == "total":
+            raise errors.OpenUploadsLimit()
+        if answer == "client":
+            raise errors.ClientOpenUploadsLimit()
+
+    async def release_open_slot(self, upload_id: str) -> None:
+        keys = self.keys
+        with mapped_errors():
+            client = await self.backend.client.hget(keys.open_uploads, upload_id)
+        if client is not None:
+            await self.backend.script(
+                "release_open", [keys.open_uploads, keys.open_since, keys.open_of(_text(client))],
+                [upload_id, _text(client)])
+
+    async def open_slots_taken(self, client: str | None = None) -> int:
+        with mapped_errors():
+            if client is None:
+                return int(await self.backend.client.hlen(self.keys.open_uploads))
+            return int(await self.backend.client.scard(self.keys.open_of(client)))
+
+    async def _prune_open_slots(self, older_than: float) -> None:
+        """Slots claimed before ``older_than`` for a record that is not there: a creation
+        that died between its claim and its record, or a removal between its record and its
+        release."""
+        with mapped_errors():
+            old = [_text(i) for i in await self.backend.client.zrangebyscore(
+                self.keys.open_since, "-inf", older_than)]
+        for upload_id in await self._without_record(old):
+            await self.release_open_slot(upload_id)
 
     async def waiting_finals(self) -> dict[str, tuple[str, ...]]:
         with mapped_errors():

@@ -11,9 +11,15 @@ all of an upload's keys in one slot, which multi-key scripts require)::
     <p>:{<id>}:release   set by a request that wants the lock; the holder sees it when extending
     <p>:{<id>}:ckpt      hash: a remote sink's upload (remote_id, started_at)
     <p>:{<id>}:parts     set: part numbers the remote sink confirmed for that upload
+    <p>:{<id>}:finals    set: the final concatenations that wait for this partial (at most
+                         --max-finals-per-partial of them are let in)
     <p>:uploads          sorted set: every live upload id (score: creation time), for sweeps
     <p>:tombs            sorted set: tombstoned ids (score: removal time), for purging them
     <p>:finals           hash: final concatenations waiting for partials -> their ids (JSON)
+    <p>:{open}:uploads   hash: every open (unfinished) upload -> its client's key
+    <p>:{open}:since     sorted set: the same ids (score: when the slot was claimed), so that
+                         a claim whose record was never written can be found and dropped
+    <p>:{open}:client:<c>  set: one client's open uploads (<c>: a hash, so 32 hex digits)
     <p>:release          pub/sub channel: "please let go of <id>", heard by every instance
     <p>:sink_owed        set: uploads a background sink still owes work on, for its scans
     <p>:hooks_owed       set: uploads whose post-finish hook has not succeeded yet
@@ -24,7 +30,8 @@ all of an upload's keys in one slot, which multi-key scripts require)::
                          limiter leaves nothing behind
 
 The global keys live in other slots than the uploads, so no script touches them together
-with an upload's keys; they are indexes that the sweeper repairs, never the truth.
+with an upload's keys; they are indexes that the sweeper repairs, never the truth. The open
+upload keys share the hash tag ``{open}``, so one script checks and changes them together.
 
 Every script starts with its KEYS/ARGV contract, receives every key through KEYS, and is
 registered once per client. Mutating scripts are fenced: given a lock token (ARGV[1]; ''
@@ -34,10 +41,13 @@ holder whose lock expired while it was paused cannot overwrite its successor's w
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # How long a "please let go" flag lives: longer than any holder takes to notice it.
 RELEASE_FLAG_TTL_MS = 10_000
+# A client key names a set: only a fixed-size hash may (gateway.limits.client_key).
+CLIENT_KEY = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +71,22 @@ class Keys:
 
     def parts(self, upload_id: str) -> str:
         return f"{self.prefix}:{{{upload_id}}}:parts"
+
+    def waiting(self, partial_id: str) -> str:
+        return f"{self.prefix}:{{{partial_id}}}:finals"
+
+    @property
+    def open_uploads(self) -> str:
+        return f"{self.prefix}:{{open}}:uploads"
+
+    @property
+    def open_since(self) -> str:
+        return f"{self.prefix}:{{open}}:since"
+
+    def open_of(self, client: str) -> str:
+        if not CLIENT_KEY.fullmatch(client):
+            raise ValueError("a client key is 32 hex digits")
+        return f"{self.prefix}:{{open}}:client:{client}"
 
     @property
     def index(self) -> str:
@@ -287,8 +313,51 @@ if pause > 0 then return math.ceil(pause / 1000) end
 return 0
 """
 
+WAIT_FOR_PARTIAL = """
+-- KEYS[1] = the finals waiting for a partial (set)
+-- ARGV[1] = final id, ARGV[2] = most finals that may wait for it (0: no limit)
+-- Returns 1 when the final was added, 2 when it was there already, 0 when the partial has
+-- as many finals waiting as allowed (nothing changes).
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 2 end
+local most = tonumber(ARGV[2])
+if most > 0 and redis.call('SCARD', KEYS[1]) >= most then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
+return 1
+"""
+
+CLAIM_OPEN = """
+-- KEYS[1] = open uploads (hash: id -> client), KEYS[2] = claim times (sorted set),
+-- KEYS[3] = the client's open uploads (set)
+-- ARGV[1] = upload id, ARGV[2] = client, ARGV[3] = now, ARGV[4] = most open uploads,
+-- ARGV[5] = most open uploads of one client (0: no limit)
+-- Counts the upload as open, unless a limit is reached (then nothing changes); an upload
+-- counted already stays counted once. Returns 'ok' | 'total' | 'client'.
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 'ok' end
+local total, per = tonumber(ARGV[4]), tonumber(ARGV[5])
+if total > 0 and redis.call('HLEN', KEYS[1]) >= total then return 'total' end
+if per > 0 and redis.call('SCARD', KEYS[3]) >= per then return 'client' end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+return 'ok'
+"""
+
+RELEASE_OPEN = """
+-- KEYS[1] = open uploads (hash: id -> client), KEYS[2] = claim times (sorted set),
+-- KEYS[3] = the client's open uploads (set)
+-- ARGV[1] = upload id, ARGV[2] = its client, as read from KEYS[1] just before
+-- Stops counting the upload. Returns 1, or 0 if it was not counted (for that client).
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+return 1
+"""
+
 ALL_SCRIPTS = {"create": CREATE, "get": GET, "commit": COMMIT, "save_info": SAVE_INFO,
                "save_hook": SAVE_HOOK,
                "terminate": TERMINATE, "start_remote": START_REMOTE, "add_parts": ADD_PARTS,
                "acquire": ACQUIRE, "release": RELEASE, "extend": EXTEND,
-               "hold_lease": HOLD_LEASE, "drop_lease": DROP_LEASE, "rate": RATE}
+               "hold_lease": HOLD_LEASE, "drop_lease": DROP_LEASE, "rate": RATE,
+               "wait_for_partial": WAIT_FOR_PARTIAL, "claim_open": CLAIM_OPEN,
+               "release_open": RELEASE_OPEN}

@@ -28,3 +28,14 @@ def test_scripts_state_their_contract_and_touch_only_keys_they_are_given(name: s
     # built inside the script (Redis Cluster routes a script by its declared keys).
     for command, first in re.findall(r"redis\.call\('(\w+)',\s*([^,)]+)", source):
         assert first.startswith("KEYS["), f"{name}: {command} on {first}"
+
+
+def test_open_upload_keys_share_one_hash_slot_and_stay_small() -> None:
+    keys = Keys("tus")
+    client = "f" * 32
+    open_keys = [keys.open_uploads, keys.open_since, keys.open_of(client)]
+    assert len({key_slot(k.encode()) for k in open_keys}) == 1
+    # The set of finals waiting for a partial lives with the partial's own keys.
+    assert key_slot(keys.waiting(UPLOAD).encode()) == key_slot(keys.upload(UPLOAD).encode())
+    with pytest.raises(ValueError):
+        keys.open_of("an address or a subject, not a hash")
