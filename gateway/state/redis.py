@@ -19,6 +19,15 @@ and scripts: ``redis_keys``); the bytes live in a spool directory that every ins
   that every instance listens to; the holder stops reading its body, commits and releases.
   Writes made while holding a lock carry its token, so a holder that lost its lock (paused
   longer than the TTL) cannot overwrite its successor's state.
+- The token fences Redis, not the spool file: a process stopped (SIGSTOP, a long GC, a disk
+  stall) while it held bytes in its write buffer wakes up with a successor's bytes at the
+  same offsets, and nothing on the file refuses its write (design invariant 10). So the
+  holder also keeps a deadline on its monotonic clock, before which the lock is surely
+  still its own, and the spool writer's worker threads check it right before every write,
+  truncation and sync of the file: past it they touch nothing, the bytes not yet written
+  are dropped (never acknowledged, the client sends them again) and the request ends with
+  ``ERR_UPLOAD_INTERRUPTED``. A process stopped in between sees the check after it resumes.
+  How the deadline is kept is explained at ``lock_margin_s``.
 - Every Redis failure is mapped at this boundary to ``errors.StateUnavailable`` (503 with
   Retry-After); redis-py reconnects by itself on the next command once Redis is back.
 """
@@ -88,12 +97,40 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def lock_margin_s(ttl_s: float) -> float:
+    """How long before the lock's TTL runs out, on our clock, its holder stops writing.
+
+    The deadline is ``sent + ttl - margin``, where ``sent`` is when the acquire or extend
+    that set it was sent (read before the request leaves, not when the answer arrives):
+    Redis ran the command later, so the key lives at least a TTL past ``sent``. An extend
+    moves the deadline only if it was sent before the old one; one sent later cannot prove
+    that the lock never lapsed in between, so the holder gives the lock up instead. The
+    margin covers what makes Redis expire the key earlier than that, as seen on our clock:
+
+    - Redis reads its clock in whole milliseconds when it sets the expiry (up to 1 ms early);
+    - the two clocks may run at different rates (NTP slews them by at most 500 ppm each, so
+      1 ms per second of TTL at worst): the 1 % share covers it ten times over;
+    - the time between the check and the system call it guards: the worker thread may wait
+      for the GIL there (5 ms switch interval, more when another thread runs a garbage
+      collection): the fixed 50 ms.
+
+    What no margin covers: a process stopped exactly between the check and its system call
+    for longer than the margin (a few bytecodes wide), and a forward step of the Redis host's
+    wall clock, which Redis expires keys by. Closing those would need fencing in the storage
+    itself (writes that carry the token), which a plain shared folder does not offer.
+    """
+    return 0.05 + 0.01 * ttl_s
+
+
 @dataclass(eq=False)
 class _Held:
     """A lock this process holds, with the request's "please let go" callback."""
 
     token: str
     on_release_requested: Callable[[], None]
+    # Until this time.monotonic() value the lock is surely ours (see ``lock_margin_s``). It
+    # is read by the spool writer's threads: a float attribute is read and replaced whole.
+    deadline: float
     asked: bool = False
     lost: bool = False
     # The committed offset as last seen under this lock: nobody else can move it meanwhile,
@@ -106,6 +143,11 @@ class _Held:
             self.asked = True
             self.on_release_requested()
 
+    def fence(self) -> None:
+        """Refuse to go on once the lock may have changed hands; any thread may call it."""
+        if self.lost or time.monotonic() >= self.deadline:
+            raise errors.UploadInterrupted("the upload's lock expired")
+
 
 class RedisBackend:
     """One process's Redis connection, scripts, held locks and release-request listener."""
@@ -116,6 +158,8 @@ class RedisBackend:
         self.max_connections = max_connections
         self.keys = Keys(prefix)
         self.lock_ttl_ms = int(lock_ttl_s * 1000)
+        # How long after an acquire or extend was sent its holder may still write.
+        self.lock_hold_s = self.lock_ttl_ms / 1000 - lock_margin_s(self.lock_ttl_ms / 1000)
         self.held: dict[str, _Held] = {}
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
@@ -177,10 +221,6 @@ class RedisBackend:
         held = self.held.get(upload_id)
         return "" if held is None else held.token
 
-    def still_holds(self, upload_id: str) -> bool:
-        held = self.held.get(upload_id)
-        return held is None or not held.lost
-
     # --- release requests ----------------------------------------------------------------
     async def request_release(self, upload_id: str) -> None:
         local = self.held.get(upload_id)
@@ -241,14 +281,17 @@ class RedisLock:
         backend = self._backend
         keys = backend.keys
         token = secrets.token_hex(16)
+        sent = 0.0
 
         async def take() -> bool:
+            nonlocal sent
+            sent = time.monotonic()
             won = await backend.script("acquire", [keys.lock(self._id), keys.release(self._id)],
                                        [token, backend.lock_ttl_ms])
             return bool(won == 1)
 
         await self._poll(take, timeout_s)
-        held = _Held(token, on_release_requested)
+        held = _Held(token, on_release_requested, deadline=sent + backend.lock_hold_s)
         backend.held[self._id] = held
         held.extender = asyncio.create_task(self._extend(held), name=f"tus-lock-{self._id}")
         self._held = held
@@ -281,26 +324,30 @@ class RedisLock:
             pause = min(pause * 2, 0.05)
 
     async def _extend(self, held: _Held) -> None:
+        """Extend the lock every third of its TTL; past its deadline, give the upload up."""
         backend = self._backend
         keys = backend.keys
-        ttl_s = backend.lock_ttl_ms / 1000
-        loop = asyncio.get_running_loop()
-        extended_at = loop.time()
         while True:
-            await asyncio.sleep(ttl_s / 3)
-            try:
-                answer = await backend.script("extend",
-                                              [keys.lock(self._id), keys.release(self._id)],
-                                              [held.token, backend.lock_ttl_ms])
-            except errors.StateUnavailable:
-                if loop.time() - extended_at < ttl_s:
-                    continue
-                answer = -1  # the lock has expired by now; someone else may hold it
+            await asyncio.sleep(backend.lock_ttl_ms / 3000)
+            sent = time.monotonic()
+            # An event loop held up (or a process stopped) past the deadline may wake up to
+            # a lock that lapsed and was taken meanwhile: a late extend proves nothing.
+            answer = -1
+            if sent < held.deadline:
+                try:
+                    # An answer that comes after the deadline is worth no more than none.
+                    async with asyncio.timeout(held.deadline - sent):
+                        answer = await backend.script(
+                            "extend", [keys.lock(self._id), keys.release(self._id)],
+                            [held.token, backend.lock_ttl_ms])
+                except (errors.StateUnavailable, TimeoutError):
+                    if time.monotonic() < held.deadline:
+                        continue  # Redis may be back before the deadline
             if answer == -1:
                 held.lost = True
                 held.ask()
                 return
-            extended_at = loop.time()
+            held.deadline = sent + backend.lock_hold_s
             if answer == 1:
                 held.ask()
 
@@ -322,37 +369,31 @@ class RedisLock:
 
 
 class _RedisWriter(SpoolWriter):
-    """Appends where Redis holds the offset: uncommitted bytes past it are cut off first."""
+    """Appends where Redis holds the offset: uncommitted bytes past it are cut off first.
+
+    Fenced by the lock it writes under (``held``; None when the caller holds no lock): once
+    that lock may have changed hands, the file belongs to another request, and touching it,
+    even to truncate, would harm its bytes. What we wrote past the committed offset before
+    that moment is cut off by the next owner."""
 
     def __init__(self, path: Path, offset: int, checksum: Checksum | None, *, durable: bool,
-                 commit_interval: int, sync_interval: int,
-                 still_holds: Callable[[], bool]) -> None:
+                 commit_interval: int, sync_interval: int, held: _Held | None) -> None:
         super().__init__(path, offset, checksum, durable=durable,
                          commit_interval=commit_interval, sync_interval=sync_interval)
-        self.still_holds = still_holds
+        self.held = held
+
+    def fence(self) -> None:
+        if self.held is not None:
+            self.held.fence()
 
     def prepare(self, fd: int) -> None:
         size = os.fstat(fd).st_size
         if size > self.offset:
+            self.fence()
             os.ftruncate(fd, self.offset)  # a writer died before committing these bytes
         elif size < self.offset:
             raise OSError(f"the spool file of {self.path.name} holds {size} bytes but "
                           f"{self.offset} were committed; is the spool volume shared?")
-
-    def write(self, buffers: list[bytes]) -> None:
-        if not self.still_holds():
-            raise errors.UploadInterrupted("the upload's lock expired")
-        super().write(buffers)
-
-    def finish(self, buffers: list[bytes], keep: bool) -> None:
-        if not self.still_holds():
-            # Another request owns the file now: touching it (even to truncate) would harm
-            # its bytes. What we wrote past the committed offset is cut off by its owner.
-            if self.fd is not None:
-                os.close(self.fd)
-                self.fd = None
-            return
-        super().finish(buffers, keep)
 
 
 class RedisStore:
@@ -456,15 +497,21 @@ class RedisStore:
             raise errors.MismatchedOffset(headers={"Upload-Offset": str(current)})
         writer = _RedisWriter(self.data_path(upload_id), offset, checksum,
                               durable=self._durable, commit_interval=self._commit_interval,
-                              sync_interval=self._sync_interval,
-                              still_holds=lambda: backend.still_holds(upload_id))
+                              sync_interval=self._sync_interval, held=held)
+        # This request's own token: should it lose the lock and a newer request of this same
+        # process take it, the newer one's token must not let our commit through.
+        token = "" if held is None else held.token
         committed = offset
 
         async def commit() -> None:
             nonlocal committed
             target = writer.synced  # a later window may become durable during the await
-            if target > committed and backend.still_holds(upload_id):
-                await self._commit(upload_id, committed, target)
+            if target > committed:
+                if held is not None:
+                    # The token-fenced compare-and-set alone would be enough (a lock that
+                    # lapsed never comes back with our token); this spares a round trip.
+                    held.fence()
+                await self._commit(upload_id, committed, target, token)
                 committed = target
 
         self._appending += 1
@@ -481,10 +528,10 @@ class RedisStore:
         await commit()
         return committed
 
-    async def _commit(self, upload_id: str, expected: int, new: int) -> None:
+    async def _commit(self, upload_id: str, expected: int, new: int, token: str) -> None:
         reply = await self.backend.script(
             "commit", [self.keys.upload(upload_id), self.keys.lock(upload_id)],
-            [self.backend.token(upload_id), expected, new, repr(time.time())])
+            [token, expected, new, repr(time.time())])
         answer = _text(reply[0])
         if answer == "lost":
             raise errors.UploadInterrupted("the upload's lock expired before its bytes were "

@@ -8,8 +8,10 @@ upload holds two buffers at most; when many uploads are active at once, one each
 keep the disk busy anyway), so memory stays flat (invariant 5).
 
 A ``SpoolWriter`` owns one append's file handle. Its write steps run in worker threads, one
-at a time. Stores adapt it through two hooks: ``prepare`` (checks or repairs the file before
-the first write) and ``after_close``. Inside a long body, write-back of every
+at a time. Stores adapt it through three hooks: ``prepare`` (checks or repairs the file before
+the first write), ``fence`` (checked in the worker thread right before every write, truncation
+and sync: a writer that may have lost the file to another process touches it no more) and
+``after_close``. Inside a long body, write-back of every
 ``commit_interval`` bytes is started without waiting. A store whose offset is the file size
 (disk) needs no more. A store that keeps the offset elsewhere (Redis) also wants windows made
 durable and committed while the body streams: ``pump`` then runs an fdatasync in another
@@ -39,14 +41,18 @@ from protocol.headers import Checksum
 OVERLAP_UP_TO = 8
 
 
-def pwrite_all(fd: int, buffers: list[bytes], offset: int, hasher: Any) -> int:
-    """Write every buffer at ``offset`` (looping over short writes); feed the hasher too."""
+def pwrite_all(fd: int, buffers: list[bytes], offset: int, hasher: Any,
+               fence: Callable[[], None] | None = None) -> int:
+    """Write every buffer at ``offset`` (looping over short writes); feed the hasher too.
+    ``fence`` runs right before each write and raises to refuse it."""
     total = 0
     if hasher is not None:
         for buf in buffers:
             hasher.update(buf)
     pending: list[bytes | memoryview] = list(buffers)
     while pending:
+        if fence is not None:
+            fence()
         written = os.pwritev(fd, pending, offset + total)
         if written == 0:
             raise OSError(errno.EIO, "short write")
@@ -89,6 +95,12 @@ class SpoolWriter:
     def after_close(self, keep: bool) -> None:
         """Clean-up after the final sync and close."""
 
+    def fence(self) -> None:
+        """Raise to refuse touching the file: called in the worker thread right before every
+        write, truncation and sync of its bytes, so that a check made before a long pause
+        cannot let a write through after it (a store whose writers may lose the file to
+        another process; see ``gateway.state.redis``)."""
+
     # --- worker-thread steps -----------------------------------------------------------------
     def _open(self) -> int:
         if self.fd is None:
@@ -103,7 +115,8 @@ class SpoolWriter:
 
     def write(self, buffers: list[bytes]) -> None:
         fd = self._open()
-        self.written += pwrite_all(fd, buffers, self.offset + self.written, self.hasher)
+        self.written += pwrite_all(fd, buffers, self.offset + self.written, self.hasher,
+                                   self.fence)
         if self.written - self.window_start < self.commit_interval:
             return
         if self.durable:
@@ -119,6 +132,7 @@ class SpoolWriter:
     def sync_window(self, end: int) -> int:
         """Make everything up to ``end`` durable; runs beside the writes, never after close."""
         if self.durable and self.fd is not None:
+            self.fence()
             os.fdatasync(self.fd)
         return end
 
@@ -139,6 +153,8 @@ class SpoolWriter:
 
     def _close(self, fd: int, keep: bool) -> None:
         try:
+            # A writer fenced off only closes: even a truncation would cut another's bytes.
+            self.fence()
             if not keep:
                 # Bytes already offered as committable stay: they may have been reported.
                 os.ftruncate(fd, self.synced)
