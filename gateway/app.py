@@ -127,7 +127,9 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
                                   high_percent=config.memory_high_percent,
                                   critical_percent=config.memory_critical_percent,
                                   max_active=config.max_concurrent_uploads,
-                                  active=lambda: uploads.active)
+                                  active=lambda: uploads.active,
+                                  disk_path=config.data_dir,
+                                  disk_floor=config.free_disk_floor)
         await monitor.start()
         uploads.monitor = app[RUNTIME].monitor = monitor
         await uploads.recover()

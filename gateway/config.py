@@ -110,6 +110,11 @@ class GatewayConfig:
     """Above this share of the memory budget, new PATCH requests get 503 too."""
     max_concurrent_uploads: int = 0
     """At most this many request bodies at once; more get 503 with Retry-After. 0: no limit."""
+    min_free_disk: str = "1%"
+    """Free space to keep on the data directory's filesystem: a size (256MiB) or a share of
+    it (1%). Below it, new uploads and PATCH requests get 507 with Retry-After and health
+    turns degraded, before a full disk cuts bodies off and leaves no room for records. A
+    share scales from a small volume to a large disk; 0 turns the check off."""
     upload_page: bool = True
     """Serve the upload page (Uppy's Dashboard, shipped with the package) at / and its files
     under /static/; on by default so a browser pointed at the gateway can upload at once.
@@ -208,6 +213,11 @@ class GatewayConfig:
     """With Redis: an upload's lock expires this long after its holder last extended it, so
     a crashed instance's uploads are free again within this time."""
 
+    def free_disk_floor(self, total_bytes: int) -> int:
+        """``min_free_disk`` in bytes, for a filesystem of ``total_bytes``."""
+        size, percent = parse_free_space(self.min_free_disk)
+        return max(size, int(total_bytes * percent / 100))
+
     def protocol_settings(self) -> ProtocolSettings:
         return ProtocolSettings(
             base_path=self.base_path,
@@ -233,6 +243,10 @@ class GatewayConfig:
         if self.memory_budget_bytes < 0 or self.max_concurrent_uploads < 0:
             problems.append("memory_budget_bytes and max_concurrent_uploads must not be "
                             "negative")
+        try:
+            parse_free_space(self.min_free_disk)
+        except ValueError as exc:
+            problems.append(f"min_free_disk: {exc}")
         for name in ("stall_timeout_s", "lock_wait_s", "shutdown_timeout_s", "io_threads",
                      "max_metadata_bytes", "max_concat_parts", "sweep_interval_s"):
             if getattr(self, name) <= 0:
@@ -476,6 +490,27 @@ def parse_size(raw: str) -> int:
     if unit not in _SIZE_UNITS or not number:
         raise ValueError(f"{raw!r} is not a size (try 512MiB or 5GiB)")
     return int(float(number) * _SIZE_UNITS[unit])
+
+
+def parse_free_space(raw: str) -> tuple[int, float]:
+    """``256MiB`` or ``1%`` (of the filesystem's size): ``(bytes, percent)``, one of them 0."""
+    text = raw.strip()
+    if text.endswith("%"):
+        try:
+            percent = float(text[:-1])
+        except ValueError:
+            raise ValueError(f"{raw!r} is not a percent (try 1%)") from None
+        if not 0 <= percent < 100:  # NaN fails too
+            raise ValueError(f"{raw!r} must be at least 0% and below 100%")
+        return 0, percent
+    try:
+        size = parse_size(text)
+    except (ValueError, OverflowError):
+        raise ValueError(f"{raw!r} is neither a size nor a percent (try 256MiB or 1%)") \
+            from None
+    if size < 0:
+        raise ValueError(f"{raw!r} must not be negative")
+    return size, 0.0
 
 
 def parse_duration(raw: str) -> float:

@@ -45,8 +45,12 @@ def atomic_write(path: Path, data: bytes, durable: bool) -> None:
             view = view[os.write(fd, view):]
         if durable:
             os.fsync(fd)
-    finally:
+    except BaseException:
+        # A full disk: the old content stays, and no half-written temp file holds space.
         os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
     os.replace(tmp, path)
     if durable:
         fsync_dir(path.parent)

@@ -1,9 +1,10 @@
 """``GET /api/system/health``: is the gateway well, and if not, which part is not.
 
 Overall ``healthy``, ``degraded`` (working, but an operator should look: memory high, the
-sink's breaker open, the expiry sweep late) or ``unhealthy`` (the state store cannot be
-reached, or memory is critical). 200 for the first two, 503 for the last, so a load balancer
-takes an unhealthy instance out and leaves a degraded one in.
+sink's breaker open, the expiry sweep late, free disk space below --min-free-disk) or
+``unhealthy`` (the state store cannot be reached, or memory is critical). 200 for the first
+two, 503 for the last, so a load balancer takes an unhealthy instance out and leaves a
+degraded one in.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ async def health(request: web.Request) -> web.Response:
         "state_store": await _store(request),
         "sink": _sink(request),
         "expiry": _expiry(request),
+        "disk": _disk(request),
     }
     worst = max((str(c["status"]) for c in components.values()), key=RANK.__getitem__)
     body = {"status": worst, "timestamp": time.time(), "components": components,
@@ -45,6 +47,15 @@ def _resources(request: web.Request) -> dict[str, object]:
     if monitor is None:
         return {"status": "healthy"}
     return monitor.describe()
+
+
+def _disk(request: web.Request) -> dict[str, object]:
+    """Free space of the data directory's filesystem; degraded below --min-free-disk, when
+    new uploads and PATCH requests are refused with 507 (the gateway still serves)."""
+    monitor = request.app[RUNTIME].monitor
+    if monitor is None:
+        return {"status": "healthy"}
+    return {**monitor.describe_disk(), "min_free": request.app[CONFIG].min_free_disk}
 
 
 async def _store(request: web.Request) -> dict[str, object]:

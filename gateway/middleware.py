@@ -1,19 +1,20 @@
 """The one place where protocol errors become HTTP responses.
 
 A ``TusError`` is answered with its own status, code and headers (no body for HEAD). Anything
-else is a bug: it is logged with its traceback and answered ``ERR_INTERNAL`` 500.
-Cancellation is never swallowed.
+else is a bug: it is logged with its traceback and answered ``ERR_INTERNAL`` 500, except a
+full disk (ENOSPC, EDQUOT), which is a condition of the machine: 507 with Retry-After and one
+warning. Cancellation is never swallowed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.state.spool import is_disk_full
 from protocol import errors
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,12 @@ async def tus_errors(request: web.Request, handler: Handler) -> web.StreamRespon
     except (web.HTTPException, asyncio.CancelledError):
         raise
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            log.error("out of disk space in %s %s: %s", request.method, request.path, exc)
+        if is_disk_full(exc):
+            # A record that found the disk full (a body's bytes arrive as
+            # InsufficientStorage from the spool, which logs them). Operational, not a bug:
+            # one warning, no traceback; the record writes leave nothing half-done.
+            log.warning("no space left on the disk in %s %s: %s", request.method,
+                        request.path, exc)
             return error_response(request, errors.InsufficientStorage())
         log.exception("unexpected I/O error in %s %s", request.method, request.path)
         return error_response(request, errors.Internal())

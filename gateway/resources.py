@@ -18,6 +18,12 @@ once. Nothing here ever answers 500 or drops an acknowledged byte: it only says 
 
 The default budget is half of what the process may use: the cgroup's ``memory.max`` when a
 container sets one, otherwise the machine's RAM, and never below 128 MiB.
+
+The same sample measures the data directory's filesystem (``statvfs``, again off the loop).
+Below ``--min-free-disk`` a creation and a new PATCH get 507 with Retry-After before the
+disk is actually full; a body already streaming goes on, and if the disk does fill under it
+the spool keeps what was written (``gateway.state.spool``). The figure is at most half a
+second old, which is fine for a floor meant to leave room, and costs requests nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +84,30 @@ class Refusal:
     retry_after_s: int
 
 
+@dataclass(frozen=True, slots=True)
+class DiskSpace:
+    """The data directory's filesystem at the last sample."""
+
+    free: int  # bytes an unprivileged writer may still use (statvfs f_bavail, as df shows)
+    total: int
+    floor: int  # --min-free-disk in bytes for this filesystem
+
+    @property
+    def low(self) -> bool:
+        return self.free < self.floor
+
+    @property
+    def free_percent(self) -> float:
+        return 100.0 * self.free / self.total if self.total else 0.0
+
+
+def read_disk(path: Path, floor: Callable[[int], int]) -> DiskSpace:
+    """Free space of ``path``'s filesystem (blocking: a system call on the disk)."""
+    st = os.statvfs(path)
+    total = st.f_blocks * st.f_frsize
+    return DiskSpace(st.f_bavail * st.f_frsize, total, floor(total))
+
+
 def admission(kind: str, level: LoadLevel, active: int, max_active: int) -> Refusal | None:
     """Whether a new creation (``kind="create"``) or a new PATCH (``"append"``) may start."""
     if max_active and active >= max_active:
@@ -104,7 +135,9 @@ def auto_budget() -> int:
 
 class ResourceMonitor:
     def __init__(self, pool: IoPool, *, budget: int, high_percent: float,
-                 critical_percent: float, max_active: int, active: Callable[[], int]) -> None:
+                 critical_percent: float, max_active: int, active: Callable[[], int],
+                 disk_path: Path | None = None,
+                 disk_floor: Callable[[int], int] = lambda total: 0) -> None:
         self.pool = pool
         self.configured_budget = budget
         self.high_percent = high_percent
@@ -115,6 +148,10 @@ class ResourceMonitor:
         self.rss = 0
         self.cpu_percent = 0.0
         self._process: psutil.Process | None = None  # made off the loop: it reads /proc
+        self.disk_path = disk_path
+        self.disk_floor = disk_floor
+        self.disk: DiskSpace | None = None
+        self.disk_error: str | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -130,13 +167,25 @@ class ResourceMonitor:
         await stop_tasks([self._task])
 
     async def sample(self) -> None:
-        self.rss, self.cpu_percent = await self.pool.run(self._read)
+        self.rss, self.cpu_percent, disk = await self.pool.run(self._read)
+        if isinstance(disk, DiskSpace):
+            self.disk, self.disk_error = disk, None
+        elif disk is not None:
+            # Unknown is not low: the writes themselves still answer 507 on a full disk.
+            self.disk, self.disk_error = None, disk
 
-    def _read(self) -> tuple[int, float]:
+    def _read(self) -> tuple[int, float, DiskSpace | str | None]:
         if self._process is None:
             self._process = psutil.Process()
         with self._process.oneshot():
-            return self._process.memory_info().rss, self._process.cpu_percent(None)
+            rss, cpu = self._process.memory_info().rss, self._process.cpu_percent(None)
+        disk: DiskSpace | str | None = None
+        if self.disk_path is not None:
+            try:
+                disk = read_disk(self.disk_path, self.disk_floor)
+            except OSError as exc:
+                disk = f"cannot measure the data directory's free space: {exc.strerror}"
+        return rss, cpu, disk
 
     async def _loop(self) -> None:
         while True:
@@ -152,7 +201,15 @@ class ResourceMonitor:
 
     def check(self, kind: str) -> None:
         """Raise ``errors.Overloaded`` (503, Retry-After, a JSON body that says why) if a
-        new request of ``kind`` must wait."""
+        new request of ``kind`` must wait; ``errors.InsufficientStorage`` (507) when free
+        disk space is below the floor."""
+        disk = self.disk
+        if disk is not None and disk.low:
+            raise errors.InsufficientStorage(
+                "free disk space is below the server's minimum; new uploads and PATCH "
+                "requests must wait", data={
+                    "reason": "disk_low", "free_bytes": disk.free,
+                    "min_free_bytes": disk.floor})
         refusal = admission(kind, self.level, self.active(), self.max_active)
         if refusal is None:
             return
@@ -174,3 +231,13 @@ class ResourceMonitor:
                 "cpu_percent": round(self.cpu_percent, 1), "active_uploads": self.active(),
                 "max_concurrent_uploads": self.max_active or None,
                 "resource_state": str(level)}
+
+    def describe_disk(self) -> dict[str, object]:
+        """The data directory's free space against the floor, for the health endpoint."""
+        disk = self.disk
+        if disk is None:
+            return {"status": "degraded" if self.disk_error else "healthy",
+                    "error": self.disk_error}
+        return {"status": "degraded" if disk.low else "healthy", "free_bytes": disk.free,
+                "total_bytes": disk.total, "free_percent": round(disk.free_percent, 2),
+                "min_free_bytes": disk.floor}

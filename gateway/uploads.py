@@ -79,12 +79,13 @@ class Uploads:
 
     def admit(self, kind: str) -> None:
         """Refuse a new creation (``"create"``) or PATCH (``"append"``) with 503 while the
-        gateway protects itself (see ``gateway.resources``)."""
+        gateway protects itself, or 507 while free disk space is low (see
+        ``gateway.resources``)."""
         if self.monitor is None:
             return
         try:
             self.monitor.check(kind)
-        except errors.Overloaded as exc:
+        except (errors.Overloaded, errors.InsufficientStorage) as exc:
             if self.metrics is not None:
                 self.metrics.admission.labels(str(exc.data.get("reason"))).inc()
             raise

@@ -198,8 +198,14 @@ StateUnavailable = _error("ERR_STATE_UNAVAILABLE", 503,
 HookFailed = _error("ERR_HOOK_FAILED", 503,
                     "the pre-create hook failed, so the upload was not created; retry later",
                     Retry_After="5")
+# RFC 4918 section 11.5: 507 "the server is unable to store the representation needed to
+# complete the request", a condition that may pass. The disk is full, or free space is below
+# --min-free-disk: nothing past the bytes already stored was kept, and HEAD says where to
+# resume. Space comes back through an operator, a delivery or the expiry sweep (once a
+# minute by default), so asking much sooner than a minute mostly gets another 507.
 InsufficientStorage = _error("ERR_INSUFFICIENT_STORAGE", 507,
-                             "the server has no room to store this upload")
+                             "the server has no room to store this upload now; retry later",
+                             Retry_After="60")
 
 
 class Overloaded(TusError):

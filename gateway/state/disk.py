@@ -43,7 +43,7 @@ from typing import Any
 from gateway.aio import IoPool
 from gateway.config import FsyncPolicy
 from gateway.files import atomic_write, fsync_dir
-from gateway.state.spool import OVERLAP_UP_TO, SpoolWriter, concatenate, pump
+from gateway.state.spool import OVERLAP_UP_TO, SpoolWriter, concatenate, is_disk_full, pump
 from protocol import errors
 from protocol.headers import UPLOAD_ID, Checksum, ConcatFinal
 from protocol.model import Checkpoint, HookState, UploadInfo, UploadState, newest_hook
@@ -199,14 +199,22 @@ class DiskStore:
         # in between leaves only an empty orphan that the sweeper removes.
         # A new record needs no temp file and rename: nobody knows the id before the 201,
         # and a record torn by a crash is not valid JSON, so the upload stays invisible.
-        fd = os.open(self._path(info.upload_id, ".info"), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                     0o600)
+        record = self._path(info.upload_id, ".info")
         try:
-            os.write(fd, _encode(info))
-            if self._durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(_encode(info))
+                while view:
+                    view = view[os.write(fd, view):]
+                if self._durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            # A full disk: the creation fails and leaves nothing behind.
+            record.unlink(missing_ok=True)
+            data.unlink(missing_ok=True)
+            raise
         if self._durable:
             fsync_dir(self.uploads)
 
@@ -372,7 +380,20 @@ class DiskStore:
         # The tombstone goes first: after a crash in between, the upload answers 410 and the
         # leftovers are removed again by the next termination or sweep.
         tomb = json.dumps({"reason": reason, "at": time.time()}).encode()
-        atomic_write(self.tombstones / upload_id, tomb, self._durable)
+        try:
+            atomic_write(self.tombstones / upload_id, tomb, self._durable)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            # Removing uploads is how a full disk gets room back (DELETE, the sweep): the
+            # bytes go first to make room for the tombstone. If even that finds none, the
+            # upload goes without one and answers 404 instead of 410.
+            self._path(upload_id, ".bin").unlink(missing_ok=True)
+            try:
+                atomic_write(self.tombstones / upload_id, tomb, self._durable)
+            except OSError as again:
+                if not is_disk_full(again):
+                    raise
         for suffix in (".info", ".stage", ".ckpt", ".hook", ".bin"):
             self._path(upload_id, suffix).unlink(missing_ok=True)
         if self._durable:

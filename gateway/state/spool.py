@@ -17,6 +17,14 @@ and sync: a writer that may have lost the file to another process touches it no 
 durable and committed while the body streams: ``pump`` then runs an fdatasync in another
 worker thread, beside the writes, and calls ``on_window`` with the durable end once it is
 done; the writes never wait for a sync.
+
+A full disk (ENOSPC, or EDQUOT for a quota) is an operational condition, not a bug. A write
+that fails, even after part of its buffer landed, ends the body: the writer counts every byte
+that reached the file, writes nothing after the failure, and keeps the bytes before it, so the
+offset the store reports is exactly what the file holds and the client resumes from there once
+space is back. A failed sync is different: the kernel may have dropped pages it could not
+write and does not say so twice, so only the bytes known durable before it stay. ``pump``
+turns a full disk into ``errors.InsufficientStorage`` (507, Retry-After) with one warning.
 """
 
 from __future__ import annotations
@@ -25,15 +33,26 @@ import asyncio
 import contextlib
 import errno
 import hashlib
+import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from gateway.aio import IoPool, run_to_completion
 from gateway.files import start_writeback
 from protocol import errors
 from protocol.headers import Checksum
+
+log = logging.getLogger(__name__)
+
+# A full filesystem, or a used-up quota: space comes back (an operator, an expiry, a delivery
+# that frees the spool), so the client is told to wait and resume, not that the server broke.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
 
 # Up to this many concurrent appends, each overlaps its disk write with reading the next
 # batch (two buffers); beyond it, the other uploads keep the disk busy and one buffer each
@@ -41,14 +60,13 @@ from protocol.headers import Checksum
 OVERLAP_UP_TO = 8
 
 
-def pwrite_all(fd: int, buffers: list[bytes], offset: int, hasher: Any,
-               fence: Callable[[], None] | None = None) -> int:
-    """Write every buffer at ``offset`` (looping over short writes); feed the hasher too.
-    ``fence`` runs right before each write and raises to refuse it."""
+def pwrite_steps(fd: int, buffers: list[bytes], offset: int,
+                 fence: Callable[[], None] | None = None) -> Iterator[int]:
+    """Write every buffer at ``offset``, looping over short writes; yields each write's count
+    as it lands, so that the caller knows how far the file got if a later write fails (a
+    full disk takes part of a buffer, then refuses the rest). ``fence`` runs right before
+    each write and raises to refuse it."""
     total = 0
-    if hasher is not None:
-        for buf in buffers:
-            hasher.update(buf)
     pending: list[bytes | memoryview] = list(buffers)
     while pending:
         if fence is not None:
@@ -57,12 +75,12 @@ def pwrite_all(fd: int, buffers: list[bytes], offset: int, hasher: Any,
         if written == 0:
             raise OSError(errno.EIO, "short write")
         total += written
+        yield written
         while pending and written >= len(pending[0]):
             written -= len(pending[0])
             pending.pop(0)
         if pending and written:
             pending[0] = memoryview(pending[0])[written:]
-    return total
 
 
 class SpoolWriter:
@@ -87,6 +105,10 @@ class SpoolWriter:
         self.window_end = offset  # end of the last full window written (absolute)
         self.synced = offset  # bytes known durable and committable (absolute)
         self.size = offset
+        # The write that failed (a full disk): nothing is written after it.
+        self.failed: OSError | None = None
+        # A sync failed: bytes past ``synced`` may be lost without a trace, so they go.
+        self.sync_failed = False
 
     # --- hooks -------------------------------------------------------------------------------
     def prepare(self, fd: int) -> None:
@@ -114,16 +136,28 @@ class SpoolWriter:
         return self.fd
 
     def write(self, buffers: list[bytes]) -> None:
-        fd = self._open()
-        self.written += pwrite_all(fd, buffers, self.offset + self.written, self.hasher,
-                                   self.fence)
+        try:
+            fd = self._open()
+            if self.hasher is not None:
+                for buf in buffers:
+                    self.hasher.update(buf)
+            for written in pwrite_steps(fd, buffers, self.offset + self.written, self.fence):
+                self.written += written
+        except OSError as exc:
+            self.failed = exc
+            raise
         if self.written - self.window_start < self.commit_interval:
             return
         if self.durable:
             # Start writing this window back without waiting for it: receiving goes on,
             # and the fdatasync that makes it durable later has little left to do.
-            start_writeback(fd, self.offset + self.window_start,
-                            self.written - self.window_start)
+            try:
+                start_writeback(fd, self.offset + self.window_start,
+                                self.written - self.window_start)
+            except OSError as exc:
+                self.failed = exc
+                self.sync_failed = True
+                raise
         self.window_start = self.written
         if self.sync_interval is not None and \
                 self.offset + self.written - self.window_end >= self.sync_interval:
@@ -132,22 +166,35 @@ class SpoolWriter:
     def sync_window(self, end: int) -> int:
         """Make everything up to ``end`` durable; runs beside the writes, never after close."""
         if self.durable and self.fd is not None:
-            self.fence()
-            os.fdatasync(self.fd)
+            self._sync(self.fd)
         return end
 
+    def _sync(self, fd: int) -> None:
+        self.fence()
+        try:
+            os.fdatasync(fd)
+        except OSError:
+            self.sync_failed = True
+            raise
+
     def finish(self, buffers: list[bytes], keep: bool) -> None:
-        """Write the rest, verify, then commit (sync) or roll back (truncate); close."""
+        """Write the rest, verify, then commit (sync) or roll back (truncate); close.
+
+        After a failed write nothing more is written: the rest of the body lies past a gap.
+        """
+        if self.failed is not None and self.fd is None:
+            return  # the file was never opened: the check before the first write failed
+        fd: int | None = None
         try:
             fd = self._open()
-            if buffers:
+            if buffers and self.failed is None:
                 self.write(buffers)
             if keep and self.hasher is not None and self.checksum is not None \
                     and self.hasher.digest() != self.checksum.digest:
                 keep = False
                 raise errors.ChecksumMismatch()
         finally:
-            if self.fd is not None:
+            if fd is not None and self.fd is not None:
                 self.fd = None
                 self._close(fd, keep)
 
@@ -155,11 +202,21 @@ class SpoolWriter:
         try:
             # A writer fenced off only closes: even a truncation would cut another's bytes.
             self.fence()
-            if not keep:
+            if not keep or self.sync_failed:
                 # Bytes already offered as committable stay: they may have been reported.
                 os.ftruncate(fd, self.synced)
             if self.durable:
-                os.fdatasync(fd)
+                try:
+                    self._sync(fd)
+                except OSError:
+                    # Which of the new bytes reached the disk is unknown: keep the durable
+                    # ones only, so no offset ever counts a byte a crash could take back.
+                    self.fence()
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, self.synced)
+                        os.fdatasync(fd)
+                    self.size = self.synced
+                    raise
             self.size = os.fstat(fd).st_size
             self.synced = self.size
         finally:
@@ -233,8 +290,31 @@ async def pump(writer: SpoolWriter, chunks: AsyncIterator[bytes], pool: IoPool, 
     unless they are unverifiable or over the limit. The final write, sync and close run to
     completion even when the caller is cancelled, so a lock is never released before the
     commit. ``on_window`` is started when a window became durable (``writer.synced`` moved)
-    and runs beside the stream; ``on_settled(ok)`` runs after the close.
+    and runs beside the stream; ``on_settled(ok)`` runs after the close. A full disk ends
+    the body with ``errors.InsufficientStorage``; the bytes written before it stay.
     """
+    try:
+        return await _stream(writer, chunks, pool, buffer_bytes=buffer_bytes,
+                             max_bytes=max_bytes, crowded=crowded, on_window=on_window,
+                             on_settled=on_settled)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        upload_id = writer.path.stem
+        # One line, no traceback: nothing is wrong with the gateway, an operator has to
+        # make room (and the bytes kept are the client's to resume from).
+        log.warning("no space left on the spool's disk for upload %s (%s); the %d bytes this "
+                    "request stored before it are kept", upload_id, exc.strerror,
+                    writer.size - writer.offset, extra={"upload_id": upload_id})
+        raise errors.InsufficientStorage(
+            "the server's disk is full; the bytes received before that are kept: ask HEAD "
+            "for the offset and resume later") from exc
+
+
+async def _stream(writer: SpoolWriter, chunks: AsyncIterator[bytes], pool: IoPool, *,
+                  buffer_bytes: int, max_bytes: int | None, crowded: Callable[[], bool],
+                  on_window: Callable[[], Awaitable[None]] | None,
+                  on_settled: Callable[[bool], None] | None) -> int:
     state = _Pump(writer, pool, on_window)
     buffers: list[bytes] = []
     buffered = 0
@@ -270,7 +350,8 @@ async def pump(writer: SpoolWriter, chunks: AsyncIterator[bytes], pool: IoPool, 
 def concatenate(target: Path, sources: list[tuple[Path, int | None]], durable: bool) -> int:
     """Fill ``target`` with the sources' bytes in order (blocking); returns the length.
 
-    Each source is a path and how many of its bytes count (None: all of them)."""
+    Each source is a path and how many of its bytes count (None: all of them). A copy that
+    fails (a full disk) leaves ``target`` empty again, so its half does not hold the space."""
     out = os.open(target, os.O_WRONLY | os.O_TRUNC)
     try:
         total = 0
@@ -290,6 +371,10 @@ def concatenate(target: Path, sources: list[tuple[Path, int | None]], durable: b
                 os.close(source)
         if durable:
             os.fdatasync(out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.ftruncate(out, 0)
+        raise
     finally:
         os.close(out)
     return total
