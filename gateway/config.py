@@ -87,6 +87,10 @@ class GatewayConfig:
     stall_timeout_s: float = 30.0
     """A PATCH whose body sends nothing for this long is ended and its bytes kept
     (TUS-PATCH-07); the lock is free again for the client's retry."""
+    send_timeout_s: float = 60.0
+    """A GET download is cut off (connection closed) when one 256 KiB piece of it cannot be
+    handed to the client within this long: a reader that stopped reading does not hold its
+    connection and file for ever, while one slower than about 4 KiB/s (a minute) is gone."""
     lock_wait_s: float = 10.0
     """How long a request waits for the holder of an upload to let go before 423."""
     max_metadata_bytes: int = 4 * KiB
@@ -247,8 +251,8 @@ class GatewayConfig:
             parse_free_space(self.min_free_disk)
         except ValueError as exc:
             problems.append(f"min_free_disk: {exc}")
-        for name in ("stall_timeout_s", "lock_wait_s", "shutdown_timeout_s", "io_threads",
-                     "max_metadata_bytes", "max_concat_parts", "sweep_interval_s"):
+        for name in ("stall_timeout_s", "send_timeout_s", "lock_wait_s", "shutdown_timeout_s",
+                     "io_threads", "max_metadata_bytes", "max_concat_parts", "sweep_interval_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
         if not 4 * KiB <= self.write_buffer_bytes <= 16 * MiB:

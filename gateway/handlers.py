@@ -9,7 +9,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.auth import check_creation
+from gateway.download import Download
 from gateway.http import body_facts, location, send_continue, uploads_of
+from gateway.keys import CONFIG
 from gateway.uploads import Uploads, checked_id
 from protocol import decisions, errors
 from protocol.headers import ConcatFinal, Headers
@@ -111,12 +113,13 @@ async def get(request: web.Request, headers: Headers) -> web.StreamResponse:
     upload_id = checked_id(request.match_info["upload_id"])
     state = await uploads.live(upload_id)
     plan = decisions.plan_download(state)
-    return web.FileResponse(uploads.store.data_path(upload_id), headers={
-        "Content-Type": plan.content_type,
-        "Content-Disposition": plan.disposition,
-        "X-Content-Type-Options": "nosniff",
-        "Cache-Control": "no-store",
-    })
+    return Download(uploads.store.data_path(upload_id),
+                    send_timeout_s=request.app[CONFIG].send_timeout_s, headers={
+                        "Content-Type": plan.content_type,
+                        "Content-Disposition": plan.disposition,
+                        "X-Content-Type-Options": "nosniff",
+                        "Cache-Control": "no-store",
+                    })
 
 
 async def upload_status(request: web.Request) -> web.Response:
