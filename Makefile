@@ -6,7 +6,7 @@ JS := tests/js
 BROWSER := tests/browser
 WEB := web
 
-.PHONY: run test install install-test system-packages web lint typecheck check bench clean
+.PHONY: run test install install-test system-packages web lint typecheck check fuzz bench clean
 
 # Debian packages the tests run for real: a Redis server, HAProxy (scale-out tests) and
 # Chromium (the upload page; playwright-core drives it and downloads no browser of its own).
@@ -53,6 +53,14 @@ typecheck: install-test
 	$(BIN)/mypy
 
 check: lint typecheck test
+
+## Send 100,000 hostile requests to a real gateway on each state backend (the same generator
+## as the suite's 2,000; a fresh seed each run, printed first: FUZZ_SEED=<n> repeats a run).
+FUZZ_REQUESTS ?= 100000
+FUZZ_SEED ?= random
+fuzz: install-test
+	FUZZ_REQUESTS=$(FUZZ_REQUESTS) FUZZ_SEED=$(FUZZ_SEED) \
+		$(BIN)/pytest -q -s tests/gateway/test_fuzz.py -k hostile_requests
 
 bench: install
 	bash bench/setup.sh

@@ -90,14 +90,17 @@ def verify_token(secret: str, token: str, *, now: float) -> Claims:
     """The token's claims; ``AuthInvalid`` unless signed with ``secret``, ``AuthExpired``
     once ``exp`` has passed."""
     body, sep, signature = token.partition(".")
-    if not sep or not body or not signature or not body.isascii():
+    # Both parts are base64url. Bytes beyond that (aiohttp hands them over as surrogates)
+    # could not even be encoded for the comparison below.
+    if not sep or not body or not signature or not token.isascii():
         raise errors.AuthInvalid("the token is malformed")
     # Both sides as bytes: compare_digest refuses non-ASCII text instead of answering False.
     if not hmac.compare_digest(signature.encode(), _sign(secret, body).encode()):
         raise errors.AuthInvalid("the token's signature is wrong")
     try:
         payload = json.loads(_b64decode(body))
-    except (binascii.Error, ValueError) as exc:
+    except (binascii.Error, ValueError, RecursionError) as exc:
+        # RecursionError: arrays or objects nested deeper than the JSON parser recurses.
         raise errors.AuthInvalid("the token's payload is malformed") from exc
     if not isinstance(payload, dict):
         raise errors.AuthInvalid("the token's payload is malformed")
@@ -126,7 +129,9 @@ def bearer_token(headers: Headers) -> str | None:
 
 
 def check_bearer(accepted: tuple[str, ...], token: str) -> None:
-    candidate = token.encode()
+    # Header values arrive decoded with surrogateescape: this gives back the bytes sent
+    # (a plain encode() fails on any byte that is not UTF-8).
+    candidate = token.encode("utf-8", "surrogateescape")
     matched = False
     for good in accepted:
         matched |= hmac.compare_digest(candidate, good.encode())

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from typing import Any, TextIO
 
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
@@ -124,6 +125,35 @@ class SecretFilter(logging.Filter):
         return True
 
 
+class RefusedRequestFilter(logging.Filter):
+    """aiohttp logs every request its HTTP parser refuses (a bad request line, a header line
+    over 8190 bytes, a missing or repeated Host, a byte a URL cannot hold) at the error
+    level with a traceback, although the client got its 400 and nothing failed here. Such a
+    record becomes one line at the info level at most, without the traceback, saying what
+    was refused; it is dropped below ``level``. Every other record passes untouched."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.name != "aiohttp.server" or not isinstance(exc, HttpProcessingError) \
+                or not 400 <= exc.code < 500:
+            return True
+        record.levelno = min(record.levelno, logging.INFO)
+        record.levelname = logging.getLevelName(record.levelno)
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        # The first line names the fault; the lines after it quote the raw request bytes.
+        reason = str(exc.message).strip().split("\n", 1)[0][:200]
+        record.msg = "refused a malformed request from %s: %d %s"
+        record.args = (remote, exc.code, reason)
+        record.status = exc.code
+        record.exc_info = None
+        record.exc_text = None
+        return record.levelno >= self.level
+
+
 # --- formatters -------------------------------------------------------------------------------
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items()
@@ -174,6 +204,7 @@ def setup_logging(level: str = "info", log_format: str = "json",
     """Route every logger through one handler with our format, level and secret filter."""
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.addFilter(RefusedRequestFilter(logging.getLevelName(level.upper())))
     handler.addFilter(SecretFilter(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -187,7 +218,12 @@ def setup_logging(level: str = "info", log_format: str = "json",
 
 # --- requests and upload events ---------------------------------------------------------------
 def _upload_id(request: BaseRequest, response: StreamResponse) -> str | None:
-    match_info = getattr(request, "match_info", None)
+    try:
+        match_info = getattr(request, "match_info", None)
+    except AssertionError:
+        # aiohttp answers a request its parser refused without routing it, and the
+        # ``match_info`` of such a request asserts instead of answering None.
+        match_info = None
     candidate = match_info.get("upload_id") if match_info is not None else None
     if candidate is None:
         location = response.headers.get("Location")  # a creation names its new upload here

@@ -26,6 +26,8 @@ from protocol import decisions, ietf
 from protocol.headers import Headers
 
 Handler = Callable[[web.Request, Headers], Awaitable[web.StreamResponse]]
+# What a CORS preflight asks with (the Fetch standard: an origin, a method, header names).
+PREFLIGHT = ("Origin", "Access-Control-Request-Method", "Access-Control-Request-Headers")
 
 
 class _TusView(aiohttp_cors.CorsViewMixin, web.View):
@@ -76,6 +78,11 @@ class _TusView(aiohttp_cors.CorsViewMixin, web.View):
     async def options(self) -> web.StreamResponse:
         if ("Origin" in self.request.headers
                 and "Access-Control-Request-Method" in self.request.headers):
+            if not all(self.request.headers.get(name, "").isascii() for name in PREFLIGHT):
+                # A browser sends ASCII here. aiohttp-cors would quote the value in its 403,
+                # and bytes that are not UTF-8 cannot be encoded there (a 500).
+                raise web.HTTPForbidden(text="CORS preflight request failed: the origin, "
+                                             "method or header names are not ASCII")
             response: web.StreamResponse = await super().options()  # type: ignore[no-untyped-call]
             return response
         return await self._dispatch()

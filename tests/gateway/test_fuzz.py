@@ -1,0 +1,505 @@
+"""Hostile requests against a real gateway process: it must answer every one and stay well.
+
+Thousands of tus 1.0.0 and IETF resumable-upload requests, mutated from a fixed seed by
+``tests/fuzz/generator.py``, go to a real ``tus-gateway serve`` on each state backend (JSON
+access log on, as shipped; ``--auth hmac`` and ``--behind-proxy`` so that the Authorization
+and forwarding headers are read rather than ignored), each on a fresh connection that is
+never half-closed. Valid uploads are mixed in, so the mutations reach the code behind the
+checks.
+
+What must hold, for every request and afterwards:
+
+- every request gets a complete HTTP answer (a status line, a body matching its framing);
+- no 5xx but two. 501: a method nobody here implements (aiohttp's answer for a method its
+  parser knows but no route takes, and the gateway's ``ERR_METHOD_NOT_IMPLEMENTED``). 503
+  only from admission control, with Retry-After and ``ERR_OVERLOADED``; the gateway runs
+  with its default memory budget, so none is expected. Any other 503 (a store or a hook
+  that failed) is a bug here, since nothing is down;
+- every Location (of a 201, an error after creation, or a 104) is an upload URL and nothing
+  more: scheme, host, ``/files/<id>``;
+- the steps of valid sequences get their expected answers (and GET returns the exact bytes);
+- the log has no line at level error or critical, no "Traceback", no "Unhandled
+  exception", and every line is one JSON object;
+- the process is alive at the end, a clean upload (create, PATCH, HEAD, GET) comes back
+  byte-exact, and the request metrics carry no label a client made up.
+
+The time taken, the answers by status, the memory (RSS) and the number of metric series after
+the run are printed (``pytest -s`` shows them).
+
+Reproducing and longer runs: the seed is printed and named in the failure report, with each
+failing request as sent. ``FUZZ_REQUESTS=<n>`` sets the requests per backend (2,000 by
+default) and ``FUZZ_SEED=<n>`` the seed (``random`` for a fresh one); ``make fuzz`` runs
+100,000 per backend with a fresh seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import re
+import secrets
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import ClientFactory, GatewayProcess
+from tests.fuzz.generator import (
+    OTHER_METHODS,
+    TUS_METHODS,
+    Fuzzer,
+    SequenceFailed,
+    WireRequest,
+    signed_token,
+)
+from tests.fuzz.wire import Answer, exchange, parse
+
+Gateways = Callable[..., GatewayProcess]
+
+DEFAULT_SEED = 20250611
+REQUESTS = int(os.environ.get("FUZZ_REQUESTS", "2000"))
+SECRET = "fuzz0123456789abcdef0123456789abcdef"
+BAD_LOG_WORDS = ("Traceback", "Unhandled exception")
+# Failures of one kind beyond this many are counted, not shown.
+EXAMPLES_PER_KIND = 2
+
+
+def fuzz_seed() -> int:
+    text = os.environ.get("FUZZ_SEED", "").strip()
+    if text == "random":
+        return secrets.randbelow(2**32)
+    return int(text) if text else DEFAULT_SEED
+
+
+@dataclass
+class Failure:
+    kind: str
+    index: int
+    request: WireRequest
+    answer: Answer | None
+    detail: str = ""
+    log: list[str] = field(default_factory=list)
+    # A log line is read once the answer is in; it may belong to the request before.
+    previous: WireRequest | None = None
+
+    def signature(self) -> str:
+        status = self.answer.status if self.answer is not None else None
+        core = self.detail.split("\n", 1)[0][:80]
+        return f"{self.kind} / {status} / {core}"
+
+    def describe(self) -> str:
+        raw = self.request.encode()
+        shown = raw[:1500] + (f" ... ({len(raw)} bytes)".encode() if len(raw) > 1500 else b"")
+        lines = [f"request #{self.index} ({self.request.label}): {shown!r}"]
+        if self.answer is not None:
+            lines.append(f"answer: {self.answer.describe()}")
+        if self.detail:
+            lines.append(f"detail: {self.detail}")
+        for line in self.log[:4]:
+            lines.append(f"log: {line[:1500]}")
+        if self.log and self.previous is not None:
+            raw = self.previous.encode()
+            lines.append(f"(or the request before: {self.previous.label}: {raw[:600]!r})")
+        return "\n    ".join(lines)
+
+
+class LogWatch:
+    """Reads the lines the gateway wrote since the last call and keeps the bad ones."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.position = 0
+        self.lines = 0
+        self.levels: dict[str, int] = {}
+
+    def new_bad_lines(self) -> list[str]:
+        with self.path.open("rb") as f:
+            f.seek(self.position)
+            data = f.read()
+        end = data.rfind(b"\n")
+        if end < 0:
+            return []
+        self.position += end + 1
+        bad = []
+        # Only "\n" ends a line: a JSON string may hold U+2028, which str.splitlines splits.
+        for raw in data[:end].split(b"\n"):
+            if not raw.strip():
+                continue
+            self.lines += 1
+            text = raw.decode("utf-8", "replace")
+            try:
+                line = json.loads(text)
+            except json.JSONDecodeError:
+                bad.append(f"not a JSON line: {text}")
+                continue
+            level = str(line.get("level")) if isinstance(line, dict) else "?"
+            self.levels[level] = self.levels.get(level, 0) + 1
+            if level in ("error", "critical") or any(w in text for w in BAD_LOG_WORDS):
+                bad.append(text)
+        return bad
+
+
+# Where an upload lives, and nothing else: a scheme, a host[:port], the upload's path.
+UPLOAD_URL = re.compile(r"https?://[A-Za-z0-9.\-\[\]:_]+/files/[0-9a-f]{32}")
+
+
+def check_answer(answer: Answer) -> tuple[str, str] | None:
+    """What is wrong with an answer to a complete request, as (kind, detail), or None."""
+    if answer.status is None or not answer.complete:
+        return "no complete answer", answer.problem
+    for location in answer.locations():
+        if not UPLOAD_URL.fullmatch(location):
+            return "Location is not an upload URL", location[:300]
+    if answer.status >= 500:
+        if answer.status == 501:
+            return None
+        if answer.status == 503 and answer.header("retry-after") \
+                and b"ERR_OVERLOADED" in answer.body:
+            return None
+        return "5xx", answer.body[:300].decode("utf-8", "replace")
+    return None
+
+
+def request(method: str, url: str, body: bytes | None = None, /,
+            **headers: str) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, data=body, method=method,
+                                 headers={"Tus-Resumable": "1.0.0", **headers})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def clean_upload(gw: GatewayProcess, fuzzer: Fuzzer) -> str | None:
+    """Create, PATCH every byte, HEAD, GET; what went wrong, or None."""
+    data = os.urandom(100_000)
+    status, headers, body = request("POST", gw.url, **{
+        "Upload-Length": str(len(data)), "Authorization": f"Bearer {fuzzer.token()}",
+        "Upload-Metadata": "filename Y2xlYW4uYmlu"})
+    if status != 201:
+        return f"creation answered {status}: {body[:200]!r}"
+    location = headers["Location"]
+    status, headers, body = request("PATCH", location, data, **{
+        "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"})
+    if status != 204 or headers.get("Upload-Offset") != str(len(data)):
+        return f"PATCH answered {status} {headers}: {body[:200]!r}"
+    status, headers, _ = request("HEAD", location)
+    if status != 200 or headers.get("Upload-Offset") != str(len(data)):
+        return f"HEAD answered {status} {headers}"
+    status, _, body = request("GET", location)
+    if status != 200 or body != data:
+        return f"GET answered {status} with {len(body)} bytes (the upload had {len(data)})"
+    return None
+
+
+def metric_series(gw: GatewayProcess) -> tuple[int, set[str]] | str:
+    """How many series /metrics shows, and the method labels of tus_requests (or what went
+    wrong)."""
+    status, _, body = request("GET", gw.url.replace("/files/", "/metrics"))
+    if status != 200:
+        return f"/metrics answered {status}: {body[:300]!r}"
+    series = 0
+    methods = set()
+    for line in body.decode().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series += 1
+        if line.startswith("tus_requests_total{"):
+            labels = line[line.index("{") + 1:line.rindex("}")]
+            for pair in labels.split('",'):
+                name, _, value = pair.partition("=")
+                if name.strip() == "method":
+                    methods.add(value.strip('"'))
+    return series, methods
+
+
+@pytest.mark.timeout(120 + REQUESTS // 20)
+def test_hostile_requests_get_answers_and_leave_no_trace(gateway_process: Gateways) -> None:
+    """The fuzz run the module docstring describes, on one gateway per state backend."""
+    seed = fuzz_seed()
+    print(f"\nfuzz: seed {seed}, {REQUESTS} requests")
+    gw = gateway_process("--auth", "hmac", "--auth-secret", SECRET, "--behind-proxy")
+    assert gw.proc is not None and gw.log_path is not None
+    fuzzer = Fuzzer(seed, f"127.0.0.1:{gw.port}", SECRET)
+    watch = LogWatch(gw.log_path)
+    watch.new_bad_lines()  # the startup lines
+    rss_start = psutil.Process(gw.proc.pid).memory_info().rss
+    failures: list[Failure] = []
+    statuses: dict[int | None, int] = {}
+    left_open = 0
+    previous: WireRequest | None = None
+    started = time.monotonic()
+    for index in range(REQUESTS):
+        wire = fuzzer.next()
+        answer = exchange("127.0.0.1", gw.port, wire.encode(), head=wire.is_head)
+        statuses[answer.status] = statuses.get(answer.status, 0) + 1
+        left_open += not answer.closed
+        wrong = check_answer(answer)
+        if wrong is not None:
+            failures.append(Failure(wrong[0], index, wire, answer, wrong[1]))
+        try:
+            fuzzer.observe(wire, answer)
+        except SequenceFailed as exc:
+            failures.append(Failure("valid request refused", index, wire, answer, str(exc)))
+        bad = watch.new_bad_lines()
+        if bad:
+            failures.append(Failure("bad log line", index, wire, answer,
+                                    _log_summary(bad[0]), bad, previous))
+        if gw.proc.poll() is not None:
+            failures.append(Failure("process died", index, wire, answer,
+                                    f"exit code {gw.proc.returncode}"))
+            break
+        if index and index % 10_000 == 0:
+            print(f"fuzz: {index} requests in {time.monotonic() - started:.0f} s, "
+                  f"{len(failures)} failures")
+        previous = wire
+    elapsed = time.monotonic() - started
+
+    time.sleep(0.2)  # lines written after the last answer went out
+    tail = watch.new_bad_lines()
+    if tail and previous is not None:
+        failures.append(Failure("bad log line", index, previous, None,
+                                _log_summary(tail[0]), tail))
+    problems = []
+    if gw.proc.poll() is None:
+        wrong_upload = clean_upload(gw, fuzzer)
+        if wrong_upload is not None:
+            problems.append(f"a clean upload after the fuzzing failed: {wrong_upload}")
+        metrics = metric_series(gw)
+        if isinstance(metrics, str):
+            problems.append(metrics)
+            metrics = (0, set())
+        series, methods = metrics
+        made_up = methods - set(TUS_METHODS) - set(OTHER_METHODS)
+        # At most one catch-all label for methods it does not count one by one.
+        if len(made_up) > 1 or made_up & fuzzer.junk_overrides:
+            problems.append(f"tus_requests_total has method labels a client made up: "
+                            f"{sorted(made_up)[:20]} ({len(made_up)} in all)")
+        rss_end = psutil.Process(gw.proc.pid).memory_info().rss
+        print(f"fuzz: {REQUESTS} requests in {elapsed:.1f} s; answers {_counts(statuses)}; "
+              f"log lines {watch.lines} by level {watch.levels}; RSS {rss_start >> 20} MiB "
+              f"at start, {rss_end >> 20} MiB after; {series} metric series, method labels "
+              f"{sorted(methods)}; {len(fuzzer.pool)} uploads known; {left_open} "
+              f"connections not closed after the answer")
+    else:
+        problems.append(f"the gateway is not running: {gw.log()[-2000:]}")
+
+    if failures or problems:
+        pytest.fail(_report(seed, failures, problems), pytrace=False)
+
+
+def _log_summary(line: str) -> str:
+    """``level logger: msg`` and the exception's type and first line, to group failures."""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError:
+        return line[:200]
+    if not isinstance(data, dict):
+        return line[:200]
+    summary = f"{data.get('level')} {data.get('logger')}: {data.get('msg')}"
+    lines = str(data.get("exc", "")).splitlines()
+    heads = [i for i, text in enumerate(lines) if text and not text[0].isspace()
+             and not text.startswith("Traceback")]
+    if heads:
+        head = lines[heads[-1]]
+        rest = [text.strip() for text in lines[heads[-1] + 1:] if text.strip()]
+        kind, _, message = head.partition(":")
+        message = message.strip()
+        if message.endswith("message:") and rest:
+            message = rest[0]  # aiohttp's HTTP errors: "400, message:" then the text
+        summary += f" ({kind.rsplit('.', 1)[-1]}: {message[:100]})"
+    return summary
+
+
+def _counts(statuses: dict[int | None, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items(), key=lambda kv: str(kv[0])))
+
+
+def _report(seed: int, failures: list[Failure], problems: list[str]) -> str:
+    kinds: dict[str, list[Failure]] = {}
+    for failure in failures:
+        kinds.setdefault(failure.signature(), []).append(failure)
+    lines = [f"fuzz seed {seed}: {len(failures)} failing requests of {len(kinds)} kinds "
+             f"(again: FUZZ_SEED={seed} FUZZ_REQUESTS={REQUESTS} "
+             f".venv/bin/pytest tests/gateway/test_fuzz.py)"]
+    lines += problems
+    for signature, group in kinds.items():
+        lines.append(f"\n[{len(group)}x] {signature}")
+        for failure in group[:EXAMPLES_PER_KIND]:
+            lines.append("  " + failure.describe())
+    return "\n".join(lines)
+
+
+# --- what the fuzzer found, one case each --------------------------------------------------
+# Requests aiohttp's HTTP parser refuses before any route sees them; each gets aiohttp's 400.
+REFUSED_BY_THE_PARSER = (
+    b"GET /files/ HTTP/1.1\r\nTus-Resumable: 1.0.0\r\n",  # no Host
+    b"GET /files/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n",  # Host twice
+    b"POST /files/\xc3\xa9 HTTP/1.1\r\nHost: a\r\n",  # a raw non-ASCII byte in the target
+    b"POST * HTTP/1.1\r\nHost: a\r\n",  # asterisk form for POST
+    b"GETT /files/ HTTP/1.1\r\nHost: a\r\n",  # no such method
+    b"PATCH /files/ HTTP/1.1\r\nHost: a\r\nX-Long: " + b"a" * 9000 + b"\r\n",  # line too long
+    b"HEAD /files/ HTTP/1.1\r\nHost: a\r\nX-Bad: a\x00b\r\n",  # NUL in a header value
+    b"OPTIONS /files/ HTTP/1.1\r\nHost: a\r\nUpload Offset: 0\r\n",  # space in a header name
+)
+
+
+@pytest.mark.parametrize("backend", ["disk"], indirect=True)
+def test_requests_the_parser_refuses_leave_no_error_in_the_log(
+        gateway_process: Gateways) -> None:
+    """aiohttp logged each of these at the error level with a traceback (its own, then one
+    from the access logger, which read ``match_info`` of a request that was never routed)
+    and wrote no access line. The client's 400 was right; the log must say so, calmly."""
+    gw = gateway_process()
+    assert gw.log_path is not None
+    deadline = time.monotonic() + 10
+    # The start-up probe's access line is written just after its answer.
+    while b'"gateway.access"' not in gw.log_path.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    watch = LogWatch(gw.log_path)
+    watch.new_bad_lines()
+    start = watch.position
+    for head in REFUSED_BY_THE_PARSER:
+        answer = exchange("127.0.0.1", gw.port, head + b"Connection: close\r\n\r\n",
+                          head=False)
+        assert answer.status == 400 and answer.complete, answer.describe()
+    time.sleep(0.2)
+    bad = watch.new_bad_lines()
+    assert not bad, "\n".join(bad)
+    text = gw.log_path.read_bytes()[start:].decode()
+    lines = [json.loads(raw) for raw in text.split("\n") if raw.strip()]
+    access = [line for line in lines if line["logger"] == "gateway.access"]
+    assert [line["status"] for line in access] == [400] * len(REFUSED_BY_THE_PARSER)
+    refused = [line for line in lines if line["msg"].startswith("refused a malformed request")]
+    # The first request of a connection with a method the parser does not know is logged
+    # by aiohttp at the debug level already (scanners and TLS on a plain port look like that).
+    assert len(refused) == len(REFUSED_BY_THE_PARSER) - 1, refused
+    assert all(line["level"] == "info" and line["status"] == 400 and "exc" not in line
+               for line in refused), refused
+    assert any("Host" in line["msg"] for line in refused), refused
+
+
+def test_a_refused_request_is_one_calm_line_and_a_real_error_stays_an_error() -> None:
+    """The same records through the handler ``serve`` installs: a parser refusal is an info
+    line without traceback, silent at --log-level warning; other aiohttp errors keep their
+    level and traceback."""
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    from gateway.logs import setup_logging
+
+    def emit(level: str, exc: BaseException) -> list[dict[str, object]]:
+        root = logging.getLogger()
+        saved_handlers, saved_level = list(root.handlers), root.level
+        stream = io.StringIO()
+        setup_logging(level, "json", stream=stream)
+        try:
+            try:
+                raise exc
+            except BaseException:
+                logging.getLogger("aiohttp.server").exception(
+                    "Error handling request from %s", "192.0.2.7")
+        finally:
+            for handler in list(root.handlers):
+                root.removeHandler(handler)
+            for handler in saved_handlers:
+                root.addHandler(handler)
+            root.setLevel(saved_level)
+            logging.captureWarnings(False)
+        return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+    refused = BadHttpMessage("Missing 'Host' header in request.\n\n  b'GET / HTTP/1.1'")
+    [line] = emit("info", refused)
+    assert line["level"] == "info" and "exc" not in line, line
+    assert line["msg"] == ("refused a malformed request from 192.0.2.7: "
+                           "400 Missing 'Host' header in request."), line
+    assert emit("warning", refused) == []
+    [line] = emit("info", RuntimeError("a bug"))
+    assert line["level"] == "error" and "RuntimeError: a bug" in str(line["exc"]), line
+
+
+async def raw_exchange(port: int, data: bytes) -> Answer:
+    """``exchange`` for tests whose gateway runs on this event loop."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        received = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+    return parse(received, head=False)
+
+
+def nested_token(depth: int) -> str:
+    """Correctly signed, with a payload nested deeper than Python's JSON parser recurses."""
+    return signed_token(SECRET, b'{"exp": 99999999999, "x": ' + b"[" * depth + b"]" * depth
+                        + b"}")
+
+
+BAD_TOKENS: list[tuple[str, bytes]] = [
+    ("bytes past UTF-8 after a good token", b"good\x92\xbc"),
+    ("bytes past UTF-8 alone", b"\xff\xfe.\xff"),
+    ("a payload nested 2000 deep", nested_token(2000).encode()),
+]
+
+
+@pytest.mark.parametrize("backend", ["disk"], indirect=True)
+@pytest.mark.parametrize("mode", ["hmac", "bearer"])
+@pytest.mark.parametrize("draft", [False, True])
+@pytest.mark.parametrize("case,token", BAD_TOKENS, ids=[c for c, _ in BAD_TOKENS])
+async def test_a_token_that_is_no_token_is_refused_not_a_crash(
+        make_client: ClientFactory, mode: str, draft: bool, case: str, token: bytes) -> None:
+    """A bearer value with bytes that are not UTF-8 made the token check encode it and fail
+    (500, traceback), for both auth modes; a signed payload nested past the JSON parser's
+    recursion limit did the same. Both are tokens the gateway does not accept: 403."""
+    client = await make_client(auth=mode, auth_secret=SECRET, auth_tokens=("s3cret-token",))
+    good = Fuzzer(1, "x", SECRET).token().encode() if mode == "hmac" else b"s3cret-token"
+    value = token.replace(b"good", good)
+    protocol = (b"Upload-Draft-Interop-Version: 6\r\nUpload-Complete: ?1\r\n" if draft
+                else b"Tus-Resumable: 1.0.0\r\nUpload-Length: 5\r\n")
+    answer = await raw_exchange(client.server.port,
+                                b"POST /files/ HTTP/1.1\r\nHost: 127.0.0.1\r\n" + protocol
+                                + b"Authorization: Bearer " + value + b"\r\n"
+                                b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+    assert answer.status == 403 and b"ERR_AUTH_INVALID" in answer.body, answer.describe()
+
+
+LISTED_ORIGIN = "https://app.example"
+# (case, the gateway's --cors-origins, Origin, Access-Control-Request-Method, -Headers)
+PREFLIGHTS: list[tuple[str, tuple[str, ...], bytes, bytes, bytes]] = [
+    ("a header name past UTF-8", ("*",), b"https://app.example", b"PATCH",
+     b"upload-offset,\x94"),
+    ("a method past UTF-8", ("*",), b"https://app.example", b"PATCH\xe9", b"upload-offset"),
+    ("an unlisted origin past UTF-8", (LISTED_ORIGIN,), b"https://app.example\xff", b"PATCH",
+     b"upload-offset"),
+    # Browsers serialize an origin in ASCII (RFC 6454: the host in its punycode form).
+    ("a non-ASCII origin", ("*",), "https://\u00e9.example".encode(), b"POST",
+     b"upload-length"),
+]
+
+
+@pytest.mark.parametrize("backend", ["disk"], indirect=True)
+@pytest.mark.parametrize("case,origins,origin,method,names", PREFLIGHTS,
+                         ids=[c for c, *_ in PREFLIGHTS])
+async def test_a_preflight_that_is_not_text_is_refused_not_a_crash(
+        make_client: ClientFactory, case: str, origins: tuple[str, ...], origin: bytes,
+        method: bytes, names: bytes) -> None:
+    """aiohttp-cors writes the origin, method and header names it refuses into its 403; with
+    bytes that are not UTF-8 that text could not be encoded (500, traceback). A browser
+    sends these as ASCII tokens and an ASCII origin, so anything else is refused."""
+    client = await make_client(cors_origins=origins)
+    for path in (b"/files/", b"/files", b"/files/" + b"0" * 32):
+        answer = await raw_exchange(client.server.port, b"OPTIONS " + path + b" HTTP/1.1\r\n"
+                                    b"Host: 127.0.0.1\r\nOrigin: " + origin + b"\r\n"
+                                    b"Access-Control-Request-Method: " + method + b"\r\n"
+                                    b"Access-Control-Request-Headers: " + names + b"\r\n"
+                                    b"Connection: close\r\n\r\n")
+        assert answer.status == 403, answer.describe()
+        assert answer.header("access-control-allow-origin") is None, answer.describe()
