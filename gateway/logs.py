@@ -155,6 +155,28 @@ class RefusedRequestFilter(logging.Filter):
 
 
 # --- formatters -------------------------------------------------------------------------------
+# What must not reach a log line as it is: C0 controls (line feed, carriage return, escape),
+# DEL, C1 controls (NEL among them), the Unicode line and paragraph separators, and lone
+# surrogates (request bytes that were not UTF-8, which no stream can encode).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+TRACE_INDENT = "    "
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every character ``_UNSAFE`` names written as ``\\xNN`` or ``\\uNNNN``."""
+    return _UNSAFE.sub(_escape, text)
+
+
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items()
             if k not in _RECORD_FIELDS and not k.startswith("_")}
@@ -180,23 +202,48 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             payload["stack"] = self.formatStack(record.stack_info)
         # default=str: a Path or an enum in an extra must not cost the whole line.
-        return json.dumps(payload, default=str, ensure_ascii=False)
+        line = json.dumps(payload, default=str, ensure_ascii=False)
+        # The encoder escapes C0 controls, but not DEL, C1 controls or the Unicode line
+        # separators, which some readers take for line ends, nor lone surrogates (request
+        # bytes that were not UTF-8), which cannot even be written. In JSON text they can
+        # only stand inside strings, where an escape means the same character.
+        return _JSON_UNSAFE.sub(_json_escape, line)
 
 
 class TextFormatter(logging.Formatter):
-    """``time LEVEL logger: msg key=value ...``, for reading in a terminal."""
+    """``time LEVEL logger: msg key=value ...``, for reading in a terminal.
+
+    One record is one line, whatever it carries: control characters in the message, the
+    logger name and the fields are written as ``\\xNN`` (``\\uNNNN`` beyond Latin-1), so a
+    request path with ``%0a`` in it cannot start a line that looks like a record of its own,
+    and an escape sequence cannot rewrite the terminal. A traceback keeps its lines, each
+    indented below its record: only records start at the margin.
+    """
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, self.datefmt)
+        line = (f"{record.asctime} {escape_controls(record.levelname)} "
+                f"{escape_controls(record.name)}: {escape_controls(record.message)}")
         extras = _extras(record)
-        if not extras:
-            return line
-        first, newline, rest = line.partition("\n")  # keep a traceback below the fields
-        fields = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in extras.items())
-        return f"{first} {fields}{newline}{rest}"
+        if extras:
+            line += " " + " ".join(
+                f"{escape_controls(k)}={escape_controls(json.dumps(v, default=str))}"
+                for k, v in extras.items())
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        below = []
+        if record.exc_text:
+            below.append(record.exc_text)
+        if record.stack_info:
+            below.append(self.formatStack(record.stack_info))
+        for text in below:
+            line += "".join(f"\n{TRACE_INDENT}{escape_controls(part)}"
+                            for part in text.split("\n"))
+        return line
 
 
 def setup_logging(level: str = "info", log_format: str = "json",
