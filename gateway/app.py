@@ -32,7 +32,7 @@ from gateway.sinks import DirectorySink, Sink
 from gateway.state.base import Locker, UploadStore
 from gateway.state.disk import DiskStore
 from gateway.state.memlock import MemoryLocker
-from gateway.uploads import Uploads
+from gateway.uploads import Uploads, indexing
 from protocol import errors
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
                            write_buffer_bytes=config.write_buffer_bytes,
                            commit_interval_bytes=config.commit_interval_bytes,
                            sync_interval_bytes=config.sync_interval_bytes,
-                           tombstone_ttl_s=config.tombstone_ttl_s)
+                           tombstone_ttl_s=config.tombstone_ttl_s, file_mode=config.file_mode)
         locker = RedisLocker(backend)
         journal = None  # the folder is shared; Redis records each delivery
     else:
@@ -86,7 +86,8 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
                           commit_interval_bytes=config.commit_interval_bytes,
                           # Windows of a long PATCH can go to Notion before it ends.
                           sync_interval_bytes=(config.sync_interval_bytes
-                                               if config.sink == "notion" else None))
+                                               if config.sink == "notion" else None),
+                          indexing=indexing(config), file_mode=config.file_mode)
         locker = MemoryLocker()
     metrics = app[METRICS]
     store = measured(store, metrics)
@@ -109,7 +110,7 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
         metrics.watch_breaker(lambda: str(notion.breaker.state))
     else:
         sink = directory = DirectorySink(config.data_dir / "complete", journal, pool,
-                                         durable=durable)
+                                         durable=durable, file_mode=config.file_mode)
     try:
         if backend is not None:
             try:
@@ -123,6 +124,7 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
         uploads = Uploads(config, store, locker, sink)
         uploads.metrics = metrics
         metrics.watch_active(lambda: uploads.active)
+        metrics.watch_unreadable(lambda: store.unreadable)
         monitor = ResourceMonitor(pool, budget=config.memory_budget_bytes,
                                   high_percent=config.memory_high_percent,
                                   critical_percent=config.memory_critical_percent,

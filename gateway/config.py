@@ -74,6 +74,16 @@ class GatewayConfig:
     """How often the background sweeper looks for expired uploads and old tombstones."""
     tombstone_ttl_s: float = 7 * 86400.0
     """How long a removed upload keeps answering 410 instead of 404."""
+    finished_ttl_s: float = 7 * 86400.0
+    """A finished upload's record (and any spool bytes left, such as a partial's) is forgotten
+    this long after it finished, and answers 410 from then on; a delivery still in progress
+    is waited for. The delivered file in complete/ is the operator's and stays. A week gives
+    clients time to look at the status and download; 0 keeps finished uploads forever."""
+    file_mode: int = 0o600
+    """Permissions (octal) of the files the gateway creates under the data dir: uploaded
+    bytes, delivered files, records, journal, checkpoints. 0600 keeps uploads private to the
+    gateway's user; widen it (0640, 0660, 0644, 0666) for a consumer in another account.
+    Read and write for the owner are required, execute and special bits refused."""
     cors_origins: tuple[str, ...] = ("*",)
     """Origins allowed to upload from a browser; '*' allows any (no credentials then)."""
     behind_proxy: bool = False
@@ -238,7 +248,8 @@ class GatewayConfig:
             problems.append("base_path must start and end with '/'")
         if not 0 <= self.port <= 65535:
             problems.append("port must be 0..65535")
-        for name in ("max_size_bytes", "expire_after_s", "sweep_interval_s", "tombstone_ttl_s"):
+        for name in ("max_size_bytes", "expire_after_s", "sweep_interval_s", "tombstone_ttl_s",
+                     "finished_ttl_s"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative")
         if not 0 < self.memory_high_percent <= self.memory_critical_percent:
@@ -302,6 +313,9 @@ class GatewayConfig:
         if bad_origins:
             problems.append(f"page_token_origins must be origins like https://host:port, "
                             f"without a path or '*': {', '.join(map(repr, bad_origins))}")
+        if self.file_mode & ~0o666 or self.file_mode & 0o600 != 0o600:
+            problems.append(f"file_mode {self.file_mode:04o} must give the owner read and "
+                            "write, and nobody execute or special bits (at most 0666)")
         problems += self._auth_and_log_problems()
         problems += self._hook_problems()
         if problems:
@@ -401,6 +415,8 @@ def redacted(config: GatewayConfig) -> dict[str, Any]:
             value = value.value
         elif isinstance(value, Path):
             value = str(value)
+        elif f.name == "file_mode":
+            value = f"{value:04o}"  # as it is written on the command line
         out[f.name] = value
     return out
 
@@ -467,6 +483,8 @@ def parse_field(name: str, raw: str) -> Any:
         return Path(raw)
     if isinstance(default, tuple):
         return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if name == "file_mode":
+        return int(raw, 8)  # permissions are written in octal: 0640
     if isinstance(default, int):
         return parse_size(raw) if name.endswith("_bytes") else int(raw)
     if isinstance(default, float):

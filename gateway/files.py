@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 _SYNC_FILE_RANGE_WRITE = 2
@@ -35,11 +36,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, durable: bool) -> None:
-    """Write a whole file so that readers see the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def atomic_write(path: Path, data: bytes, durable: bool, mode: int = 0o600) -> None:
+    """Write a whole file so that readers see the old or the new content, never a mix.
+
+    Each call writes its own temp file (a unique name, made with O_EXCL), so two threads
+    saving one file at once each replace it whole: the last rename wins."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
     try:
+        if mode != 0o600:  # mkstemp makes 0600 whatever the umask
+            os.fchmod(fd, mode)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]

@@ -112,8 +112,10 @@ async def get(request: web.Request, headers: Headers) -> web.StreamResponse:
     uploads = uploads_of(request)
     upload_id = checked_id(request.match_info["upload_id"])
     state = await uploads.live(upload_id)
+    # Once a sink released the spool's copy, the file it delivered here stands in for it.
+    path, state = await uploads.download(state)
     plan = decisions.plan_download(state)
-    return Download(uploads.store.data_path(upload_id),
+    return Download(path,
                     send_timeout_s=request.app[CONFIG].send_timeout_s, headers={
                         "Content-Type": plan.content_type,
                         "Content-Disposition": plan.disposition,

@@ -70,8 +70,12 @@ async def _store(request: web.Request) -> dict[str, object]:
         return {"status": "unhealthy", "kind": kind, "reachable": False,
                 "error": exc.detail}
     latency_ms = (time.perf_counter() - started) * 1000
-    return {"status": "healthy", "kind": kind, "reachable": True,
-            "latency_ms": round(latency_ms, 2)}
+    # Records that could not be read are set aside (disk) or answered as not found (Redis):
+    # the gateway works on, but someone's upload needs an operator.
+    unreadable = uploads.store.unreadable
+    return {"status": "degraded" if unreadable else "healthy", "kind": kind,
+            "reachable": True, "latency_ms": round(latency_ms, 2),
+            "unreadable_records": unreadable}
 
 
 def _sink(request: web.Request) -> dict[str, object]:

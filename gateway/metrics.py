@@ -80,12 +80,19 @@ class Metrics:
         self.breaker = Gauge("tus_sink_breaker_state",
                              "The sink's circuit breaker: 0 closed, 1 half-open, 2 open",
                              registry=registry)
+        self.unreadable = Gauge("tus_unreadable_records",
+                                "Upload records the store could not read (set aside or "
+                                "answered as not found; each is logged once)",
+                                registry=registry)
         self.admission = Counter("tus_admission_refused",
                                  "Requests refused to protect the gateway, by reason",
                                  ["reason"], registry=registry)
 
     def watch_active(self, count: Callable[[], int]) -> None:
         self.active.set_function(lambda: float(count()))
+
+    def watch_unreadable(self, count: Callable[[], int]) -> None:
+        self.unreadable.set_function(lambda: float(count()))
 
     def watch_breaker(self, state: Callable[[], str]) -> None:
         self.breaker.set_function(lambda: float(BREAKER_STATES.get(state(), 0)))

@@ -11,6 +11,14 @@ file someone has taken out of ``complete/`` is never delivered again after a res
 journal is not fsynced: losing its last lines in a power cut only means the links that are
 still there are found again. When several instances share the folder (the Redis store),
 there is no journal: each upload's record in Redis keeps its delivery instead.
+
+The delivered file is then the only copy: once the record says where it went (durably),
+the upload's spool link is removed (``releases_spool``), so an operator who takes a file
+out of ``complete/`` frees its space. The order is link, record, unlink; a stop between
+any two is finished at the next start (the link is found by its inode, a recorded delivery
+releases the spool's link). GET serves the delivered file while it is the one delivered:
+the record keeps its inode, size and modification time, so a file that took the name after
+the operator removed the original is never served in its place.
 """
 
 from __future__ import annotations
@@ -18,12 +26,14 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 from gateway.aio import IoPool
 from gateway.files import atomic_write, fsync_dir
+from protocol import errors
 from protocol.model import SinkState, UploadState
 from protocol.names import metadata_filename, safe_filename
 from protocol.state import Input, advance
@@ -35,6 +45,10 @@ class Sink(Protocol):
     state_needs_saving: bool
     """False when the sink keeps its own record of deliveries, so the upload's record need
     not be rewritten after every delivery."""
+
+    releases_spool: bool
+    """True when a finished delivery (``drained``) holds the whole file, so the spool's copy
+    is released once the delivery is on record."""
 
     async def deliver(self, state: UploadState, data: Path) -> SinkState:
         """Deliver a complete upload (idempotent); returns the sink state to record."""
@@ -49,14 +63,22 @@ class Sink(Protocol):
         """A PATCH for the upload starts or ends: a sink that sends windows before the
         upload is complete looks at its committed offset again."""
 
+    async def delivered_file(self, state: UploadState) -> Path | None:
+        """The delivered file to serve for a download once the spool's copy is released,
+        or None if this sink keeps none here; ``errors.DeliveredFileRemoved`` if it kept
+        one that is no longer there."""
+
 
 class DirectorySink:
+    releases_spool = True
+
     def __init__(self, folder: Path, journal: Path | None, pool: IoPool, *,
-                 durable: bool) -> None:
+                 durable: bool, file_mode: int = 0o600) -> None:
         self.folder = folder
         self.journal = journal
         self._pool = pool
         self._durable = durable
+        self._file_mode = file_mode
         self._delivered: dict[str, str] = {}  # upload id -> name in the folder
         # Without a journal (several instances share the folder), the upload's record keeps
         # the delivery instead.
@@ -83,23 +105,52 @@ class DirectorySink:
     async def deliver(self, state: UploadState, data: Path) -> SinkState:
         status = advance(state.status, Input.SINK_START)
         upload_id = state.info.upload_id
-        name = self._delivered.get(upload_id)
-        if name is None:
+        known = self._delivered.get(upload_id)
+        if known is None:
             wanted = safe_filename(metadata_filename(state.info.metadata), upload_id)
-            name = await self._pool.run(self._link_and_note, data, wanted, upload_id)
+            name, identity = await self._pool.run(self._link_and_note, data, wanted,
+                                                  upload_id)
             self._delivered[upload_id] = name
-        return SinkState(advance(status, Input.SINK_DONE), ref=name)
+        else:
+            # Delivered before (a stop came before the record): the file is ours if it is
+            # still the spool's inode.
+            name = known
+            identity = await self._pool.run(self._identity_if_linked, data, name)
+        return SinkState(advance(status, Input.SINK_DONE), ref=name, detail=identity)
 
-    def _link_and_note(self, data: Path, name: str, upload_id: str) -> str:
+    def _link_and_note(self, data: Path, name: str, upload_id: str) -> tuple[str, dict[str, str]]:
         target = self._link(data, name, upload_id)
+        identity = _identity(os.stat(target))
         if self.journal is None:
-            return target.name
-        fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            return target.name, identity
+        fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self._file_mode)
         try:
             os.write(fd, f"{upload_id}\t{target.name}\n".encode())
         finally:
             os.close(fd)
-        return target.name
+        return target.name, identity
+
+    def _identity_if_linked(self, data: Path, name: str) -> dict[str, str]:
+        try:
+            target, source = os.stat(self.folder / name), os.stat(data)
+        except FileNotFoundError:
+            return {}  # taken away already: nothing to serve
+        return _identity(target) if target.st_ino == source.st_ino else {}
+
+    async def delivered_file(self, state: UploadState) -> Path:
+        sink = state.info.sink
+        detail = {} if sink is None else sink.detail
+        name = None if sink is None else sink.ref
+        if not name or name != Path(name).name or "inode" not in detail:
+            raise errors.DeliveredFileRemoved()
+        path = self.folder / name
+        try:
+            found = await self._pool.run(os.stat, path)
+        except FileNotFoundError:
+            raise errors.DeliveredFileRemoved() from None
+        if _identity(found) != {k: detail.get(k) for k in IDENTITY}:
+            raise errors.DeliveredFileRemoved()  # another file took the name
+        return path
 
     def handed_over(self, state: UploadState, data: Path) -> None:
         return None  # a directory delivery is finished when ``deliver`` returns
@@ -113,7 +164,7 @@ class DirectorySink:
             return
         self._delivered = keep
         text = "".join(f"{k}\t{v}\n" for k, v in keep.items()).encode()
-        await self._pool.run(atomic_write, self.journal, text, False)
+        await self._pool.run(atomic_write, self.journal, text, False, self._file_mode)
 
     def _link(self, data: Path, name: str, upload_id: str) -> Path:
         source_inode = os.stat(data).st_ino
@@ -139,16 +190,32 @@ class DirectorySink:
         raise FileExistsError(f"no free name for {name!r} in {self.folder}")
 
     def _copy_exclusive(self, data: Path, target: Path) -> bool:
-        """Fallback when links are impossible: copy to a temp name, then claim the name."""
-        tmp = self.folder / f".{target.name}.partial"
-        shutil.copyfile(data, tmp)
+        """Fallback when links are impossible: copy to a temp name of its own (two copies
+        may be made at once), then claim the name."""
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial",
+                                    dir=self.folder)
+        tmp = Path(name)
         try:
+            os.fchmod(fd, self._file_mode)
+        finally:
+            os.close(fd)
+        try:
+            shutil.copyfile(data, tmp)
             os.link(tmp, target)
         except FileExistsError:
             return False
         finally:
             tmp.unlink(missing_ok=True)
         return True
+
+
+# What tells the delivered file from one that took its name later. Not the device: hosts that
+# mount one shared volume may number it differently.
+IDENTITY = ("inode", "size", "mtime_ns")
+
+
+def _identity(st: os.stat_result) -> dict[str, str]:
+    return {"inode": str(st.st_ino), "size": str(st.st_size), "mtime_ns": str(st.st_mtime_ns)}
 
 
 def _candidates(name: str, upload_id: str) -> Iterator[str]:

@@ -4,6 +4,12 @@ Handlers stay thin: they parse a request, ask ``protocol`` for a plan and call o
 Everything here runs under the upload's lock when it touches one upload's bytes or record;
 finishing (sink delivery, assembling finals that waited for a partial) happens exactly once,
 under that lock, and its outcome is recorded so a retried final request replays it.
+
+Two indexes in the store keep start-up and sweeps from reading every upload ever kept:
+uploads that may owe their finish (noted at creation, cleared once the finish is on record:
+a start reads those) and when each upload is next due for expiry (unfinished ones
+``expire_after_s`` after their last byte, finished ones ``finished_ttl_s`` after they
+finished: a sweep reads those that are due, and notes again the ones not due after all).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import StreamReader
@@ -25,9 +32,9 @@ from gateway.hooks import Hooks
 from gateway.logs import log_event
 from gateway.progress import Meters
 from gateway.sinks import Sink
-from gateway.state.base import Locker, ReleaseRequested, UploadStore
+from gateway.state.base import Indexing, Locker, ReleaseRequested, UploadStore
 from protocol import errors
-from protocol.decisions import is_expired, plan_final_length
+from protocol.decisions import ProtocolSettings, expires_at, is_expired, plan_final_length
 from protocol.headers import UPLOAD_ID, Checksum, Concat, ConcatFinal
 from protocol.model import UploadInfo, UploadState
 from protocol.state import UploadStatus
@@ -39,6 +46,49 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 # A data file without a record younger than this may be a create in progress.
 ORPHAN_GRACE_S = 3600.0
+# Due uploads read per index query, and at most per sweep (the rest wait for the next one,
+# so one sweep's length stays bounded however many uploads come due at once).
+SWEEP_BATCH = 500
+SWEEP_MAX = 20_000
+
+
+def forget_at(state: UploadState, settings: ProtocolSettings,
+              finished_ttl_s: float) -> float | None:
+    """When the upload is due to be removed: unfinished, ``expire_after_s`` after its last
+    byte (sliding); finished, ``finished_ttl_s`` after it finished. None: never."""
+    if not state.finished:
+        return expires_at(state, settings)
+    if finished_ttl_s <= 0:
+        return None
+    # A record from before finishes were timed: its last byte is when it finished.
+    return (state.info.finished_at or state.last_activity) + finished_ttl_s
+
+
+def delivery_settled(state: UploadState) -> bool:
+    """Whether nothing more will happen to a finished upload's delivery: it was delivered,
+    failed for good, or it is a partial (never delivered on its own). A delivery still in
+    progress keeps the upload, however long it takes."""
+    status, sink = state.status, state.info.sink
+    if not state.finished:
+        return False
+    if state.info.is_partial or status is UploadStatus.DRAINED:
+        return True
+    return status is UploadStatus.FAILED and sink is not None and not sink.will_retry
+
+
+def owes_finish(state: UploadState) -> bool:
+    """Whether the upload is complete and its finish is not on record: a partial's (its
+    event, its finals woken) or anything else's hand-over to the sink."""
+    if state.status is not UploadStatus.COMPLETE:
+        return False
+    return not state.info.is_partial or state.info.finished_at is None
+
+
+def indexing(config: GatewayConfig) -> Indexing:
+    """How the disk store rebuilds its expiry and finish indexes when it opens."""
+    settings, ttl = config.protocol_settings(), config.finished_ttl_s
+    return Indexing(expires_at=lambda state: forget_at(state, settings, ttl),
+                    owes_finish=owes_finish)
 
 
 def new_upload_id() -> str:
@@ -146,18 +196,54 @@ class Uploads:
     async def live(self, upload_id: str) -> UploadState:
         """The upload's state, or 404/410; an expired upload is gone even before the sweep."""
         state = await self.store.get(upload_id)
-        if is_expired(state, self.settings, time.time()):
+        now = time.time()
+        if is_expired(state, self.settings, now) or self._forgotten(state, now):
             raise errors.Gone("the upload has expired")
         return state
+
+    def forget_at(self, state: UploadState) -> float | None:
+        return forget_at(state, self.settings, self.config.finished_ttl_s)
+
+    def _forgotten(self, state: UploadState, now: float) -> bool:
+        """A finished upload past ``finished_ttl_s`` whose delivery is settled."""
+        if not state.finished:
+            return False
+        due = self.forget_at(state)
+        return due is not None and now >= due and delivery_settled(state)
+
+    async def download(self, state: UploadState) -> tuple[Path, UploadState]:
+        """Where a download reads the bytes, and the state to plan it with: the spool's
+        copy, or, once a sink released it, the file the sink delivered here
+        (``errors.DataDelivered`` if it keeps none here, ``errors.DeliveredFileRemoved`` if
+        that file was taken away)."""
+        if not state.info.data_removed:
+            return self.store.data_path(state.info.upload_id), state
+        delivered = await self.sink.delivered_file(state)
+        if delivered is None:
+            raise errors.DataDelivered()
+        # The bytes are at hand after all.
+        return delivered, UploadState(state.info.replace(data_removed=False), state.offset,
+                                      state.last_activity)
 
     # --- writing -----------------------------------------------------------------------------
     async def create(self, length: int | None, metadata: dict[str, bytes],
                      concat: Concat | None) -> UploadState:
         info = UploadInfo(upload_id=new_upload_id(), length=length, metadata=metadata,
                           concat=concat, created_at=time.time())
-        state = await self.store.create(info)
+        state = await self._create_record(info)
         self._event("created", info.upload_id, length=length, partial=info.is_partial)
         return state
+
+    async def _create_record(self, info: UploadInfo) -> UploadState:
+        """Note the new upload in the expiry and finish indexes, then store it: an entry
+        without a record is dropped when it is next read, while a record missing from them
+        would never expire, nor be finished after a stop."""
+        upload_id = info.upload_id
+        await asyncio.gather(
+            self.store.schedule_expiry(upload_id, self.forget_at(
+                UploadState(info, 0, info.created_at))),
+            self.store.owe_finish(upload_id, True))
+        return await self.store.create(info)
 
     async def append(self, state: UploadState, offset: int, reader: BodyReader,
                      max_bytes: int | None, checksum: Checksum | None) -> UploadState:
@@ -199,30 +285,56 @@ class Uploads:
         return new_state
 
     async def finish(self, state: UploadState) -> UploadState:
-        """Run once the last byte is stored (under the lock): deliver, then wake finals.
+        """Run once the last byte is stored (under the lock): record the finish, deliver,
+        release the spool's copy if the sink holds the file, then wake finals. What is on
+        record is not done again (a retried final PATCH, a restart): the event is logged
+        and counted once.
 
         Partial uploads are pieces of a file, not files: only their final is delivered.
         """
-        self._event("finished", state.info.upload_id, length=state.offset,
-                  partial=state.info.is_partial)
-        if state.status is UploadStatus.COMPLETE and not state.info.is_partial:
+        info = state.info
+        upload_id = info.upload_id
+        data = self.store.data_path(upload_id)
+        if info.finished_at is None:
+            info = info.replace(finished_at=time.time())
+            self._event("finished", upload_id, length=state.offset, partial=info.is_partial)
+        if state.status is UploadStatus.COMPLETE and not info.is_partial:
             try:
-                sink_state = await self.sink.deliver(state, self.store.data_path(
-                    state.info.upload_id))
+                sink_state = await self.sink.deliver(state, data)
             except OSError as exc:
-                # Delivery is retried at the next start; the upload itself is complete and safe.
-                log.error("sink could not deliver %s: %s", state.info.upload_id, exc)
-            else:
-                info = await self.hooks.owe_post_finish(state.info.replace(sink=sink_state))
-                await self.store.save_info(info, durable=self.sink.state_needs_saving or
-                                           info.hook is not None)
-                state = UploadState(info, state.offset, state.last_activity)
-                # Only now, with the hand-over on record, may background work begin.
-                self.sink.handed_over(state, self.store.data_path(state.info.upload_id))
-                self.hooks.start_post_finish(state)
-        if state.info.is_partial:
-            await self._wake_finals(state.info.upload_id)
+                # Delivery is retried at the next start; the upload itself is complete and
+                # safe. Its finish time is kept, so the retry logs no second event.
+                log.error("sink could not deliver %s: %s", upload_id, exc)
+                if info is not state.info:
+                    await self.store.save_info(info)
+                return UploadState(info, state.offset, state.last_activity)
+            released = self.sink.releases_spool and sink_state.status is UploadStatus.DRAINED
+            info = await self.hooks.owe_post_finish(info.replace(
+                sink=sink_state, data_removed=info.data_removed or released))
+            # Durably, before anything else: the spool's copy goes next, and a restart must
+            # find the delivery on record, not finish the upload again.
+            await self.store.save_info(info)
+            state = UploadState(info, state.offset, state.last_activity)
+            # Only now, with the hand-over on record, may background work begin.
+            self.sink.handed_over(state, data)
+            self.hooks.start_post_finish(state)
+        elif info is not state.info:
+            await self.store.save_info(info)
+            state = UploadState(info, state.offset, state.last_activity)
+        await self._settle_finish(state)
+        if info.is_partial:
+            await self._wake_finals(upload_id)
         return state
+
+    async def _settle_finish(self, state: UploadState) -> None:
+        """The finish is on record: release the spool's copy where the sink holds the file
+        now, note when the upload will be forgotten, and stop owing its finish (last, so a
+        stop before it repeats these steps, and only these, at the next start)."""
+        upload_id = state.info.upload_id
+        if state.info.data_removed:
+            await self.store.discard_data(upload_id)
+        await self.store.schedule_expiry(upload_id, self.forget_at(state))
+        await self.store.owe_finish(upload_id, False)
 
     async def declare_length(self, state: UploadState, length: int) -> UploadState:
         info = state.info.replace(length=length)
@@ -241,7 +353,7 @@ class Uploads:
         length = plan_final_length(concat, partials, declared_length, self.settings)
         info = UploadInfo(upload_id=new_upload_id(), length=length, metadata=metadata,
                           concat=concat, created_at=time.time())
-        state = await self.store.create(info)
+        state = await self._create_record(info)
         self._event("created", info.upload_id, length=length, final=True)
         async with self.locked(info.upload_id):
             if not all(p.finished for p in partials):
@@ -287,53 +399,84 @@ class Uploads:
 
     # --- start-up recovery and expiry --------------------------------------------------------
     async def recover(self) -> None:
-        """Finish what a crash interrupted: deliveries, and finals whose partials are done."""
-        live: set[str] = set()
-        for upload_id in await self.store.upload_ids():
+        """Finish what a stop interrupted: deliveries, releases of the spool's copy, finals
+        whose partials are done. Only the uploads that may owe their finish are read (an
+        index), not every upload kept; finals waiting for partials are kept by the store."""
+        for upload_id in await self.store.finish_owed():
             try:
                 state = await self.store.get(upload_id)
+                if owes_finish(state):
+                    async with self.locked(upload_id):
+                        # Another instance may have finished it meanwhile.
+                        state = await self.store.get(upload_id)
+                        if owes_finish(state):
+                            await self.finish(state)
+                elif state.finished:
+                    await self._settle_finish(state)  # stopped after the finish's record
+                # else: still receiving; owed until it finishes, expires or is removed
             except (errors.NotFound, errors.Gone):
-                continue
-            live.add(upload_id)
-            info = state.info
-            if isinstance(info.concat, ConcatFinal) and not info.assembled:
-                await self.store.register_final(upload_id, info.concat.upload_ids)
-            elif state.status is UploadStatus.COMPLETE:
-                async with self.locked(upload_id):
-                    # Another instance may have finished it meanwhile.
-                    state = await self.store.get(upload_id)
-                    if state.status is UploadStatus.COMPLETE:
-                        await self.finish(state)
+                await self.store.owe_finish(upload_id, False)
         for parts in list((await self.store.waiting_finals()).values()):
             if parts:
                 await self._wake_finals(parts[0])
-        await self.sink.retain(live)
+        # A listing of ids, not a read of each record.
+        await self.sink.retain(set(await self.store.upload_ids()))
 
     async def sweep(self, now: float) -> int:
-        """Remove expired unfinished uploads (tombstoned: they answer 410) and old tombstones.
+        """Remove expired uploads (``expire_due``), old tombstones and orphaned bytes.
 
         Instances sharing a store take turns: one sweep per interval among them."""
-        removed = 0
         if not await self.store.claim_lease("sweep", self.config.sweep_interval_s * 0.9):
             return 0
-        for upload_id in await self.store.upload_ids():
-            try:
-                state = await self.store.get(upload_id)
-                if not is_expired(state, self.settings, now):
-                    continue
-                async with self.locked(upload_id):
-                    state = await self.store.get(upload_id)  # bytes may have arrived meanwhile
-                    if is_expired(state, self.settings, time.time()) and \
-                            await self.store.terminate(upload_id, "expired",
-                                                       if_offset=state.offset):
-                        await self.store.unregister_final(upload_id)
-                        removed += 1
-                        self._event("expired", upload_id, offset=state.offset)
-            except (errors.NotFound, errors.Gone, errors.UploadLocked):
-                continue
+        removed = await self.expire_due(now)
         await self.store.purge_tombstones(now - self.config.tombstone_ttl_s)
         await self.store.remove_orphans(now - ORPHAN_GRACE_S)
         return removed
+
+    async def expire_due(self, now: float) -> int:
+        """Remove the uploads whose time has come (tombstoned: they answer 410), reading only
+        those the expiry index says are due; returns how many went. Unfinished uploads
+        expire ``expire_after_s`` after their last byte, finished ones ``finished_ttl_s``
+        after they finished (their delivered files stay: they are the operator's)."""
+        removed = 0
+        seen: set[str] = set()
+        while len(seen) < SWEEP_MAX:
+            due = await self.store.due_for_expiry(now, SWEEP_BATCH)
+            batch = [upload_id for upload_id in due if upload_id not in seen]
+            if not batch:
+                break  # nothing due, or only uploads that are busy right now
+            for upload_id in batch:
+                seen.add(upload_id)
+                try:
+                    removed += await self._expire(upload_id, now)
+                except (errors.NotFound, errors.Gone):
+                    await self.store.schedule_expiry(upload_id, None)
+                except errors.UploadLocked:
+                    continue  # busy: still due, looked at again next time
+        return removed
+
+    async def _expire(self, upload_id: str, now: float) -> int:
+        if not await self._due_now(await self.store.get(upload_id), now):
+            return 0
+        async with self.locked(upload_id):
+            state = await self.store.get(upload_id)  # bytes may have arrived meanwhile
+            if not await self._due_now(state, now) or not await self.store.terminate(
+                    upload_id, "expired", if_offset=state.offset):
+                return 0
+        await self.store.unregister_final(upload_id)
+        self._event("expired", upload_id, offset=state.offset, finished=state.finished)
+        return 1
+
+    async def _due_now(self, state: UploadState, now: float) -> bool:
+        """Whether the upload goes now; if not, note when to look at it again (its last
+        byte moved its expiry, or its delivery is still in progress)."""
+        due = self.forget_at(state)
+        if due is not None and due <= now and not delivery_settled(state) and state.finished:
+            due = now + self.config.finished_ttl_s
+        if due is None or due > now:
+            await self.store.schedule_expiry(state.info.upload_id, due)
+            return False
+        return True
 
 
 def _nothing() -> None:

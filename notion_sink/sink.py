@@ -80,6 +80,9 @@ class Tracked:
 
 class NotionSink:
     state_needs_saving = True  # the record is the only memory of a delivery
+    # The drain deletes the spool copy itself, once Notion holds the file and both records
+    # exist (``_deliver``); a download of a drained upload answers 410.
+    releases_spool = False
 
     def __init__(self, config: GatewayConfig, store: UploadStore, pool: IoPool,
                  session: aiohttp.ClientSession, *, limiter: Limiter | None = None,
@@ -138,6 +141,9 @@ class NotionSink:
 
     def handed_over(self, state: UploadState, data: Path) -> None:
         self.start(state.info.upload_id)
+
+    async def delivered_file(self, state: UploadState) -> Path | None:
+        return None  # Notion holds the file; nothing is kept here to serve
 
     def receiving(self, state: UploadState) -> None:
         """Bytes are arriving: windows may become parts before the upload is complete."""

@@ -144,6 +144,11 @@ Gone = _error("ERR_UPLOAD_GONE", 410, "the upload was terminated or has expired"
 DataDelivered = _error("ERR_DATA_DELIVERED", 410,
                        "the file was delivered to the sink and is no longer kept here; "
                        "its status endpoint says where it went")
+# A directory delivery keeps one copy of the bytes, the delivered file; GET serves it from
+# the output folder until the operator moves, removes or replaces it.
+DeliveredFileRemoved = _error("ERR_DELIVERED_FILE_REMOVED", 410,
+                              "the delivered file was taken out of the output folder; no "
+                              "other copy is kept here")
 # TUS-CRE-04 / TUS-PATCH-08.
 TooLarge = _error("ERR_UPLOAD_TOO_LARGE", 413, "the upload exceeds the maximum size")
 SizeExceeded = _error("ERR_UPLOAD_SIZE_EXCEEDED", 413,

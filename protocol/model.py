@@ -113,6 +113,9 @@ class UploadInfo:
     data_removed: bool = False
     # Set when a post-finish hook is configured and the upload finishes (not for partials).
     hook: HookState | None = None
+    # When the upload's finish was recorded (its event logged, its delivery handed over): a
+    # restart does not finish it again, and it is forgotten ``finished_ttl_s`` after this.
+    finished_at: float | None = None
     # Who created it, as a hashed key (gateway/limits.py): unfinished uploads count against
     # their creator's limit, also after a restart. Never shown to clients.
     client: str = ""
@@ -147,6 +150,7 @@ class UploadInfo:
             "assembled": self.assembled,
             "data_removed": self.data_removed,
             "hook": None if self.hook is None else self.hook.to_json(),
+            "finished_at": self.finished_at,
             "client": self.client,
         }
 
@@ -176,6 +180,7 @@ class UploadInfo:
             assembled=bool(data.get("assembled", False)),
             data_removed=bool(data.get("data_removed", False)),
             hook=None if raw_hook is None else HookState.from_json(raw_hook),
+            finished_at=None if data.get("finished_at") is None else float(data["finished_at"]),
             client=str(data.get("client") or ""),
         )
 

@@ -9,11 +9,13 @@ any other backend passes the same contract tests.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from protocol.headers import Checksum
 from protocol.model import Checkpoint, HookState, UploadInfo, UploadState
+from protocol.state import UploadStatus
 
 
 class ReleaseRequested(Exception):
@@ -46,7 +48,9 @@ class UploadStore(Protocol):
         """Replace the record atomically (declared length, sink progress, assembly).
 
         ``durable=False`` may keep the change in memory only: for facts that can be found
-        again after a restart (a directory sink's delivery)."""
+        again after a restart. Never brings a removed upload back: ``errors.NotFound`` or
+        ``errors.Gone`` when the record is gone, also when a termination runs meanwhile (a
+        background writer that read the record before a DELETE loses to it)."""
 
     async def assemble(self, final: UploadInfo, partial_ids: tuple[str, ...]) -> int:
         """Fill a final upload with its partials' bytes, in order; returns the length."""
@@ -66,7 +70,7 @@ class UploadStore(Protocol):
         holds the bytes now); the record stays. Idempotent."""
 
     async def upload_ids(self) -> list[str]:
-        """Every live upload id, for recovery and the expiry sweeper."""
+        """Every live upload id (a listing, no record is read)."""
 
     async def purge_tombstones(self, older_than: float) -> int:
         """Forget tombstones written before ``older_than``; returns how many."""
@@ -105,6 +109,34 @@ class UploadStore(Protocol):
 
     async def open_slots_taken(self, client: str | None = None) -> int:
         """How many uploads are open: in total, or of one client."""
+
+    # Expiry: when each upload is next due to be looked at by the sweeper, so that a sweep
+    # reads the uploads that are due, not every upload kept. ``terminate`` takes an upload
+    # out; a record that is gone meanwhile is dropped by the sweeper when its time comes.
+    async def schedule_expiry(self, upload_id: str, at: float | None) -> None:
+        """Note when the upload may be due (replacing any earlier note); None: never."""
+
+    async def due_for_expiry(self, now: float, limit: int) -> list[str]:
+        """Up to ``limit`` uploads noted due at or before ``now``, earliest first. An index:
+        the caller reads the record and decides. An upload stays due until it is noted
+        again or removed; after a restart it may come due sooner than noted, never later."""
+
+    # Finishing: uploads whose finish (its event, the hand-over to the sink, the release of
+    # the spool's copy) may still be owed, so that a restart looks at those and not at every
+    # finished upload. Noted at creation, cleared once the finish is on record;
+    # ``terminate`` clears it.
+    async def owe_finish(self, upload_id: str, owed: bool) -> None:
+        """Note (or clear) that the upload's finish may be owed."""
+
+    async def finish_owed(self) -> list[str]:
+        """The uploads whose finish may be owed (an index: entries may be stale; an upload
+        that owes its finish is never missing)."""
+
+    @property
+    def unreadable(self) -> int:
+        """Records this store could not read (a newer version's, torn, corrupt), which it
+        treats as not found: set aside on disk, left in place in Redis. For health and
+        metrics; each is logged once."""
 
     # A remote sink's checkpoint (see ``protocol.model.Checkpoint``).
     async def checkpoint(self, upload_id: str) -> Checkpoint:
@@ -167,3 +199,16 @@ class Lock(Protocol):
 class Locker(Protocol):
     def new_lock(self, upload_id: str) -> Lock:
         """A lock object for one request on one upload."""
+
+
+@dataclass(frozen=True, slots=True)
+class Indexing:
+    """How a store that keeps its indexes in memory (the disk store: one process owns its
+    directory) rebuilds them from the records it reads when it opens. The defaults are the
+    safe answers without a policy: every upload due at once, every complete upload owed."""
+
+    # When an upload is due for expiry (see ``UploadStore.schedule_expiry``).
+    expires_at: Callable[[UploadState], float | None] = lambda state: 0.0
+    # Whether an upload's finish is owed (see ``UploadStore.owe_finish``).
+    owes_finish: Callable[[UploadState], bool] = lambda state: state.status is \
+        UploadStatus.COMPLETE

@@ -11,6 +11,8 @@ Layout below the data directory::
     uploads/<id>.hook    the post-finish hook's progress, replaced atomically; kept apart from
                          the record so that a record saved from an older read cannot undo it
     tombstones/<id>      a removed upload (reason, time): 410 instead of 404
+    quarantine/<id>.*    an upload whose record could not be read at open (a newer
+                         version's, torn, corrupt), set aside with its files for the operator
     .lock                held exclusively by the one gateway process using this directory
 
 Invariants:
@@ -24,6 +26,11 @@ Invariants:
 - Every write and stat runs in a worker thread; the event loop only moves buffers.
 - Memory per upload is two write buffers at most: one being filled, one being written (one,
   when many uploads are active).
+- Indexes (expiry times, uploads owing their finish, open uploads, waiting finals) live in
+  memory and are rebuilt from the records at open, which reads every record once anyway.
+- A record is replaced or removed under its upload's record lock, and a save checks that the
+  record still exists: a background writer that read it before a termination cannot bring
+  it back.
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
+import heapq
 import json
+import logging
 import os
 import time
 from collections import OrderedDict
@@ -43,13 +52,18 @@ from typing import Any
 from gateway.aio import IoPool
 from gateway.config import FsyncPolicy
 from gateway.files import atomic_write, fsync_dir
+from gateway.state.base import Indexing
 from gateway.state.spool import OVERLAP_UP_TO, SpoolWriter, concatenate, is_disk_full, pump
 from protocol import errors
 from protocol.headers import UPLOAD_ID, Checksum, ConcatFinal
 from protocol.model import Checkpoint, HookState, UploadInfo, UploadState, newest_hook
 
+log = logging.getLogger(__name__)
+
 # Enough for every upload that is active at once on a busy gateway; each entry is a record.
 CACHE_ENTRIES = 4096
+# Every way a record from elsewhere (a newer version, a torn write, corruption) fails to parse.
+UNREADABLE = (ValueError, KeyError, TypeError, AttributeError)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -78,7 +92,8 @@ class _DiskWriter(SpoolWriter):
             raise errors.MismatchedOffset(headers={"Upload-Offset": str(size)})
         if self.checksum is not None:
             atomic_write(self.store._path(self.upload_id, ".stage"),
-                         str(self.offset).encode(), self.store._durable)
+                         str(self.offset).encode(), self.store._durable,
+                         self.store._file_mode)
 
     def after_close(self, keep: bool) -> None:
         if self.checksum is not None:
@@ -92,10 +107,14 @@ class DiskStore:
 
     def __init__(self, root: Path, pool: IoPool, *, fsync: FsyncPolicy,
                  write_buffer_bytes: int, commit_interval_bytes: int,
-                 sync_interval_bytes: int | None = None) -> None:
+                 sync_interval_bytes: int | None = None, indexing: Indexing | None = None,
+                 file_mode: int = 0o600) -> None:
         self.root = root
         self.uploads = root / "uploads"
         self.tombstones = root / "tombstones"
+        self.quarantine = root / "quarantine"
+        self._indexing = indexing or Indexing()
+        self._file_mode = file_mode
         self._pool = pool
         self._durable = fsync is FsyncPolicy.ACK
         self._buffer_bytes = write_buffer_bytes
@@ -119,6 +138,13 @@ class DiskStore:
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, expires, monotonic)
         self._owed: set[str] = set()
         self._hooks_owed: set[str] = set()
+        self._record_locks = _KeyedLocks()
+        # The expiry index: the noted time of each upload, and a heap of (time, id) in which
+        # entries that no longer match the dict are skipped (a move pushes a new one).
+        self._due: dict[str, float] = {}
+        self._due_heap: list[tuple[float, str]] = []
+        self._finish_owed: set[str] = set()
+        self._unreadable: set[str] = set()  # ids set aside at open or unreadable since
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -146,11 +172,55 @@ class DiskStore:
                 if isinstance(info.concat, ConcatFinal) and not info.assembled:
                     self._note_final(info.upload_id, info.concat.upload_ids)
                 self._reopen_slot(info)
-            except (ValueError, KeyError, TypeError):
-                # A create that crashed before its 201: nobody knows this id. Drop it.
-                record.unlink(missing_ok=True)
-                self.uploads.joinpath(record.name.removesuffix(".info") + ".bin").unlink(
-                    missing_ok=True)
+                self._reindex(info, record)
+            except UNREADABLE as exc:
+                self._set_aside(record, exc)
+        with contextlib.suppress(FileNotFoundError):
+            self._unreadable.update(p.name.partition(".")[0] for p in self.quarantine.iterdir())
+
+    def _set_aside(self, record: Path, why: BaseException) -> None:
+        """Move an upload whose record cannot be read (a status from a newer version, a
+        torn write, corruption) and its files to quarantine/, where the operator can look:
+        not deleted, since it may hold the only copy of someone's bytes."""
+        upload_id = record.name.removesuffix(".info")
+        self.quarantine.mkdir(exist_ok=True)
+        for suffix in (".info", ".bin", ".stage", ".ckpt", ".hook"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.uploads / f"{upload_id}{suffix}",
+                           self.quarantine / f"{upload_id}{suffix}")
+        if self._durable:
+            fsync_dir(self.quarantine)
+            fsync_dir(self.uploads)
+        log.error("upload %s: its record cannot be read (%s: %s); its files were moved to %s",
+                  upload_id, type(why).__name__, why, self.quarantine)
+
+    def _reindex(self, info: UploadInfo, record: Path) -> None:
+        """At open: note the upload in the expiry and finish indexes (see ``Indexing``), and
+        release a spool copy that a stop left behind after its delivery was recorded."""
+        upload_id = info.upload_id
+        if upload_id != record.name.removesuffix(".info"):
+            raise ValueError(f"the record names another upload, {upload_id!r}")
+        data = self.data_path(upload_id)
+        try:
+            st = os.stat(data)
+        except FileNotFoundError:
+            if not info.data_removed:
+                return  # no bytes and no delivery: it answers 404 and nothing is owed
+            size, mtime = info.length or 0, record.stat().st_mtime
+        else:
+            size, mtime = st.st_size, st.st_mtime
+            if info.data_removed:
+                # The record says the sink holds the bytes: the spool's copy is released.
+                data.unlink()
+                size, mtime = info.length or 0, record.stat().st_mtime
+        state = UploadState(info, size, max(info.created_at, mtime))
+        self._schedule(upload_id, self._indexing.expires_at(state))
+        if self._indexing.owes_finish(state):
+            self._finish_owed.add(upload_id)
+
+    @property
+    def unreadable(self) -> int:
+        return len(self._unreadable)
 
     async def close(self) -> None:
         if self._dir_lock_fd is not None:
@@ -193,16 +263,20 @@ class DiskStore:
 
     def _create_sync(self, info: UploadInfo) -> None:
         data = self.data_path(info.upload_id)
-        fd = os.open(data, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        os.close(fd)
+        fd = os.open(data, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self._file_mode)
+        try:
+            os.fchmod(fd, self._file_mode)  # exactly the setting, whatever the umask
+        finally:
+            os.close(fd)
         # The record is written last: an upload without a record is not visible, so a crash
         # in between leaves only an empty orphan that the sweeper removes.
         # A new record needs no temp file and rename: nobody knows the id before the 201,
         # and a record torn by a crash is not valid JSON, so the upload stays invisible.
         record = self._path(info.upload_id, ".info")
         try:
-            fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self._file_mode)
             try:
+                os.fchmod(fd, self._file_mode)
                 view = memoryview(_encode(info))
                 while view:
                     view = view[os.write(fd, view):]
@@ -244,8 +318,14 @@ class DiskStore:
             raise errors.NotFound() from None
         try:
             info = UploadInfo.from_json(json.loads(raw))
-        except (ValueError, KeyError, TypeError):
-            raise errors.NotFound() from None  # torn by a crash before its 201 was sent
+        except UNREADABLE as exc:
+            # Records are replaced whole, so this is damage from outside the gateway (or a
+            # newer version's record written since open): not found, and said once.
+            if upload_id not in self._unreadable:
+                self._unreadable.add(upload_id)
+                log.error("upload %s: its record cannot be read (%s: %s); it answers 404",
+                          upload_id, type(exc).__name__, exc)
+            raise errors.NotFound() from None
         with contextlib.suppress(FileNotFoundError):
             saved = HookState.from_json(json.loads(self._path(upload_id, ".hook").read_bytes()))
             info = info.replace(hook=newest_hook(info.hook, saved))
@@ -273,14 +353,28 @@ class DiskStore:
         return _Entry(info, offset, st.st_mtime)
 
     async def save_info(self, info: UploadInfo, *, durable: bool = True) -> None:
-        if not durable and info.upload_id in self._cache:
-            # Rewriting the record costs a new inode and the old one's deletion; for a fact
-            # that recovery finds again, the cache is enough.
-            self._update(info.upload_id, info=self._keep_hook(info))
-            return
-        path = self._path(info.upload_id, ".info")
-        await self._pool.run(atomic_write, path, _encode(info), self._durable)
-        self._update(info.upload_id, info=self._keep_hook(info))
+        upload_id = info.upload_id
+        async with self._record_locks.hold(upload_id):
+            if not durable and upload_id in self._cache:
+                # Rewriting the record costs a new inode and the old one's deletion; for a
+                # fact that recovery finds again, the cache is enough.
+                self._update(upload_id, info=self._keep_hook(info))
+                return
+            await self._pool.run(self._save_info_sync, upload_id, _encode(info))
+            self._update(upload_id, info=self._keep_hook(info))
+
+    def _save_info_sync(self, upload_id: str, data: bytes) -> None:
+        path = self._path(upload_id, ".info")
+        self._check_exists(upload_id)
+        atomic_write(path, data, self._durable, self._file_mode)
+
+    def _check_exists(self, upload_id: str) -> None:
+        """Under the record lock: a removed upload is not written again (a writer that read
+        the record before a DELETE would bring it back)."""
+        if not self._path(upload_id, ".info").exists():
+            if (self.tombstones / upload_id).exists():
+                raise errors.Gone()
+            raise errors.NotFound()
 
     def _keep_hook(self, info: UploadInfo) -> UploadInfo:
         """The hook's progress saved since the caller read the record stays (``.hook``)."""
@@ -293,7 +387,8 @@ class DiskStore:
         current = (await self.get(upload_id)).info.hook
         if current is not None and current.done:
             return
-        await self._pool.run(self._save_hook_sync, upload_id, hook)
+        async with self._record_locks.hold(upload_id):
+            await self._pool.run(self._save_hook_sync, upload_id, hook)
         self._changes += 1
         entry = self._cache.get(upload_id)
         if entry is not None:
@@ -302,7 +397,8 @@ class DiskStore:
 
     def _save_hook_sync(self, upload_id: str, hook: HookState) -> None:
         path = self._path(upload_id, ".hook")
-        atomic_write(path, json.dumps(hook.to_json()).encode(), self._durable)
+        self._check_exists(upload_id)
+        atomic_write(path, json.dumps(hook.to_json()).encode(), self._durable, self._file_mode)
         if not self._path(upload_id, ".info").exists():
             # Terminated meanwhile: its clean-up may have run before this write landed.
             path.unlink(missing_ok=True)
@@ -364,16 +460,19 @@ class DiskStore:
     async def terminate(self, upload_id: str, reason: str, *,
                         if_offset: int | None = None) -> bool:
         # Every writer holds the upload's lock in this one process, as does our caller, so
-        # the check and the removal cannot be separated by a write.
-        if if_offset is not None and (await self.get(upload_id)).offset != if_offset:
-            return False
-        self._forget(upload_id)
-        self._ckpt_locks.pop(upload_id, None)
-        try:
-            await self._pool.run(self._terminate_sync, upload_id, reason)
-        finally:
+        # the check and the removal cannot be separated by a write. The record lock keeps
+        # saves of writers without the upload's lock (a sink, a hook) out meanwhile.
+        async with self._record_locks.hold(upload_id):
+            if if_offset is not None and (await self.get(upload_id)).offset != if_offset:
+                return False
             self._forget(upload_id)
+            self._ckpt_locks.pop(upload_id, None)
+            try:
+                await self._pool.run(self._terminate_sync, upload_id, reason)
+            finally:
+                self._forget(upload_id)
         self._release_slot(upload_id)
+        self._unindex(upload_id)
         return True
 
     def _terminate_sync(self, upload_id: str, reason: str) -> None:
@@ -381,7 +480,7 @@ class DiskStore:
         # leftovers are removed again by the next termination or sweep.
         tomb = json.dumps({"reason": reason, "at": time.time()}).encode()
         try:
-            atomic_write(self.tombstones / upload_id, tomb, self._durable)
+            atomic_write(self.tombstones / upload_id, tomb, self._durable, self._file_mode)
         except OSError as exc:
             if not is_disk_full(exc):
                 raise
@@ -390,7 +489,7 @@ class DiskStore:
             # upload goes without one and answers 404 instead of 410.
             self._path(upload_id, ".bin").unlink(missing_ok=True)
             try:
-                atomic_write(self.tombstones / upload_id, tomb, self._durable)
+                atomic_write(self.tombstones / upload_id, tomb, self._durable, self._file_mode)
             except OSError as again:
                 if not is_disk_full(again):
                     raise
@@ -427,6 +526,50 @@ class DiskStore:
             return count
         return await self._pool.run(scan)
 
+
+    # --- expiry and finish indexes: in memory (one process owns the directory), rebuilt at
+    # open from the records (``_reindex``) ----------------------------------------------------
+    def _schedule(self, upload_id: str, at: float | None) -> None:
+        if at is None:
+            self._due.pop(upload_id, None)
+            return
+        if self._due.get(upload_id) == at:
+            return
+        self._due[upload_id] = at
+        heap = self._due_heap
+        heapq.heappush(heap, (at, upload_id))
+        if len(heap) > 2 * len(self._due) + 1024:
+            # Moves leave stale entries behind; rebuilding now and then keeps it small.
+            self._due_heap = [(when, key) for key, when in self._due.items()]
+            heapq.heapify(self._due_heap)
+
+    def _unindex(self, upload_id: str) -> None:
+        self._due.pop(upload_id, None)
+        self._finish_owed.discard(upload_id)
+
+    async def schedule_expiry(self, upload_id: str, at: float | None) -> None:
+        self._schedule(upload_id, at)
+
+    async def due_for_expiry(self, now: float, limit: int) -> list[str]:
+        heap, due = self._due_heap, self._due
+        found: list[tuple[float, str]] = []
+        while heap and len(found) < limit and heap[0][0] <= now:
+            at, upload_id = heapq.heappop(heap)
+            if due.get(upload_id) == at and (not found or found[-1][1] != upload_id):
+                found.append((at, upload_id))
+            # else: stale (moved, removed) or a twin of the entry just taken
+        for entry in found:
+            heapq.heappush(heap, entry)  # due until noted again or removed
+        return [upload_id for _, upload_id in found]
+
+    async def owe_finish(self, upload_id: str, owed: bool) -> None:
+        if owed:
+            self._finish_owed.add(upload_id)
+        else:
+            self._finish_owed.discard(upload_id)
+
+    async def finish_owed(self) -> list[str]:
+        return sorted(self._finish_owed)
 
     # --- finals waiting for partials: one process owns the directory, so memory (rebuilt
     # from the records at open) is enough ----------------------------------------------------
@@ -528,7 +671,12 @@ class DiskStore:
 
     async def _write_checkpoint(self, upload_id: str, checkpoint: Checkpoint) -> None:
         data = json.dumps(checkpoint.to_json()).encode()
-        await self._pool.run(atomic_write, self._path(upload_id, ".ckpt"), data, self._durable)
+
+        def write() -> None:
+            self._check_exists(upload_id)  # no checkpoint outliving its upload
+            atomic_write(self._path(upload_id, ".ckpt"), data, self._durable, self._file_mode)
+        async with self._record_locks.hold(upload_id):
+            await self._pool.run(write)
 
     @contextlib.asynccontextmanager
     async def _checkpoint_lock(self, upload_id: str) -> AsyncIterator[None]:
@@ -578,3 +726,26 @@ class DiskStore:
 
 def _encode(info: UploadInfo) -> bytes:
     return json.dumps(info.to_json(), separators=(",", ":")).encode()
+
+
+class _KeyedLocks:
+    """An asyncio lock per key, kept only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)

@@ -68,6 +68,10 @@ _UNAVAILABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError,
 
 
 _last_logged = [0.0]
+# Every way a record from elsewhere (a newer version, damage) fails to parse.
+UNREADABLE = (ValueError, KeyError, TypeError, AttributeError)
+# Unreadable records remembered (to log each once and count them); more are still refused.
+MAX_UNREADABLE_NOTED = 10_000
 
 
 @contextlib.contextmanager
@@ -401,7 +405,8 @@ class RedisStore:
 
     def __init__(self, backend: RedisBackend, root: Path, pool: IoPool, *, fsync: FsyncPolicy,
                  write_buffer_bytes: int, commit_interval_bytes: int,
-                 sync_interval_bytes: int, tombstone_ttl_s: float) -> None:
+                 sync_interval_bytes: int, tombstone_ttl_s: float,
+                 file_mode: int = 0o600) -> None:
         self.backend = backend
         self.keys = backend.keys
         self.root = root
@@ -413,9 +418,29 @@ class RedisStore:
         self._sync_interval = sync_interval_bytes
         self._tomb_ttl_ms = max(int(tombstone_ttl_s * 1000), 1)
         self._appending = 0
+        self._file_mode = file_mode
+        self._unreadable: set[str] = set()  # records this process could not read
 
     async def open(self) -> None:
         await self._pool.run(lambda: self.spool.mkdir(parents=True, exist_ok=True))
+        await self._backfill_indexes()
+
+    async def _backfill_indexes(self) -> None:
+        """Uploads made before the expiry and finish indexes existed go into both once: due
+        at once (the sweeper reads each and notes its real time) and owing their finish
+        (the next start reads each and clears what is done)."""
+        client, keys = self.backend.client, self.keys
+        with mapped_errors():
+            if await client.exists(keys.indexed):
+                return
+            ids = [_text(i) for i in await client.zrange(keys.index, 0, -1)]
+            for start in range(0, len(ids), 10_000):
+                batch = ids[start:start + 10_000]
+                async with client.pipeline(transaction=False) as pipe:
+                    pipe.zadd(keys.expiry, dict.fromkeys(batch, 0), nx=True)
+                    pipe.sadd(keys.finish_owed, *batch)
+                    await pipe.execute()
+            await client.set(keys.indexed, b"1")
 
     async def close(self) -> None:
         return None
@@ -441,8 +466,11 @@ class RedisStore:
         return UploadState(info, 0, info.created_at)
 
     def _create_file(self, path: Path) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        os.close(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self._file_mode)
+        try:
+            os.fchmod(fd, self._file_mode)  # exactly the setting, whatever the umask
+        finally:
+            os.close(fd)
         if self._durable:
             fsync_dir(path.parent)
 
@@ -451,10 +479,14 @@ class RedisStore:
             "get", [self.keys.upload(upload_id), self.keys.tomb(upload_id)], [])
         if len(reply) == 1:
             raise errors.Gone() if _text(reply[0]) == "gone" else errors.NotFound()
-        info = UploadInfo.from_json(json.loads(reply[0]))
-        if len(reply) > 3 and reply[3] is not None:
-            info = info.replace(hook=newest_hook(
-                info.hook, HookState.from_json(json.loads(reply[3]))))
+        try:
+            info = UploadInfo.from_json(json.loads(reply[0]))
+            if len(reply) > 3 and reply[3] is not None:
+                info = info.replace(hook=newest_hook(
+                    info.hook, HookState.from_json(json.loads(reply[3]))))
+        except UNREADABLE as exc:
+            self._cannot_read(upload_id, exc)
+            raise errors.NotFound() from None
         offset = int(reply[1])
         held = self.backend.held.get(upload_id)
         if held is not None:
@@ -573,13 +605,16 @@ class RedisStore:
             async with self.backend.client.pipeline(transaction=False) as pipe:
                 pipe.zrem(keys.index, upload_id)
                 pipe.zadd(keys.tombs, {upload_id: time.time()})
+                pipe.zrem(keys.expiry, upload_id)
+                pipe.srem(keys.finish_owed, upload_id)
                 await pipe.execute()
         await self.release_open_slot(upload_id)
         return True
 
     async def purge_tombstones(self, older_than: float) -> int:
-        """Forget old tombstones (their TTL in Redis is a safety net), and prune index entries
-        without a record (a create or a termination that lost Redis half-way)."""
+        """Forget old tombstones (their TTL in Redis is a safety net). Entries of the live
+        index without a record (a create or a termination that lost Redis half-way) leave
+        it when their expiry comes due (``schedule_expiry``), not by reading every entry."""
         client = self.backend.client
         with mapped_errors():
             old = [_text(i) for i in await client.zrangebyscore(self.keys.tombs, "-inf",
@@ -589,10 +624,6 @@ class RedisStore:
                     pipe.delete(self.keys.tomb(upload_id))
                     pipe.zrem(self.keys.tombs, upload_id)
                 await pipe.execute()
-        stale = await self._without_record(await self.upload_ids())
-        if stale:
-            with mapped_errors():
-                await client.zrem(self.keys.index, *stale)
         return len(old)
 
     async def _without_record(self, upload_ids: list[str]) -> list[str]:
@@ -728,6 +759,53 @@ class RedisStore:
             "add_parts", [self.keys.ckpt(upload_id), self.keys.parts(upload_id)],
             [remote_id, *parts])
         return bool(done == 1)
+
+    # --- expiry and finish indexes -----------------------------------------------------------
+    async def schedule_expiry(self, upload_id: str, at: float | None) -> None:
+        client = self.backend.client
+        with mapped_errors():
+            if at is not None:
+                await client.zadd(self.keys.expiry, {upload_id: at})
+                return
+            await client.zrem(self.keys.expiry, upload_id)
+        # Taken out because its record is gone (or it never expires): a live index entry
+        # without a record goes too, so no sweep needs to read the whole live index.
+        if await self._without_record([upload_id]):
+            with mapped_errors():
+                await client.zrem(self.keys.index, upload_id)
+
+    async def due_for_expiry(self, now: float, limit: int) -> list[str]:
+        with mapped_errors():
+            raw = await self.backend.client.zrangebyscore(self.keys.expiry, "-inf", now,
+                                                          start=0, num=limit)
+        return [i for i in map(_text, raw) if UPLOAD_ID.fullmatch(i)]
+
+    async def owe_finish(self, upload_id: str, owed: bool) -> None:
+        with mapped_errors():
+            if owed:
+                await self.backend.client.sadd(self.keys.finish_owed, upload_id)
+            else:
+                await self.backend.client.srem(self.keys.finish_owed, upload_id)
+
+    async def finish_owed(self) -> list[str]:
+        with mapped_errors():
+            members = await self.backend.client.smembers(self.keys.finish_owed)
+        return sorted(i for i in map(_text, members) if UPLOAD_ID.fullmatch(i))
+
+    @property
+    def unreadable(self) -> int:
+        return len(self._unreadable)
+
+    def _cannot_read(self, upload_id: str, exc: BaseException) -> None:
+        """A record this version cannot parse (a newer version's during a rolling upgrade,
+        or damage): left in place for the instances that can, answered as not found here,
+        said once per upload (and counted, up to a bound)."""
+        if upload_id in self._unreadable:
+            return
+        if len(self._unreadable) < MAX_UNREADABLE_NOTED:
+            self._unreadable.add(upload_id)
+        log.error("upload %s: its record cannot be read (%s: %s); it answers 404",
+                  upload_id, type(exc).__name__, exc)
 
     # --- coordination ------------------------------------------------------------------------
     async def owe_sink(self, upload_id: str, owed: bool) -> None:

@@ -23,6 +23,12 @@ all of an upload's keys in one slot, which multi-key scripts require)::
     <p>:release          pub/sub channel: "please let go of <id>", heard by every instance
     <p>:sink_owed        set: uploads a background sink still owes work on, for its scans
     <p>:hooks_owed       set: uploads whose post-finish hook has not succeeded yet
+    <p>:expiry           sorted set: uploads by the time they are next due for the sweeper
+                         (it reads those, not every upload); moved when one is looked at
+    <p>:finish_owed      set: uploads whose finish may be owed (from creation until the
+                         finish is on record), the ones a start looks at
+    <p>:indexed          present once every upload made before the two indexes above is in
+                         them (noted due at once, and as owing its finish)
     <p>:lease:<name>     a short lease so one instance runs a job at a time (a periodic
                          sweep, or one upload's drain: its holder's id, extended while it runs)
     <p>:rate:<name>      hash: a rate limiter every instance shares (due, blocked, at: server
@@ -109,6 +115,18 @@ class Keys:
 
     def hooks_owed(self) -> str:
         return f"{self.prefix}:hooks_owed"
+
+    @property
+    def expiry(self) -> str:
+        return f"{self.prefix}:expiry"
+
+    @property
+    def finish_owed(self) -> str:
+        return f"{self.prefix}:finish_owed"
+
+    @property
+    def indexed(self) -> str:
+        return f"{self.prefix}:indexed"
 
     def lease(self, name: str) -> str:
         return f"{self.prefix}:lease:{name}"

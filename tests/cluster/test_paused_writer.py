@@ -112,7 +112,8 @@ async def test_a_writer_paused_past_its_lock_ttl_writes_no_stale_byte(
         assert a.terminate() == 0, a.log()
         corrupted = []
         for round_no, (upload_id, fresh) in enumerate(finished):
-            data = (spool / "uploads" / f"{upload_id}.bin").read_bytes()
+            # Delivered: the file in complete/ is the only copy (named after the id).
+            data = (spool / "complete" / upload_id).read_bytes()
             if hashlib.sha256(data).digest() != hashlib.sha256(fresh).digest():
                 first = next((i for i, (x, y) in enumerate(zip(data, fresh, strict=False))
                               if x != y), min(len(data), len(fresh)))

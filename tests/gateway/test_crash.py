@@ -99,7 +99,7 @@ async def check_after_restart(g: Gateway, up: Upload, kill: int) -> None:
     where = f"{up.name} after kill {kill} (seed {SEED})"
     assert offset >= up.acked, f"{where}: offset {offset} < acknowledged {up.acked}"
     assert offset <= up.sent_hi, f"{where}: offset {offset} > bytes sent {up.sent_hi}"
-    stored = data_file(g.data_dir, up.path).read_bytes()
+    stored = data_file(g.data_dir, up.path, up.name).read_bytes()
     # On disk the offset is the file's size. With Redis the file may hold bytes past the
     # committed offset (written, never committed); the next PATCH cuts them off.
     if g.offset_is_file_size:

@@ -256,8 +256,13 @@ def id_of(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
-def data_file(data_dir: Path, path: str) -> Path:
-    return data_dir / "uploads" / f"{id_of(path)}.bin"
+def data_file(data_dir: Path, path: str, name: str | None = None) -> Path:
+    """The upload's bytes: the spool's file while it has one, then the delivered file (named
+    ``name``, or after the id), which is the only copy once an upload is delivered."""
+    spool = data_dir / "uploads" / f"{id_of(path)}.bin"
+    if spool.exists():
+        return spool
+    return data_dir / "complete" / (name or id_of(path))
 
 
 async def create(g: Gateway, length: int, filename: str | None = None) -> str:
@@ -290,11 +295,10 @@ async def wait_settled(g: Gateway, path: str, expected: int, timeout_s: float = 
     the lock shows it; for a child process the data file must reach ``expected`` bytes or
     stop growing for half a second.
     """
-    stored = data_file(g.data_dir, path)
     deadline = time.monotonic() + timeout_s
     last, since = -1, time.monotonic()
     while time.monotonic() < deadline:
-        size = stored.stat().st_size
+        size = data_file(g.data_dir, path).stat().st_size
         if size != last:
             last, since = size, time.monotonic()
         if size >= expected or time.monotonic() - since > 0.5:
@@ -305,10 +309,12 @@ async def wait_settled(g: Gateway, path: str, expected: int, timeout_s: float = 
         await wait_until(lambda: not locker.held(id_of(path)), timeout_s, "the lock's release")
 
 
-async def finish_and_verify(g: Gateway, path: str, data: bytes) -> None:
-    """Resume from HEAD's offset, then check the download and the stored file byte for byte."""
+async def finish_and_verify(g: Gateway, path: str, data: bytes,
+                            name: str | None = None) -> None:
+    """Resume from HEAD's offset, then check the download and the stored file byte for byte
+    (the delivered file, named ``name`` or after the id, once the upload is complete)."""
     offset = await head_offset(g, path)
-    stored = data_file(g.data_dir, path).read_bytes()
+    stored = data_file(g.data_dir, path, name).read_bytes()
     assert len(stored) == offset, "the offset is not the data file's size"
     assert stored == data[:offset], "the stored bytes are not a prefix of the file"
     if offset < len(data):
@@ -319,7 +325,7 @@ async def finish_and_verify(g: Gateway, path: str, data: bytes) -> None:
     async with g.http.get(path) as r:
         assert r.status == 200
         assert sha(await r.read()) == sha(data)
-    assert sha(data_file(g.data_dir, path).read_bytes()) == sha(data)
+    assert sha(data_file(g.data_dir, path, name).read_bytes()) == sha(data)
 
 
 def server_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -610,6 +616,6 @@ async def test_sigterm_commits_in_flight_patch(
             assert before - slack <= offset <= total, (before, offset, total)
         else:
             assert offset == before == total, f"{before - offset} received bytes were lost"
-        await finish_and_verify(g, path, data)
+        await finish_and_verify(g, path, data, "t.bin")
     assert sha((gw.data_dir / "complete" / "t.bin").read_bytes()) == sha(data)
     assert "Traceback" not in gw.log(), gw.log()

@@ -643,3 +643,82 @@ async def test_instances_sharing_redis_share_the_open_limit(redis_server: RedisS
         for backend in backends:
             await backend.close()
         await asyncio.get_running_loop().run_in_executor(None, pool.close)
+
+
+async def test_the_expiry_index_returns_only_due_uploads(open_store: StoreFactory,
+                                                         request: pytest.FixtureRequest) -> None:
+    store = await open_store()
+    now = 1_000_000.0
+    ids = [new_info(n).upload_id for n in range(50, 56)]
+    for i, upload_id in enumerate(ids):
+        await store.create(new_info(50 + i))
+        await store.schedule_expiry(upload_id, now + 10 * i)  # 0, 10, ..., 50 s from now
+    assert await store.due_for_expiry(now - 1, 100) == []
+    assert await store.due_for_expiry(now + 25, 100) == ids[:3]
+    assert await store.due_for_expiry(now + 25, 2) == ids[:2], "earliest first, bounded"
+    await store.schedule_expiry(ids[0], now + 100)  # bytes arrived: it moves
+    await store.schedule_expiry(ids[1], None)  # never due
+    await store.terminate(ids[2], "expired")  # removal takes it out of the index
+    assert await store.due_for_expiry(now + 25, 100) == []
+    assert await store.due_for_expiry(now + 100, 100) == [*ids[3:], ids[0]]
+    # After a restart the index may return an upload sooner than noted (the sweeper reads
+    # the record again), never later.
+    restarted = await open_store()
+    due = await restarted.due_for_expiry(now + 100, 100)
+    assert set(due) >= {*ids[3:], ids[0]}
+    if request.node.callspec.params["open_store"] == "redis":
+        assert due == [*ids[3:], ids[0]]
+
+
+async def test_uploads_owing_their_finish_are_an_index(open_store: StoreFactory) -> None:
+    store = await open_store()
+    infos = [new_info(n, 3) for n in (60, 61, 62)]
+    for info in infos:
+        await store.create(info)
+        await store.owe_finish(info.upload_id, True)
+    await store.owe_finish(infos[0].upload_id, False)
+    await store.terminate(infos[1].upload_id, "terminated")
+    assert await store.finish_owed() == [infos[2].upload_id]
+    # Complete and not finished: still owed after a restart.
+    await store.append(infos[2].upload_id, 0, chunks(b"abc"), max_bytes=3, checksum=None)
+    assert infos[2].upload_id in await (await open_store()).finish_owed()
+
+
+async def test_a_save_after_termination_does_not_bring_the_record_back(
+        open_store: StoreFactory) -> None:
+    """A background writer (a sink) that read the record before a DELETE must not undo it."""
+    store = await open_store()
+    for n in range(70, 90):
+        info = new_info(n, 3)
+        await store.create(info)
+        await store.append(info.upload_id, 0, chunks(b"abc"), max_bytes=3, checksum=None)
+        read = (await store.get(info.upload_id)).info
+        late = read.replace(metadata={"sink": b"late"}, data_removed=True)
+        # Both orders, with the termination and the save in flight at once.
+        first, second = ((store.terminate(info.upload_id, "terminated"), store.save_info(late))
+                         if n % 2 else
+                         (store.save_info(late), store.terminate(info.upload_id, "terminated")))
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        for result in results:
+            assert result is None or result is True or isinstance(
+                result, (errors.NotFound, errors.Gone)), result
+        with pytest.raises(errors.Gone):
+            await store.get(info.upload_id)
+    restarted = await open_store()
+    with pytest.raises(errors.Gone):
+        await restarted.get(new_info(71).upload_id)
+    assert await restarted.upload_ids() == []
+
+
+@pytest.mark.parametrize("open_store", ["redis"], indirect=True)
+async def test_an_unreadable_redis_record_is_not_found_and_counted(
+        open_store: StoreFactory) -> None:
+    store = await open_store()
+    assert isinstance(store, RedisStore)
+    info = new_info(91)
+    await store.create(info)
+    await store.backend.client.hset(store.keys.upload(info.upload_id), "info", b"{torn")
+    for _ in range(2):
+        with pytest.raises(errors.NotFound):
+            await store.get(info.upload_id)
+    assert store.unreadable == 1

@@ -49,7 +49,8 @@ async def test_unverified_checksum_bytes_are_rolled_back_at_open(tmp_path: Path,
     await store.close()
 
 
-async def test_torn_record_is_dropped_at_open(tmp_path: Path, pool: IoPool) -> None:
+async def test_torn_record_is_set_aside_at_open(tmp_path: Path, pool: IoPool,
+                                                caplog: pytest.LogCaptureFixture) -> None:
     store = await opened(tmp_path, pool)
     await store.close()
     (tmp_path / "uploads" / f"{ID}.bin").write_bytes(b"")
@@ -67,6 +68,14 @@ async def test_torn_record_is_dropped_at_open(tmp_path: Path, pool: IoPool) -> N
         pass
     else:
         raise AssertionError("a torn record must not be visible")
+    # Not deleted: moved aside for the operator, said once, and counted.
+    assert sorted(p.name for p in (tmp_path / "quarantine").iterdir()) == [
+        f"{ID}.bin", f"{ID}.info"]
+    assert [r.levelname for r in caplog.records if ID in r.getMessage()] == ["ERROR"]
+    assert store.unreadable == 1
+    await store.close()
+    store = await opened(tmp_path, pool)
+    assert store.unreadable == 1, "still set aside after a restart"
     await store.close()
 
 
