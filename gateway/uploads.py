@@ -15,6 +15,7 @@ finished: a sweep reads those that are due, and notes again the ones not due aft
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import secrets
 import time
@@ -249,6 +250,8 @@ class Uploads:
                      max_bytes: int | None, checksum: Checksum | None) -> UploadState:
         """Stream the body into the store; returns the new state (finished if complete)."""
         upload_id = state.info.upload_id
+        if state.info.data_removed:
+            return await self._append_nothing(state, reader, checksum)
         self.sink.receiving(state)
         feed = self.meters.feeder(upload_id)
         counter = self.metrics.bytes_received if self.metrics is not None else None
@@ -283,6 +286,20 @@ class Uploads:
         if new_state.status is UploadStatus.COMPLETE:
             new_state = await self.finish(new_state)
         return new_state
+
+    async def _append_nothing(self, state: UploadState, reader: BodyReader,
+                              checksum: Checksum | None) -> UploadState:
+        """A body for an upload whose bytes the sink holds now (the spool's copy is gone):
+        it is complete, so only an empty body is taken, as the store would take it (a
+        retried final PATCH), and nothing is opened."""
+        async for chunk in reader.chunks():
+            if chunk:
+                raise errors.SizeExceeded(
+                    f"the body would pass the upload's length at {state.offset}")
+        if checksum is not None and \
+                hashlib.new(checksum.algorithm, b"").digest() != checksum.digest:
+            raise errors.ChecksumMismatch()
+        return state
 
     async def finish(self, state: UploadState) -> UploadState:
         """Run once the last byte is stored (under the lock): record the finish, deliver,

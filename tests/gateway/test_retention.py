@@ -125,6 +125,22 @@ async def test_a_delivered_file_is_the_only_copy_and_is_served_until_removed(
     assert (await client.head(url, headers=TUS)).status == 200
 
 
+async def test_a_retried_final_patch_of_a_delivered_upload_stores_nothing(
+        client: Client) -> None:
+    """The spool's copy is gone: a chunked empty body is still taken (204), bytes are not."""
+    url = await upload(client, b"done", "r.txt")
+
+    async def body(*parts: bytes) -> AsyncIterator[bytes]:
+        for part in parts:
+            yield part
+
+    r = await client.patch(url, data=body(b""), headers=patch_headers(4))
+    assert r.status == 204 and r.headers["Upload-Offset"] == "4"
+    r = await client.patch(url, data=body(b"more"), headers=patch_headers(4))
+    assert r.status == 413
+    assert await (await client.get(url)).read() == b"done"
+
+
 async def test_a_file_that_took_the_delivered_name_is_not_served(client: Client) -> None:
     first = await upload(client, b"first upload", "same.txt")
     root = config_of(client).data_dir
