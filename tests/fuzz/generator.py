@@ -179,6 +179,7 @@ class Fuzzer:
     # Override values sent that are not methods at all (the metrics must not keep them).
     junk_overrides: set[str] = field(default_factory=set)
     _current: _Running | None = None
+    _users: int = 0
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -223,6 +224,13 @@ class Fuzzer:
     def _auth(self) -> tuple[bytes, bytes]:
         return (b"Authorization", b"Bearer " + self.token().encode())
 
+    def _user(self) -> tuple[bytes, bytes]:
+        """The token of a valid sequence: a subject of its own, as each user of a real
+        deployment has, so that per-client quotas filled by the mutated requests (which
+        share a subject-less token) do not refuse it."""
+        self._users += 1
+        return (b"Authorization", b"Bearer " + self.token(sub=f"user-{self._users}").encode())
+
     def token(self, **claims: object) -> str:
         payload = {"exp": int(time.time()) + 3600, **claims}
         return signed_token(self.secret, json.dumps(payload).encode())
@@ -243,7 +251,7 @@ class Fuzzer:
         data = rng.randbytes(rng.randint(0, 3 * MAX_BODY))
         meta = b"filename " + b64(f"fuzz-{rng.randrange(10**6)}.bin".encode())
         first = b""
-        headers = [self._host(), TUS, self._auth(), (b"Upload-Length", str(len(data)).encode()),
+        headers = [self._host(), TUS, self._user(), (b"Upload-Length", str(len(data)).encode()),
                    (b"Upload-Metadata", meta)]
         if data and rng.random() < 0.3:
             first = data[:rng.randint(1, min(len(data), MAX_BODY))]
@@ -278,7 +286,7 @@ class Fuzzer:
         data = rng.randbytes(rng.randint(1, 2 * MAX_BODY))
         answer = yield WireRequest(
             b"POST", self.base.encode(),
-            [self._host(), TUS, self._auth(), (b"Upload-Defer-Length", b"1")],
+            [self._host(), TUS, self._user(), (b"Upload-Defer-Length", b"1")],
             label="valid tus deferred creation", expect=(201,))
         url = _path(answer)
         upload_id = url.rsplit("/", 1)[-1]
@@ -299,17 +307,18 @@ class Fuzzer:
         """Two partial uploads and their final: the final's bytes are both, in order."""
         rng = self.rng
         parts = [rng.randbytes(rng.randint(1, MAX_BODY)) for _ in range(2)]
+        user = self._user()  # the partials and their final are one user's
         urls = []
         for part in parts:
             answer = yield WireRequest(
                 b"POST", self.base.encode(),
-                [self._host(), TUS, self._auth(), (b"Upload-Concat", b"partial"),
+                [self._host(), TUS, user, (b"Upload-Concat", b"partial"),
                  (b"Upload-Length", str(len(part)).encode()), (b"Content-Type", OCTETS)],
                 part, label="valid tus partial creation", expect=(201,))
             urls.append(_path(answer))
         answer = yield WireRequest(
             b"POST", self.base.encode(),
-            [self._host(), TUS, self._auth(),
+            [self._host(), TUS, user,
              (b"Upload-Concat", b"final;" + b" ".join(u.encode() for u in urls))],
             label="valid tus final creation", expect=(201,))
         url = _path(answer)
@@ -325,7 +334,7 @@ class Fuzzer:
         version = (INTEROP, str(draft).encode())
         first = data[:rng.randint(0, min(len(data), MAX_BODY))]
         done = len(first) == len(data)
-        headers = [self._host(), version, self._auth(), _complete(draft, done)]
+        headers = [self._host(), version, self._user(), _complete(draft, done)]
         if draft >= 6 and rng.random() < 0.5:
             headers.append((b"Upload-Length", str(len(data)).encode()))
         answer = yield WireRequest(b"POST", self._collection(), headers, first,

@@ -182,8 +182,9 @@ def request(method: str, url: str, body: bytes | None = None, /,
 def clean_upload(gw: GatewayProcess, fuzzer: Fuzzer) -> str | None:
     """Create, PATCH every byte, HEAD, GET; what went wrong, or None."""
     data = os.urandom(100_000)
+    token = fuzzer.token(sub="clean-upload")
     status, headers, body = request("POST", gw.url, **{
-        "Upload-Length": str(len(data)), "Authorization": f"Bearer {fuzzer.token()}",
+        "Upload-Length": str(len(data)), "Authorization": f"Bearer {token}",
         "Upload-Metadata": "filename Y2xlYW4uYmlu"})
     if status != 201:
         return f"creation answered {status}: {body[:200]!r}"
@@ -259,8 +260,9 @@ def test_hostile_requests_get_answers_and_leave_no_trace(gateway_process: Gatewa
                                     f"exit code {gw.proc.returncode}"))
             break
         if index and index % 10_000 == 0:
+            rss = psutil.Process(gw.proc.pid).memory_info().rss
             print(f"fuzz: {index} requests in {time.monotonic() - started:.0f} s, "
-                  f"{len(failures)} failures")
+                  f"{len(failures)} failures, RSS {rss >> 20} MiB")
         previous = wire
     elapsed = time.monotonic() - started
 
