@@ -39,6 +39,31 @@ async def defer_continue(request: web.Request) -> None:
     return None
 
 
+async def expect_continue(request: web.Request) -> None:
+    """``Expect`` on every other route: what aiohttp's own handler does, but an unknown value
+    gets a fixed 417. aiohttp's default echoes the value into its answer, and a value with
+    bytes that are not UTF-8 made that answer itself fail: a 500 and a traceback, before any
+    middleware could see the request."""
+    if request.version < (1, 1):
+        return
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text="the only expectation understood is 100-continue")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+async def unrouted(request: web.Request) -> web.StreamResponse:
+    """The last route, for what no other route takes: the 404 or 405 aiohttp would give,
+    from a route whose ``Expect`` handling is ``expect_continue``."""
+    me = request.match_info.route.resource
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not me:
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
+
+
 def public_origin(request: web.Request) -> tuple[str, str]:
     """The scheme and host[:port] the client used (``protocol.origin``); a malformed Host,
     or behind a proxy (``--behind-proxy``) a malformed forwarded host, is ``InvalidHost``.

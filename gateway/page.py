@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from gateway.config import GatewayConfig
+from gateway.http import expect_continue
 
 log = logging.getLogger(__name__)
 
@@ -156,5 +157,7 @@ def setup_page(app: web.Application, config: GatewayConfig) -> None:
         return
     files = PageFiles(page_slots(config))
     # Every method, so the ones the page does not answer stay 404 rather than become 405.
-    app.router.add_route("*", PAGE_PATH, _responder(files, INDEX))
-    app.router.add_route("*", STATIC_PREFIX + "{name}", _responder(files, None))
+    app.router.add_route("*", PAGE_PATH, _responder(files, INDEX),
+                         expect_handler=expect_continue)
+    app.router.add_route("*", STATIC_PREFIX + "{name}", _responder(files, None),
+                         expect_handler=expect_continue)

@@ -19,7 +19,7 @@ from gateway import ietf as gateway_ietf
 from gateway.config import GatewayConfig
 from gateway.handlers import sink_retry, upload_status
 from gateway.health import health
-from gateway.http import defer_continue, headers_of, public_origin
+from gateway.http import defer_continue, expect_continue, headers_of, public_origin, unrouted
 from gateway.metrics import metrics_handler
 from gateway.page import setup_page
 from protocol import decisions, ietf
@@ -109,12 +109,17 @@ def setup_routes(app: web.Application, config: GatewayConfig) -> list[web.Abstra
         # does). Uploads keep one URL, <base_path><id>, whichever was used to create them.
         collection.append(app.router.add_route("*", base.rstrip("/"), CollectionView,
                                                expect_handler=defer_continue))
-    return [
+    routes = [
         *collection,
         app.router.add_route("*", base + "{upload_id}", UploadView,
                              expect_handler=defer_continue),
-        app.router.add_get("/api/upload/status/{upload_id}", upload_status),
-        app.router.add_get("/api/system/health", health),
-        app.router.add_get("/metrics", metrics_handler),
-        app.router.add_post("/api/sink/retry/{upload_id}", sink_retry),
+        app.router.add_get("/api/upload/status/{upload_id}", upload_status,
+                           expect_handler=expect_continue),
+        app.router.add_get("/api/system/health", health, expect_handler=expect_continue),
+        app.router.add_get("/metrics", metrics_handler, expect_handler=expect_continue),
+        app.router.add_post("/api/sink/retry/{upload_id}", sink_retry,
+                            expect_handler=expect_continue),
     ]
+    # Last, so it takes only what nothing else does (see ``unrouted``).
+    app.router.add_route("*", "/{path:.*}", unrouted, expect_handler=expect_continue)
+    return routes

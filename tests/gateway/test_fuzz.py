@@ -505,3 +505,36 @@ async def test_a_preflight_that_is_not_text_is_refused_not_a_crash(
                                     b"Connection: close\r\n\r\n")
         assert answer.status == 403, answer.describe()
         assert answer.header("access-control-allow-origin") is None, answer.describe()
+
+
+EXPECT_PATHS = (b"GET /metrics", b"GET /api/system/health", b"GET /", b"GET /static/x.js",
+                b"GET /nowhere", b"POST /metrics", b"GET /api/upload/status/abc")
+
+
+@pytest.mark.parametrize("backend", ["disk"], indirect=True)
+def test_an_expect_value_that_is_not_text_gets_417_on_every_route(
+        gateway_process: Gateways) -> None:
+    """aiohttp's own Expect handler put the value into its 417 text; with bytes that are not
+    UTF-8 that answer failed to encode: a 500 and a traceback on every route but the upload
+    URLs, before any middleware ran. Routes that do not exist (404/405) went the same way."""
+    gw = gateway_process()
+    assert gw.log_path is not None
+    watch = LogWatch(gw.log_path)
+    watch.new_bad_lines()
+    for start in EXPECT_PATHS:
+        for value in (b"100-continue\xff", b"\xc3\x28", b"something-else"):
+            answer = exchange("127.0.0.1", gw.port, start + b" HTTP/1.1\r\nHost: x\r\nExpect: "
+                              + value + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                              head=False)
+            assert answer.complete and answer.status == 417, (start, value, answer.describe())
+    # The expectation the gateway understands still works, and unknown routes keep their
+    # 404 and 405.
+    for start, status in ((b"GET /api/system/health", 200), (b"GET /nowhere", 404),
+                          (b"POST /metrics", 405), (b"DELETE /api/system/health", 405)):
+        answer = exchange("127.0.0.1", gw.port, start + b" HTTP/1.1\r\nHost: x\r\n"
+                          b"Expect: 100-continue\r\nContent-Length: 0\r\n"
+                          b"Connection: close\r\n\r\n", head=False)
+        assert answer.complete and answer.status == status, (start, answer.describe())
+    time.sleep(0.2)
+    bad = watch.new_bad_lines()
+    assert not bad, "\n".join(bad)
