@@ -63,8 +63,14 @@ from protocol.model import Checkpoint, HookState, UploadInfo, UploadState, newes
 
 log = logging.getLogger(__name__)
 
+# Out of memory (maxmemory with noeviction) is a full disk for Redis: writes fail until an
+# operator makes room, and reads go on. Uploads created until the memory ran out must get a
+# 503 with Retry-After, not a 500.
 _UNAVAILABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError,
-                redis_errors.ReadOnlyError, redis_errors.TryAgainError, OSError)
+                redis_errors.ReadOnlyError, redis_errors.TryAgainError,
+                redis_errors.OutOfMemoryError, OSError)
+# Likewise a Redis that refuses writes because it cannot save to its own disk.
+_REFUSING_WRITES = ("MISCONF",)
 
 
 _last_logged = [0.0]
@@ -79,7 +85,10 @@ def mapped_errors() -> Iterator[None]:
     """Redis out of reach (down, restarting, loading, a replica) is a 503, never a 500."""
     try:
         yield
-    except _UNAVAILABLE as exc:
+    except (*_UNAVAILABLE, redis_errors.ResponseError) as exc:
+        if isinstance(exc, redis_errors.ResponseError) and not isinstance(
+                exc, _UNAVAILABLE) and not str(exc).startswith(_REFUSING_WRITES):
+            raise
         now = time.monotonic()
         if now - _last_logged[0] > 5.0:  # one line per outage burst, not one per request
             _last_logged[0] = now
