@@ -56,7 +56,9 @@ def _field_docs() -> dict[str, str]:
     return docs
 
 
-def _default_text(value: Any) -> str:
+def _default_text(value: Any, name: str = "") -> str:
+    if name == "file_mode":
+        return f"{value:04o}"  # octal, as the flag takes it
     if isinstance(value, tuple):
         return ",".join(value)
     if isinstance(value, bool):
@@ -76,7 +78,7 @@ def _settings_text(docs: dict[str, str]) -> str:
     lines = ["settings of 'serve' (flag, environment variable, default):"]
     for f in dataclasses.fields(GatewayConfig):
         lines.append(f"  --{option_name(f.name)} {_metavar(f.name)}  [{env_name(f.name)}, "
-                     f"default {_default_text(f.default)}]")
+                     f"default {_default_text(f.default, f.name)}]")
         lines.append(f"      {docs.get(f.name, '')}")
     return "\n".join(lines)
 
@@ -105,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(GatewayConfig):
         flag = "--" + option_name(f.name)
         help_text = f"{docs.get(f.name, '')} [env {env_name(f.name)}; default " \
-                    f"{_default_text(f.default)}]".replace("%", "%%")
+                    f"{_default_text(f.default, f.name)}]".replace("%", "%%")
         for target in (serve, show_config):
             if isinstance(f.default, bool):
                 target.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,

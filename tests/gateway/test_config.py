@@ -80,6 +80,8 @@ def test_help_documents_every_setting() -> None:
     for flag in ("--host", "--port", "--base-path", "--data-dir", "--max-size",
                  "--expire-after", "--cors-origins", "--behind-proxy", "--fsync"):
         assert flag in out
+    # A default is shown as the flag takes it: the file mode in octal, not 384.
+    assert "--file-mode FILE_MODE  [TUS_FILE_MODE, default 0600]" in out
 
 
 def test_bad_setting_exits_2_with_a_message() -> None:
