@@ -113,6 +113,20 @@ class GatewayConfig:
     """On SIGTERM/SIGINT, in-flight requests get this long to commit and answer."""
     max_concat_parts: int = 1000
     """Most partial uploads one final concatenation may name."""
+    max_finals_per_partial: int = 4
+    """Most unassembled finals that may wait for one unfinished partial: the partial's last
+    PATCH assembles them all before it answers, so this bounds that request's work. 4 leaves
+    room for a client that retried its final's creation."""
+    max_open_uploads: int = 10_000
+    """Most unfinished uploads at once, over all clients (429 with Retry-After above it), so
+    abandoned or hostile creations cannot use up inodes or Redis memory; 0: no limit."""
+    max_open_uploads_per_client: int = 100
+    """Most unfinished uploads of one client: its auth subject (or token) when creation needs
+    a token, else its address (behind a proxy, the one that proxy saw). Raise it where many
+    users share one address without auth; 0: no limit."""
+    empty_patch_interval_s: float = 1.0
+    """A PATCH that carries and changes nothing, sent again for the same upload sooner than
+    this, gets 429 with Retry-After (a client stuck in a loop of them); 0: never refused."""
     memory_budget_bytes: int = 0
     """Memory the gateway may use (resident); admission control and the health endpoint
     measure against it. 0: half of what the process may use (the container's limit, else
@@ -262,6 +276,7 @@ class GatewayConfig:
             parse_free_space(self.min_free_disk)
         except ValueError as exc:
             problems.append(f"min_free_disk: {exc}")
+        problems += self._open_upload_problems()
         for name in ("stall_timeout_s", "send_timeout_s", "lock_wait_s", "shutdown_timeout_s",
                      "io_threads", "max_metadata_bytes", "max_concat_parts", "sweep_interval_s"):
             if getattr(self, name) <= 0:
@@ -342,6 +357,18 @@ class GatewayConfig:
             problems.append(f"log_level must be one of {', '.join(LOG_LEVELS)}")
         if self.log_format not in LOG_FORMATS:
             problems.append(f"log_format must be one of {', '.join(LOG_FORMATS)}")
+        return problems
+
+    def _open_upload_problems(self) -> list[str]:
+        problems = []
+        for name in ("max_open_uploads", "max_open_uploads_per_client",
+                     "empty_patch_interval_s"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must not be negative")
+        if 0 < self.max_open_uploads < self.max_open_uploads_per_client:
+            problems.append("max_open_uploads_per_client must not exceed max_open_uploads")
+        if self.max_finals_per_partial < 1:
+            problems.append("max_finals_per_partial must be positive")
         return problems
 
     def _hook_problems(self) -> list[str]:

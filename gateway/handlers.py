@@ -9,6 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.auth import check_creation
+from gateway.clients import client_key
 from gateway.download import Download
 from gateway.http import body_facts, location, send_continue, uploads_of
 from gateway.keys import CONFIG
@@ -39,10 +40,12 @@ async def post(request: web.Request, headers: Headers) -> web.Response:
     facts = body_facts(request)
     plan = decisions.plan_create(headers, facts, uploads.settings)
     plan = await uploads.hooks.pre_create(plan, request)  # before anything is stored
+    client = client_key(request, headers)
     if isinstance(plan.concat, ConcatFinal):
-        state = await uploads.create_final(plan.concat, plan.length, plan.metadata)
+        state = await uploads.create_final(plan.concat, plan.length, plan.metadata,
+                                           client=client)
     else:
-        state = await uploads.create(plan.length, plan.metadata, plan.concat)
+        state = await uploads.create(plan.length, plan.metadata, plan.concat, client=client)
     upload_id = state.info.upload_id
     where = location(request, upload_id)
     reader = uploads.body_reader(request.content)
@@ -80,6 +83,10 @@ async def patch(request: web.Request, headers: Headers) -> web.Response:
     facts = body_facts(request)
     if facts.present:
         uploads.admit("append")
+    if facts.present or "Upload-Length" in headers or "Upload-Checksum" in headers:
+        uploads.empty_patches.forget(upload_id)
+    else:
+        uploads.empty_patch(upload_id)  # nothing to store: 429 when repeated too soon
     reader = uploads.body_reader(request.content)
     async with uploads.locked(upload_id, reader):
         state = await uploads.live(upload_id)
@@ -92,8 +99,10 @@ async def patch(request: web.Request, headers: Headers) -> web.Response:
                                          plan.checksum)
         elif state.status is UploadStatus.COMPLETE:
             # The length was declared equal to the offset (TUS-DEF-05), or a retried final
-            # PATCH finds a delivery that failed before: finish now, exactly once.
+            # PATCH finds a delivery that failed before: finish now, exactly once. That is
+            # work, so the next empty PATCH is not held back for this one.
             state = await uploads.finish(state)
+            uploads.empty_patches.forget(upload_id)
     answer = _write_answer(state, uploads.settings)
     return web.Response(status=204, headers=answer)
 

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway.auth import bearer_token, check_bearer, verify_token
+from gateway.clients import client_key
 from gateway.http import body_facts, location, public_origin, send_continue, uploads_of
 from gateway.keys import CONFIG
 from gateway.middleware import CLOSE_AFTER
@@ -94,7 +95,8 @@ async def create(request: web.Request, headers: Headers, draft: ietf.Draft) -> w
             raise errors.TooLarge(f"this token allows at most {max_size} bytes")
     tus_plan = decisions.CreatePlan(plan.length, plan.metadata, None, None)
     tus_plan = await uploads.hooks.pre_create(tus_plan, request)  # before anything is stored
-    state = await uploads.create(tus_plan.length, tus_plan.metadata, None)
+    state = await uploads.create(tus_plan.length, tus_plan.metadata, None,
+                                 client=client_key(request, headers))
     upload_id = state.info.upload_id
     where = location(request, upload_id)
     reader = uploads.body_reader(request.content)

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,7 @@ from gateway.aio import run_to_completion
 from gateway.body import BodyReader
 from gateway.config import GatewayConfig
 from gateway.hooks import Hooks
+from gateway.limits import EmptyPatches
 from gateway.logs import log_event
 from gateway.progress import Meters
 from gateway.sinks import Sink
@@ -113,6 +114,8 @@ class Uploads:
         self.locker = locker
         self.sink = sink
         self.hooks = Hooks(config, self.settings, store)
+        # Empty PATCHes lately taken, by upload (``empty_patch``).
+        self.empty_patches = EmptyPatches(config.empty_patch_interval_s)
         # Requests currently reading a body, so shutdown can make them commit and answer.
         self._receiving: set[BodyReader] = set()
         self.shutting_down = False
@@ -228,12 +231,41 @@ class Uploads:
 
     # --- writing -----------------------------------------------------------------------------
     async def create(self, length: int | None, metadata: dict[str, bytes],
-                     concat: Concat | None) -> UploadState:
+                     concat: Concat | None, *, client: str) -> UploadState:
         info = UploadInfo(upload_id=new_upload_id(), length=length, metadata=metadata,
-                          concat=concat, created_at=time.time())
-        state = await self._create_record(info)
+                          concat=concat, created_at=time.time(), client=client)
+        async with self._open_slot(info):
+            state = await self._create_record(info)
         self._event("created", info.upload_id, length=length, partial=info.is_partial)
         return state
+
+    @asynccontextmanager
+    async def _open_slot(self, info: UploadInfo) -> AsyncIterator[None]:
+        """Count the new upload as open, in total and for its client, before anything of it
+        is stored: over a limit, 429 and nothing is made. Should making it fail, the slot is
+        given back. The upload stops being open when it finishes (``finish``) or is removed
+        (the store's ``terminate``, for deletions and expiry alike)."""
+        await self.store.claim_open_slot(
+            info.upload_id, info.client, max_total=self.config.max_open_uploads,
+            max_per_client=self.config.max_open_uploads_per_client)
+        try:
+            yield
+        except BaseException:
+            with suppress(Exception):  # a slot left behind is dropped by the sweeper
+                await run_to_completion(self.store.release_open_slot(info.upload_id))
+            raise
+
+    def empty_patch(self, upload_id: str) -> None:
+        """A PATCH that carries no bytes and declares no length: 429 if this upload had one
+        less than ``empty_patch_interval_s`` ago, else noted. Checked before the lock and
+        the store, which a client looping on such PATCHes would otherwise keep busy."""
+        if self.config.empty_patch_interval_s <= 0:
+            return
+        now = time.monotonic()
+        wait = self.empty_patches.retry_after(upload_id, now)
+        if wait is not None:
+            raise errors.EmptyPatchTooSoon(headers={"Retry-After": str(wait)})
+        self.empty_patches.hit(upload_id, now)
 
     async def _create_record(self, info: UploadInfo) -> UploadState:
         """Note the new upload in the expiry and finish indexes, then store it: an entry
@@ -312,6 +344,7 @@ class Uploads:
         info = state.info
         upload_id = info.upload_id
         data = self.store.data_path(upload_id)
+        await self.store.release_open_slot(upload_id)  # every byte is in: no longer open
         if info.finished_at is None:
             info = info.replace(finished_at=time.time())
             self._event("finished", upload_id, length=state.offset, partial=info.is_partial)
@@ -365,49 +398,102 @@ class Uploads:
 
     # --- concatenation -----------------------------------------------------------------------
     async def create_final(self, concat: ConcatFinal, declared_length: int | None,
-                           metadata: dict[str, bytes]) -> UploadState:
-        partials = [await self.live(upload_id) for upload_id in concat.upload_ids]
+                           metadata: dict[str, bytes], *, client: str) -> UploadState:
+        """A final concatenation: assembled now if its partials are finished, else when the
+        last of them finishes. Its size is held to --max-size now, with the lengths known so
+        far (a partial named twice counts twice), and again at assembly."""
+        partials = await self._partials(concat.upload_ids, self.live)
         length = plan_final_length(concat, partials, declared_length, self.settings)
         info = UploadInfo(upload_id=new_upload_id(), length=length, metadata=metadata,
-                          concat=concat, created_at=time.time())
-        state = await self._create_record(info)
+                          concat=concat, created_at=time.time(), client=client)
+        waits = not all(p.finished for p in partials)
+        async with self._open_slot(info):
+            if waits:
+                # Registered before the record exists, so that a partial with as many finals
+                # waiting as allowed (409) leaves nothing made. A partial that finishes
+                # meanwhile finds no record yet and leaves the final to the look below.
+                await self.store.register_final(
+                    info.upload_id, concat.upload_ids,
+                    max_per_partial=self.config.max_finals_per_partial)
+            try:
+                state = await self._create_record(info)
+            except BaseException:
+                if waits:
+                    await run_to_completion(self.store.unregister_final(info.upload_id))
+                raise
         self._event("created", info.upload_id, length=length, final=True)
         async with self.locked(info.upload_id):
-            if not all(p.finished for p in partials):
-                # Register first, then look again: a partial that finished in between either
-                # sees this final registered, or is seen finished here.
-                await self.store.register_final(info.upload_id, concat.upload_ids)
+            if waits:
+                # Look again: a partial that finished since either found this final's
+                # record, or is seen finished here.
                 try:
-                    partials = [await self.store.get(p) for p in concat.upload_ids]
+                    partials = await self._partials(concat.upload_ids, self.store.get)
                 except (errors.NotFound, errors.Gone):
                     return state  # a partial vanished meanwhile: the final waits, then expires
             if all(p.finished for p in partials):
-                return await self._assemble(state)
+                return await self._assemble(state, partials)
             return state
 
+    async def _partials(self, upload_ids: tuple[str, ...],
+                        get: Callable[[str], Awaitable[UploadState]]) -> list[UploadState]:
+        """The partials' states in order, each read once however often it is named."""
+        states: dict[str, UploadState] = {}
+        for upload_id in upload_ids:
+            if upload_id not in states:
+                states[upload_id] = await get(upload_id)
+        return [states[upload_id] for upload_id in upload_ids]
+
     async def _wake_finals(self, partial_id: str) -> None:
-        for final_id, parts in (await self.store.waiting_finals()).items():
-            if partial_id not in parts:
+        """Assemble the finals that waited for this partial and now have all their partials.
+
+        This runs inside the partial's last request, which answers once they are assembled,
+        so the client may look at its finals right after. The work is bounded: at most
+        --max-finals-per-partial finals wait for one partial (creation refuses more), each
+        at most --max-size (``_assemble``).
+        """
+        for final_id in await self.store.finals_waiting_on(partial_id):
+            try:
+                final = await self.store.get(final_id)
+            except (errors.NotFound, errors.Gone):
+                # Not written yet (its creation looks at the partials itself once it is), or
+                # removed while it waited (its removal unregisters it).
+                continue
+            concat = final.info.concat
+            if not isinstance(concat, ConcatFinal) or final.info.assembled:
                 continue
             try:
-                states = [await self.store.get(p) for p in parts]
+                partials = await self._partials(concat.upload_ids, self.store.get)
             except (errors.NotFound, errors.Gone):
                 log.warning("final upload %s lost a partial; it cannot be assembled", final_id)
                 continue
-            if all(s.finished for s in states):
+            if all(p.finished for p in partials):
                 async with self.locked(final_id):
                     try:
-                        await self._assemble(await self.store.get(final_id))
-                    except (errors.NotFound, errors.Gone):
-                        pass
+                        await self._assemble(await self.store.get(final_id), partials)
+                    except (errors.NotFound, errors.Gone, errors.TooLarge):
+                        pass  # removed meanwhile, or now (``_assemble`` says why)
                     except FileNotFoundError:
                         log.warning("final upload %s lost a partial while it was assembled",
                                     final_id)
 
-    async def _assemble(self, state: UploadState) -> UploadState:
+    async def _assemble(self, state: UploadState, partials: list[UploadState]) -> UploadState:
+        """Join the finished partials into the final, under the final's lock.
+
+        A final made while a partial's length was deferred may turn out larger than
+        --max-size now that every length is known (one partial of 8 KiB named 200 times):
+        it is not assembled but removed, reason "too_large" (it answers 410 from now on, and
+        the log says by how much), and ``errors.TooLarge`` is raised.
+        """
         info = state.info
         if info.assembled or not isinstance(info.concat, ConcatFinal):
             return state
+        try:
+            plan_final_length(info.concat, partials, None, self.settings)
+        except errors.TooLarge as exc:
+            await self.terminate(info.upload_id, "too_large")
+            log.warning("final upload %s was removed instead of assembled: %s",
+                        info.upload_id, exc.detail)
+            raise
         length = await self.store.assemble(info, info.concat.upload_ids)
         info = info.replace(assembled=True, length=length)
         await self.store.save_info(info)

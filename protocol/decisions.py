@@ -228,6 +228,10 @@ def plan_final_length(concat: ConcatFinal, partials: Sequence[UploadState],
     """The final's length once every partial length is known; checks each partial.
 
     With concatenation-unfinished, partials need not be finished; without it, they must be.
+    A partial may be named more than once (as tusd allows): its bytes then appear, and count
+    against the maximum size, once per mention. The size is held to the maximum as soon as
+    the known part of it passes: a deferred partial counts with the bytes it already has,
+    which its length can only exceed. Called again at assembly, when every length is known.
     """
     total = 0
     known = True
@@ -238,11 +242,13 @@ def plan_final_length(concat: ConcatFinal, partials: Sequence[UploadState],
             raise errors.UploadNotFinished(f"partial upload {upload_id} is not finished")
         if state.info.length is None:
             known = False
+            total += state.offset
         else:
             total += state.info.length
     if not known:
         if declared is not None:
             raise errors.ConcatLengthMismatch("the partial lengths are not known yet")
+        _check_size(total, settings)
         return None
     if declared is not None and declared != total:
         raise errors.ConcatLengthMismatch(f"the partials add up to {total}, not {declared}")

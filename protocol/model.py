@@ -116,7 +116,7 @@ class UploadInfo:
     # When the upload's finish was recorded (its event logged, its delivery handed over): a
     # restart does not finish it again, and it is forgotten ``finished_ttl_s`` after this.
     finished_at: float | None = None
-    # Who created it, as a hashed key (gateway/limits.py): unfinished uploads count against
+    # Who created it, as a hashed key (gateway/clients.py): unfinished uploads count against
     # their creator's limit, also after a restart. Never shown to clients.
     client: str = ""
 

@@ -98,7 +98,7 @@ class UploadStore(Protocol):
     # creates the record and releases it when the upload finishes; ``terminate`` releases it.
     async def claim_open_slot(self, upload_id: str, client: str, *, max_total: int,
                               max_per_client: int) -> None:
-        """Count the upload as open for ``client`` (a short key, see ``gateway.limits``);
+        """Count the upload as open for ``client`` (a short key, see ``gateway.clients``);
         atomic across every process of the store. ``errors.OpenUploadsLimit`` when
         ``max_total`` are open, ``errors.ClientOpenUploadsLimit`` when ``max_per_client``
         of this client are (0: no limit); a refused claim counts nothing. Claiming an

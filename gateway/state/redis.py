@@ -433,6 +433,7 @@ class RedisStore:
     async def open(self) -> None:
         await self._pool.run(lambda: self.spool.mkdir(parents=True, exist_ok=True))
         await self._backfill_indexes()
+        await self._backfill_waiting()
 
     async def _backfill_indexes(self) -> None:
         """Uploads made before the expiry and finish indexes existed go into both once: due
@@ -692,6 +693,20 @@ class RedisStore:
                 for partial_id in dict.fromkeys(json.loads(raw) if raw else ()):
                     pipe.srem(self.keys.waiting(str(partial_id)), final_id)
                 pipe.hdel(self.keys.finals, final_id)
+                await pipe.execute()
+
+    async def _backfill_waiting(self) -> None:
+        """Finals registered before each partial kept the set of the finals waiting for it
+        go into those sets. Adding is idempotent and waiting finals are few (each is an open
+        upload), so every start does it."""
+        waiting = await self.waiting_finals()
+        if not waiting:
+            return
+        with mapped_errors():
+            async with self.backend.client.pipeline(transaction=False) as pipe:
+                for final_id, partial_ids in waiting.items():
+                    for partial_id in dict.fromkeys(partial_ids):
+                        pipe.sadd(self.keys.waiting(partial_id), final_id)
                 await pipe.execute()
 
     async def finals_waiting_on(self, partial_id: str) -> list[str]:

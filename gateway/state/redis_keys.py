@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 # How long a "please let go" flag lives: longer than any holder takes to notice it.
 RELEASE_FLAG_TTL_MS = 10_000
-# A client key names a set: only a fixed-size hash may (gateway.limits.client_key).
+# A client key names a set: only a fixed-size hash may (gateway.clients.client_key).
 CLIENT_KEY = re.compile(r"[0-9a-f]{32}")
 
 

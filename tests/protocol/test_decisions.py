@@ -182,6 +182,15 @@ def test_final_length() -> None:
         plan_final_length(ConcatFinal((ID,) * 400), [part] * 400, None, SET)
 
 
+def test_final_length_holds_deferred_partials_to_the_bytes_they_have() -> None:
+    """A deferred partial's length can only be at least its offset: counted once per
+    mention, that already decides some finals are too large."""
+    deferred = state(300, None, concat=ConcatPartial())
+    assert plan_final_length(ConcatFinal((ID,) * 3), [deferred] * 3, None, SET) is None
+    with pytest.raises(errors.TooLarge):
+        plan_final_length(ConcatFinal((ID,) * 4), [deferred] * 4, None, SET)
+
+
 def test_upload_headers() -> None:
     h = upload_headers(state(0, None, metadata={"a": b"x", "e": b""}), SET)
     assert h["Upload-Offset"] == "0" and h["Upload-Defer-Length"] == "1"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -616,6 +617,27 @@ async def test_racing_claims_never_pass_the_limit(open_store: StoreFactory) -> N
     assert sum(r is None for r in results) == 5
     assert all(r is None or isinstance(r, errors.OpenUploadsLimit) for r in results)
     assert await store.open_slots_taken() == 5
+
+
+async def test_finals_registered_before_the_per_partial_sets_are_found(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    """A final that waited before each partial kept its set of finals (only the global hash
+    names it) is found through its partials once a store opens."""
+    pool = IoPool(2)
+    backend = RedisBackend(redis_server.url, prefix=f"w{uuid.uuid4().hex[:12]}")
+    await backend.open()
+    try:
+        final, partial = "1" * 32, "2" * 32
+        await backend.client.hset(backend.keys.finals, final, json.dumps([partial, partial]))
+        store = RedisStore(backend, tmp_path / "data", pool, fsync=FsyncPolicy.OFF,
+                           write_buffer_bytes=64 * 1024, commit_interval_bytes=256 * 1024,
+                           sync_interval_bytes=256 * 1024, tombstone_ttl_s=3600)
+        assert await store.finals_waiting_on(partial) == []
+        await store.open()
+        assert await store.finals_waiting_on(partial) == [final]
+    finally:
+        await backend.close()
+        await asyncio.get_running_loop().run_in_executor(None, pool.close)
 
 
 async def test_instances_sharing_redis_share_the_open_limit(redis_server: RedisServer,
