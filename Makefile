@@ -38,9 +38,11 @@ install-test: $(BIN)/python system-packages
 run: install
 	$(BIN)/tus-gateway serve
 
-## Install everything the tests need, then run them.
+## Install everything the tests need, then run them. Most tests wait on real processes,
+## sockets and disks rather than compute, so four workers share the two cores well; work
+## stealing keeps one long crash test from holding the end of the run.
 test: install-test
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 4 --dist worksteal
 
 ## Rebuild the upload page (gateway/static/, committed) from web/ with the pinned packages.
 web:
