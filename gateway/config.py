@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from protocol.decisions import ALL_EXTENSIONS, ProtocolSettings
 
@@ -448,26 +448,29 @@ def redacted(config: GatewayConfig) -> dict[str, Any]:
     return out
 
 
-def _is_http_url(url: str) -> bool:
+def _http_url(url: str) -> SplitResult | None:
+    """The parts of an ``http``/``https`` URL with a host and a valid port, else None."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
     except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
+        return None
+    return parts if parts.scheme in ("http", "https") and parts.hostname else None
+
+
+def _is_http_url(url: str) -> bool:
+    return _http_url(url) is not None
 
 
 def _is_origin(value: str) -> bool:
     """``http(s)://host[:port]`` and nothing else, as a browser writes an origin."""
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
-    except ValueError:
+    parts = _http_url(value)
+    if parts is None:
         return False
     # A host name (or IPv4 address) or an IPv6 literal; non-ASCII names in their xn-- form,
     # which is how a browser writes them in an origin.
     host_ok = re.fullmatch(r"[a-z0-9.-]+|[0-9a-f:.]+", parts.hostname or "") is not None
-    return (parts.scheme in ("http", "https") and host_ok and "@" not in parts.netloc
+    return (host_ok and "@" not in parts.netloc
             and not (parts.path or parts.query or parts.fragment)
             and not value.endswith(("?", "#")))
 

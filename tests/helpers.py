@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
+import logging
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from yarl import URL
@@ -27,3 +31,25 @@ def b64(text: str | bytes) -> str:
 
 def metadata(**pairs: Any) -> str:
     return ",".join(f"{k} {b64(v)}" if v else k for k, v in pairs.items())
+
+
+@contextlib.contextmanager
+def gateway_logging(level: str, log_format: str,
+                    secrets: Iterable[str] = ()) -> Iterator[io.StringIO]:
+    """The root logger set up as ``serve`` sets it up, writing into a string; the logging
+    set-up before it is restored afterwards."""
+    from gateway.logs import setup_logging
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    stream = io.StringIO()
+    setup_logging(level, log_format, secrets, stream=stream)
+    try:
+        yield stream
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved_handlers:
+            root.addHandler(handler)
+        root.setLevel(saved_level)
+        logging.captureWarnings(False)

@@ -35,7 +35,6 @@ default) and ``FUZZ_SEED=<n>`` the seed (``random`` for a fresh one); ``make fuz
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import os
@@ -61,6 +60,7 @@ from tests.fuzz.generator import (
     signed_token,
 )
 from tests.fuzz.wire import Answer, exchange, parse
+from tests.helpers import gateway_logging
 
 Gateways = Callable[..., GatewayProcess]
 
@@ -396,26 +396,14 @@ def test_a_refused_request_is_one_calm_line_and_a_real_error_stays_an_error() ->
     level and traceback."""
     from aiohttp.http_exceptions import BadHttpMessage
 
-    from gateway.logs import setup_logging
 
     def emit(level: str, exc: BaseException) -> list[dict[str, object]]:
-        root = logging.getLogger()
-        saved_handlers, saved_level = list(root.handlers), root.level
-        stream = io.StringIO()
-        setup_logging(level, "json", stream=stream)
-        try:
+        with gateway_logging(level, "json") as stream:
             try:
                 raise exc
             except BaseException:
                 logging.getLogger("aiohttp.server").exception(
                     "Error handling request from %s", "192.0.2.7")
-        finally:
-            for handler in list(root.handlers):
-                root.removeHandler(handler)
-            for handler in saved_handlers:
-                root.addHandler(handler)
-            root.setLevel(saved_level)
-            logging.captureWarnings(False)
         return [json.loads(line) for line in stream.getvalue().splitlines()]
 
     refused = BadHttpMessage("Missing 'Host' header in request.\n\n  b'GET / HTTP/1.1'")

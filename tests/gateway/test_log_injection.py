@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from gateway.logs import setup_logging
 from tests.conftest import GatewayProcess
+from tests.helpers import gateway_logging
 
 Gateways = Callable[..., GatewayProcess]
 # What a record's first line starts with in the text format: its time.
@@ -79,17 +79,8 @@ def test_control_characters_in_requests_cannot_forge_log_lines(
 
 @pytest.fixture
 def text_log() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
-    stream = io.StringIO()
-    setup_logging("debug", "text", stream=stream)
-    yield stream
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in saved_handlers:
-        root.addHandler(handler)
-    root.setLevel(saved_level)
-    logging.captureWarnings(False)
+    with gateway_logging("debug", "text") as stream:
+        yield stream
 
 
 def test_text_format_escapes_control_characters_in_every_field(text_log: io.StringIO) -> None:

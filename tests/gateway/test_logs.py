@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from gateway.logs import SecretFilter, log_event, setup_logging
+from gateway.logs import SecretFilter, log_event
 from tests.conftest import GatewayProcess
-from tests.helpers import OCTETS, TUS
+from tests.helpers import OCTETS, TUS, gateway_logging
 
 Gateways = Callable[..., GatewayProcess]
 Line = dict[str, Any]
@@ -158,17 +158,8 @@ def test_text_format_is_one_line_per_record(gateway_process: Gateways) -> None:
 # --- the formatter and the filter, through the handler ``serve`` installs ------------------
 @pytest.fixture
 def captured() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
-    stream = io.StringIO()
-    setup_logging("debug", "json", ["my-configured-secret-value"], stream=stream)
-    yield stream
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in saved_handlers:
-        root.addHandler(handler)
-    root.setLevel(saved_level)
-    logging.captureWarnings(False)
+    with gateway_logging("debug", "json", ["my-configured-secret-value"]) as stream:
+        yield stream
 
 
 def parsed(stream: io.StringIO) -> list[Line]:
