@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import io
+import logging
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+# How long a stop waits for one cancelled background task.
+STOP_GRACE_S = 5.0
 
 
 class IoPool:
@@ -35,15 +39,28 @@ class IoPool:
         self._background.shutdown(wait=True)
 
 
-async def stop_tasks(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
+async def stop_tasks(tasks: Iterable[asyncio.Task[Any] | None],
+                     grace_s: float = STOP_GRACE_S) -> None:
     """Cancel background tasks and wait until each has ended; what they raise on the way
-    out is theirs to log, not the caller's (a shutdown goes on regardless)."""
-    running = [t for t in tasks if t is not None]
+    out is theirs to log, not the caller's (a shutdown goes on regardless).
+
+    A task still running ``grace_s`` after its cancellation is left behind with a warning
+    that shows where it waits: a stop must not hang on one task, and the log must say
+    which one held it up."""
+    given = [t for t in tasks if t is not None]
+    running = [t for t in given if not t.done()]
     for task in running:
         task.cancel()
-    for task in running:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    if running:
+        _, pending = await asyncio.wait(running, timeout=grace_s)
+        for task in pending:
+            where = io.StringIO()
+            task.print_stack(limit=20, file=where)
+            log.warning("background task %s did not stop within %.3g s of being cancelled; "
+                        "left behind. %s", task.get_name(), grace_s, where.getvalue())
+    for task in given:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: it is the task's own to log
 
 
 async def run_to_completion(step: Coroutine[Any, Any, T] | asyncio.Future[T]) -> T:

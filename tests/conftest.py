@@ -156,7 +156,13 @@ class GatewayProcess:
     def terminate(self, timeout_s: float = 30.0) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout_s)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            # Say where it hung: py-spy is not at hand, the log is.
+            self.kill()
+            raise AssertionError(f"gateway did not stop within {timeout_s} s of SIGTERM; "
+                                 f"its log ends:\n{self.log()}") from None
 
     def log(self) -> str:
         if self.log_path is None or not self.log_path.exists():

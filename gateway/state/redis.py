@@ -52,7 +52,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from gateway.aio import IoPool, run_to_completion
+from gateway.aio import IoPool, run_to_completion, stop_tasks
 from gateway.config import FsyncPolicy
 from gateway.files import fsync_dir
 from gateway.state.redis_keys import ALL_SCRIPTS, RELEASE_FLAG_TTL_MS, Keys
@@ -212,11 +212,8 @@ class RedisBackend:
                 await self._listening.wait()
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        await stop_tasks([self._listener])
+        self._listener = None
         for held in list(self.held.values()):
             if held.extender is not None:
                 held.extender.cancel()
