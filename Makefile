@@ -39,10 +39,10 @@ run: install
 	$(BIN)/tus-gateway serve
 
 ## Install everything the tests need, then run them. Most tests wait on real processes,
-## sockets and disks rather than compute, so four workers share the two cores well; work
+## sockets and disks rather than compute, so three workers share the two cores well; work
 ## stealing keeps one long crash test from holding the end of the run.
 test: install-test
-	$(BIN)/pytest -q -n 4 --dist worksteal
+	$(BIN)/pytest -q -n 3 --dist worksteal
 
 ## Rebuild the upload page (gateway/static/, committed) from web/ with the pinned packages.
 web:
