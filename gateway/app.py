@@ -95,7 +95,6 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
     directory: DirectorySink | None = None
     notion: Any = None
     session: aiohttp.ClientSession | None = None
-    uploads: Uploads | None = None
     sink: Sink
     if config.sink == "notion":
         notion_module = await asyncio.to_thread(importlib.import_module, "notion_sink.sink")
@@ -135,14 +134,11 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
                                   disk_floor=config.free_disk_floor)
         await monitor.start()
         uploads.monitor = app[RUNTIME].monitor = monitor
-        uploads.start()
         await uploads.recover()
         app[RUNTIME].uploads = uploads
         app[RUNTIME].started_at = time.time()
         yield
     finally:
-        if uploads is not None:
-            await uploads.close()  # the spool releases still queued, while the store is open
         if monitor is not None:
             await monitor.close()
         if notion is not None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import StreamReader
 
-from gateway.aio import STOP_GRACE_S, run_to_completion, stop_tasks
+from gateway.aio import run_to_completion
 from gateway.body import BodyReader
 from gateway.config import GatewayConfig
 from gateway.hooks import Hooks
@@ -52,10 +52,6 @@ ORPHAN_GRACE_S = 3600.0
 # so one sweep's length stays bounded however many uploads come due at once).
 SWEEP_BATCH = 500
 SWEEP_MAX = 20_000
-# Spool copies waiting for their release after the finish answered, and the tasks that do it.
-# Past the bound a finish releases its own (the queue stays small however fast uploads end).
-RELEASE_QUEUE_MAX = 10_000
-RELEASERS = 2
 
 
 def forget_at(state: UploadState, settings: ProtocolSettings,
@@ -91,18 +87,10 @@ def owes_finish(state: UploadState) -> bool:
 
 
 def indexing(config: GatewayConfig) -> Indexing:
-    """How the disk store rebuilds its expiry and finish indexes when it opens. With the
-    directory sink, an upload delivered whose spool copy was not yet released (a stop came
-    right after its finish answered) still owes the rest of its finish."""
+    """How the disk store rebuilds its expiry and finish indexes when it opens."""
     settings, ttl = config.protocol_settings(), config.finished_ttl_s
-    releases = config.sink == "directory"
-
-    def owed(state: UploadState) -> bool:
-        return owes_finish(state) or (releases and state.status is UploadStatus.DRAINED
-                                      and not state.info.data_removed)
-
     return Indexing(expires_at=lambda state: forget_at(state, settings, ttl),
-                    owes_finish=owed)
+                    owes_finish=owes_finish)
 
 
 def new_upload_id() -> str:
@@ -136,28 +124,6 @@ class Uploads:
         self.monitor: ResourceMonitor | None = None
         # Bodies streaming right now, by upload: where each started, for live progress.
         self.inflight: dict[str, tuple[int, BodyReader]] = {}
-        # Finished uploads whose spool copy is released after their finish answered.
-        self._to_release: asyncio.Queue[str] = asyncio.Queue()
-        self._releasers: list[asyncio.Task[None]] = []
-
-    def start(self) -> None:
-        """Start the tasks that release spool copies (before ``recover``, which queues
-        some)."""
-        self._releasers = [asyncio.create_task(self._releaser(), name=f"tus-spool-release-{i}")
-                           for i in range(RELEASERS)]
-
-    async def close(self, grace_s: float = STOP_GRACE_S) -> None:
-        """Release what is queued (for at most ``grace_s``), then stop the releasers; what
-        is left is released at the next start (the owe-finish index still lists it)."""
-        if self._releasers:
-            with suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.releases_done(), grace_s)
-        releasers, self._releasers = self._releasers, []
-        await stop_tasks(releasers, grace_s)
-
-    async def releases_done(self) -> None:
-        """Wait until every queued release has been done (or given up)."""
-        await self._to_release.join()
 
     def _event(self, event: str, upload_id: str, **fields: Any) -> None:
         """An upload's life event: one log line, one count."""
@@ -254,10 +220,8 @@ class Uploads:
         copy, or, once a sink released it, the file the sink delivered here
         (``errors.DataDelivered`` if it keeps none here, ``errors.DeliveredFileRemoved`` if
         that file was taken away)."""
-        if not state.info.data_removed and not self._holds_file(state):
+        if not state.info.data_removed:
             return self.store.data_path(state.info.upload_id), state
-        # Delivered: the spool's link may go any moment now (its release runs after the
-        # finish answered, without this reader's knowledge); the delivered file is the same.
         delivered = await self.sink.delivered_file(state)
         if delivered is None:
             raise errors.DataDelivered()
@@ -394,13 +358,12 @@ class Uploads:
                 if info is not state.info:
                     await self.store.save_info(info)
                 return UploadState(info, state.offset, state.last_activity)
-            info = await self.hooks.owe_post_finish(info.replace(sink=sink_state))
-            # Durably only when nothing else would tell a restart that the upload was
-            # delivered: a sink with its own journal finds the delivery again (and the upload
-            # still owes its finish until the release below). The finish time stays in
-            # memory at least, so this process does not log the finish twice.
-            await self.store.save_info(info, durable=self.sink.state_needs_saving or
-                                       info.hook is not None)
+            released = self.sink.releases_spool and sink_state.status is UploadStatus.DRAINED
+            info = await self.hooks.owe_post_finish(info.replace(
+                sink=sink_state, data_removed=info.data_removed or released))
+            # Durably, before anything else: the spool's copy goes next, and a restart must
+            # find the delivery on record, not finish the upload again.
+            await self.store.save_info(info)
             state = UploadState(info, state.offset, state.last_activity)
             # Only now, with the hand-over on record, may background work begin.
             self.sink.handed_over(state, data)
@@ -408,61 +371,16 @@ class Uploads:
         elif info is not state.info:
             await self.store.save_info(info)
             state = UploadState(info, state.offset, state.last_activity)
-        # The answer does not wait for the release (a durable record, an unlink) when a
-        # releaser can do it right after.
-        if not (self._holds_file(state) and not state.info.data_removed
-                and self._queue_release(upload_id)):
-            await self._settle_finish(state)
+        await self._settle_finish(state)
         if info.is_partial:
             await self._wake_finals(upload_id)
         return state
-
-    def _holds_file(self, state: UploadState) -> bool:
-        """Whether the sink delivered the whole file, so the spool's copy goes."""
-        return self.sink.releases_spool and state.status is UploadStatus.DRAINED
-
-    def _queue_release(self, upload_id: str) -> bool:
-        """Queue the upload's release; False when the caller must do it itself (the
-        releasers are not running, or are far behind)."""
-        if not self._releasers or self._to_release.qsize() >= RELEASE_QUEUE_MAX:
-            return False
-        self._to_release.put_nowait(upload_id)
-        return True
-
-    async def _releaser(self) -> None:
-        while True:
-            upload_id = await self._to_release.get()
-            try:
-                await self.release(upload_id)
-            except (errors.NotFound, errors.Gone):
-                pass  # removed meanwhile: nothing left to release
-            except (errors.StateUnavailable, errors.UploadLocked, OSError) as exc:
-                log.warning("could not release the spool's copy of %s (the next start "
-                            "will): %s", upload_id, exc)
-            except Exception:
-                log.exception("releasing the spool's copy of %s failed", upload_id)
-            finally:
-                self._to_release.task_done()
-
-    async def release(self, upload_id: str) -> None:
-        """Settle a finished upload under its lock, from its current record: the finish
-        answered before its spool copy was released."""
-        async with self.locked(upload_id):
-            state = await self.store.get(upload_id)
-            if state.finished and not owes_finish(state):
-                await self._settle_finish(state)
 
     async def _settle_finish(self, state: UploadState) -> None:
         """The finish is on record: release the spool's copy where the sink holds the file
         now, note when the upload will be forgotten, and stop owing its finish (last, so a
         stop before it repeats these steps, and only these, at the next start)."""
         upload_id = state.info.upload_id
-        if self._holds_file(state) and not state.info.data_removed:
-            info = state.info.replace(data_removed=True)
-            # Durably, before the unlink: a restart must find the delivered file as the only
-            # copy, not look for the spool's.
-            await self.store.save_info(info)
-            state = UploadState(info, state.offset, state.last_activity)
         if state.info.data_removed:
             await self.store.discard_data(upload_id)
         await self.store.schedule_expiry(upload_id, self.forget_at(state))
@@ -597,7 +515,7 @@ class Uploads:
                         if owes_finish(state):
                             await self.finish(state)
                 elif state.finished:
-                    await self.release(upload_id)  # stopped after the finish's record
+                    await self._settle_finish(state)  # stopped after the finish's record
                 # else: still receiving; owed until it finishes, expires or is removed
             except (errors.NotFound, errors.Gone):
                 await self.store.owe_finish(upload_id, False)

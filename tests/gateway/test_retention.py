@@ -1,9 +1,8 @@
 """What the gateway keeps of a finished upload, and for how long.
 
 - A directory delivery leaves one copy of the bytes: the delivered file. The spool's link goes
-  once the delivery is on record, right after the finishing request answered (which does not
-  wait for it), also when a crash came in between; GET serves the delivered file until the
-  operator takes it away, then answers 410.
+  once the delivery is on record, also when a crash came in between; GET serves the delivered
+  file until the operator takes it away, then answers 410.
 - Finished uploads are forgotten ``finished_ttl_s`` after they finished (a tombstone answers
   410); the delivered file stays. The sweep reads only the uploads that are due.
 - A restart does not finish (log, count) again what was finished before it.
@@ -22,7 +21,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -70,12 +69,6 @@ def id_of(url: str) -> str:
     return url.rsplit("/", 1)[1]
 
 
-async def released(client: Client) -> None:
-    """Wait (a few seconds at most) until the spool copies queued for release are gone: the
-    finishing request answers before its upload's copy is released."""
-    await asyncio.wait_for(uploads_of(client).releases_done(), 5.0)
-
-
 async def error_code(r: Any) -> str:
     text: str = await r.text()
     return text.split(":", 1)[0]
@@ -115,7 +108,6 @@ async def store_of(config: GatewayConfig) -> AsyncIterator[UploadStore]:
 async def test_a_delivered_file_is_the_only_copy_and_is_served_until_removed(
         client: Client) -> None:
     url = await upload(client, b"delivered bytes", "d.txt")
-    await released(client)
     root = config_of(client).data_dir
     delivered = root / "complete" / "d.txt"
     assert delivered.read_bytes() == b"delivered bytes"
@@ -170,7 +162,6 @@ async def test_partials_keep_their_bytes_until_the_final_is_assembled(client: Cl
                                               "Upload-Metadata": metadata(filename="w.txt")})
     assert r.status == 201
     final = path_of(r.headers["Location"])
-    await released(client)
     assert (root / "complete" / "w.txt").read_bytes() == b"hello world"
     assert (root / "complete" / "w.txt").stat().st_nlink == 1
     assert not (root / "uploads" / f"{id_of(final)}.bin").exists()
@@ -179,13 +170,11 @@ async def test_partials_keep_their_bytes_until_the_final_is_assembled(client: Cl
     assert await (await client.get(a)).read() == b"hello "
 
 
-@pytest.mark.parametrize("crash", ["after_link", "after_answer", "after_record"])
+@pytest.mark.parametrize("crash", ["after_link", "after_record"])
 async def test_a_crash_between_delivery_and_release_leaves_one_copy(
         make_client: ClientFactory, tmp_path: Path, crash: str) -> None:
-    """SIGKILL after the link (before the record says delivered: on disk, what the finishing
-    request leaves when it answers), after the answer (a record that says delivered, not yet
-    released) or after the record that says released (before the spool's link is removed):
-    the restarted gateway ends with exactly one copy."""
+    """SIGKILL after the link (before the record says delivered) or after the record (before
+    the spool's link is removed): the restarted gateway ends with exactly one copy."""
     root = tmp_path / "crash"
     first = await make_client(data_dir=root)
     url = await upload(first, b"one copy only", "c.txt")
@@ -201,56 +190,14 @@ async def test_a_crash_between_delivery_and_release_leaves_one_copy(
             info = (await store.get(upload_id)).info
             await store.save_info(info.replace(sink=None, data_removed=False,
                                                finished_at=None))
-        elif crash == "after_answer":
-            info = (await store.get(upload_id)).info
-            await store.save_info(info.replace(data_removed=False))
         await store.owe_finish(upload_id, True)
     os.link(delivered, spool)
     second = await make_client(data_dir=root)
-    await released(second)
     assert not spool.exists()
     assert sorted(p.name for p in (root / "complete").iterdir()) == ["c.txt"]
     assert delivered.stat().st_nlink == 1
     r = await second.get(url)
     assert r.status == 200 and await r.read() == b"one copy only"
-    await second.close()
-    async with store_of(config) as store:  # and nothing is left to do at the next start
-        assert await store.finish_owed() == []
-        assert (await store.get(upload_id)).info.data_removed
-
-
-async def test_the_finishing_patch_does_not_wait_for_the_release(client: Client) -> None:
-    """The request that carries the last byte answers once the file is delivered; the spool's
-    copy is released right after, in the background (here held back at its unlink)."""
-    uploads = uploads_of(client)
-    real = uploads.store
-    gate = asyncio.Event()
-
-    class HeldRelease:
-        """The gateway's store, whose spool releases wait for the gate."""
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
-
-        async def discard_data(self, upload_id: str) -> None:
-            await gate.wait()
-            await real.discard_data(upload_id)
-
-    uploads.store = cast(UploadStore, HeldRelease())
-    r = await client.post("/files/", headers={**TUS, "Upload-Length": "4",
-                                              "Upload-Metadata": metadata(filename="n.txt")})
-    url = path_of(r.headers["Location"])
-    r = await asyncio.wait_for(client.patch(url, data=b"body", headers=patch_headers(0)), 5.0)
-    assert r.status == 204 and r.headers["Upload-Offset"] == "4"
-    root = config_of(client).data_dir
-    spool = root / "uploads" / f"{id_of(url)}.bin"
-    assert spool.exists() and (root / "complete" / "n.txt").read_bytes() == b"body"
-    assert await (await client.get(url)).read() == b"body"
-    gate.set()
-    await released(client)
-    assert not spool.exists() and (root / "complete" / "n.txt").stat().st_nlink == 1
-    assert await (await client.get(url)).read() == b"body"
-    assert await uploads.store.finish_owed() == []
 
 
 # --- 2. finished uploads expire; a sweep reads only what is due --------------------------------
@@ -258,7 +205,6 @@ async def test_finished_uploads_are_forgotten_after_the_ttl(make_client: ClientF
     client = await make_client(finished_ttl_s=2 * DAY)
     done = await upload(client, b"done", "keep.txt")
     partial = await upload(client, b"part", **{"Upload-Concat": "partial"})
-    await released(client)
     uploads = uploads_of(client)
     now = time.time()
     assert await uploads.expire_due(now + DAY) == 0
@@ -277,7 +223,6 @@ async def test_a_sweep_reads_only_the_uploads_that_are_due(make_client: ClientFa
     finished: list[str] = []
     for _ in range(40):  # 1,000 finished uploads, 25 at a time
         finished += await asyncio.gather(*(upload(client, b"x") for _ in range(25)))
-    await released(client)  # their expiry is noted with their release
     r = await client.post("/files/", headers={**TUS, "Upload-Length": "10"})
     stale = path_of(r.headers["Location"])
     assert (await client.patch(stale, data=b"abc", headers=patch_headers(0))).status == 204
