@@ -65,7 +65,7 @@ PARSED: list[tuple[str | None, float | None]] = [
     ("x" * 100_000, None),
     # non-ASCII digits: str.isdigit() says yes to all of these, float() to some
     ("²", None),
-    ("\uff15", None)  # fullwidth five,
+    ("\uff15", None),  # fullwidth five
     ("٣", None),
     ("\u00a05", None),
     # dates that do not exist, or are not ASCII
