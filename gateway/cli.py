@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fake_main(argv[1:])
     if argv[:1] == ["upload"]:
         # Loaded only for this command: a serving gateway does not carry the client.
-        from gateway.uploader import command as upload_command
+        from tus_client.cli import command as upload_command
         return upload_command(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "sink":

@@ -34,9 +34,12 @@ from typing import Any
 
 import pytest
 
-from gateway.uploader import FingerprintStore, RetryPolicy, Transfer, board_lines
 from tests.clients.support import MiB, assert_delivered, download, head_offset, random_file
 from tests.conftest import ROOT, GatewayProcess, free_port
+from tus_client.board import board_lines
+from tus_client.retry import RetryPolicy
+from tus_client.store import FingerprintStore
+from tus_client.transfer import Transfer
 
 JS_DIR = ROOT / "tests" / "js"
 CLI_TIMEOUT_S = 90
