@@ -34,6 +34,7 @@ the error, the time spent so far and a random source. Only the drain loop sleeps
 4. otherwise "full jitter": uniform in ``[0, min(max_delay, base_delay · 2^(attempt-1))]``,
    so parallel senders that failed together do not come back together. The draw is also
    clipped to the time left before the deadline, so a late retry is shorter, not skipped.
+   Rules 3 and 4 are ``protocol.retry.backoff``, the project's one backoff.
 
 ``set_testing(True)`` makes every delay 0 (the decision to give up is unchanged), in the
 manner of stamina's ``set_testing``, so integration tests exercise retries without waiting.
@@ -46,6 +47,8 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+
+from protocol.retry import backoff
 
 # --- errors ------------------------------------------------------------------------------------
 
@@ -198,8 +201,10 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
-        if self.base_delay < 0 or self.max_delay < 0:
-            raise ValueError("delays must not be negative")
+        # Finite too: the backoff refuses an infinite ceiling, and it is better refused here
+        # than on the first retry.
+        if not (0 <= self.base_delay < math.inf and 0 <= self.max_delay < math.inf):
+            raise ValueError("delays must be finite and not negative")
         if self.deadline <= 0:
             raise ValueError("deadline must be positive")
 
@@ -217,12 +222,9 @@ class RetryPolicy:
         remaining = self.deadline - max(0.0, elapsed)
         if remaining <= 0:
             return None
-        floor = error.retry_after or 0.0
-        if floor > remaining:
+        if (error.retry_after or 0.0) > remaining:
             return None
-        # Clamp the exponent: 2.0 ** 1024 raises OverflowError, and past 2**60 every
-        # realistic base delay is far above any cap anyway.
-        exponent = min(attempt - 1, 60)
-        ceiling = min(self.max_delay, self.base_delay * 2.0 ** exponent, remaining)
-        delay = max(floor, rng.uniform(0.0, ceiling))
+        # The cap includes the time left, so a late retry is shorter, not skipped.
+        delay = backoff(attempt, self.base_delay, min(self.max_delay, remaining), rng,
+                        retry_after=error.retry_after)
         return 0.0 if _testing else delay
