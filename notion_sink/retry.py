@@ -201,10 +201,8 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
-        # Finite too: the backoff refuses an infinite ceiling, and it is better refused here
-        # than on the first retry.
-        if not (0 <= self.base_delay < math.inf and 0 <= self.max_delay < math.inf):
-            raise ValueError("delays must be finite and not negative")
+        if self.base_delay < 0 or self.max_delay < 0:
+            raise ValueError("delays must not be negative")
         if self.deadline <= 0:
             raise ValueError("deadline must be positive")
 

@@ -63,14 +63,19 @@ def backoff_ceiling(attempt: int, base: float, cap: float, *,
                     max_doublings: int = MAX_DOUBLINGS) -> float:
     """``min(cap, base · 2^(attempt-1))``: the longest wait after failure ``attempt`` (1-based).
 
-    Doubling stops after ``max_doublings`` failures, so any attempt number is safe.
+    Doubling stops after ``max_doublings`` failures, so any attempt number is safe. Either of
+    ``base`` and ``cap`` may be infinite (no cap; the cap at once), not both: the ceiling
+    must be a number of seconds.
     """
     if attempt < 1:
         raise ValueError("attempt is 1-based")
-    if not (math.isfinite(base) and base >= 0 and math.isfinite(cap) and cap >= 0):
-        raise ValueError("base and cap must be finite and not negative")
+    if not (base >= 0 and cap >= 0):  # also refuses NaN
+        raise ValueError("base and cap must not be negative")
     # A product past the float range is inf, not an error; the cap then binds.
-    return min(cap, base * 2.0 ** min(attempt - 1, max_doublings))
+    ceiling = min(cap, base * 2.0 ** min(attempt - 1, max_doublings))
+    if math.isinf(ceiling):
+        raise ValueError("the backoff has no finite ceiling")
+    return ceiling
 
 
 def backoff(attempt: int, base: float, cap: float, draw: float | random.Random, *,

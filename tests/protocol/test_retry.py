@@ -131,6 +131,9 @@ def test_dates_count_from_now(delta: int) -> None:
     (10**18, 0.5, 30.0, 30.0),
     (2000, 1e300, 1e308, 1e308),  # base · 2^60 overflows to inf; the cap still holds
     (2000, 5e-324, 30.0, 5e-324 * 2.0**60),  # doubling stops after 60 steps
+    (3, math.inf, 30.0, 30.0),  # straight to the cap
+    (3, 0.5, math.inf, 2.0),  # no cap: doubling stops after 60 steps all the same
+    (100, 0.5, math.inf, 0.5 * 2.0**60),
 ])
 def test_ceiling_doubles_up_to_the_cap(attempt: int, base: float, cap: float,
                                        ceiling: float) -> None:
@@ -145,7 +148,8 @@ def test_doublings_can_stop_sooner() -> None:
 @pytest.mark.parametrize(("attempt", "base", "cap"), [
     (0, 0.5, 30.0), (-1, 0.5, 30.0),
     (1, -0.5, 30.0), (1, 0.5, -1.0),
-    (1, math.nan, 30.0), (1, 0.5, math.nan), (1, math.inf, 30.0), (1, 0.5, math.inf),
+    (1, math.nan, 30.0), (1, 0.5, math.nan), (1, math.inf, math.inf),
+    (61, 1e300, math.inf),  # base · 2^60 is past the float range, and nothing caps it
 ])
 def test_impossible_backoffs_are_refused(attempt: int, base: float, cap: float) -> None:
     with pytest.raises(ValueError):
