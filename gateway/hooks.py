@@ -63,6 +63,7 @@ from protocol import errors
 from protocol.decisions import CreatePlan, ProtocolSettings
 from protocol.headers import ConcatFinal, ConcatPartial, format_metadata, parse_metadata
 from protocol.model import HookState, HookStatus, UploadInfo, UploadState
+from protocol.retry import backoff, backoff_ceiling
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,10 @@ def post_finish_delay(attempts: int, cap_s: float, jitter: float) -> float:
     """The wait after the ``attempts``-th failed send: doubling from 1 s up to ``cap_s``,
     somewhere in its upper half (``jitter`` in [0, 1)), so that the hooks of many uploads
     that failed together do not all come back at the same moment."""
-    full = min(cap_s, POST_FINISH_FIRST_RETRY_S * 2.0 ** min(attempts - 1, 30))
-    return full * (0.5 + jitter / 2)
+    # Doubling stops after 30 failures (2^30 s is past any sensible cap_s): the attempt
+    # count is stored and keeps growing for as long as the endpoint fails.
+    return backoff(attempts, POST_FINISH_FIRST_RETRY_S, cap_s, jitter, low=0.5,
+                   max_doublings=30)
 
 
 def metadata_json(metadata: Mapping[str, bytes]) -> dict[str, dict[str, str]]:
@@ -219,8 +222,9 @@ class Hooks:
         failure = HookCallFailed("not called")
         for attempt in range(1 + self.config.hook_retries):
             if attempt:
-                await asyncio.sleep(min(PRE_CREATE_BACKOFF_S * 2 ** (attempt - 1),
-                                        PRE_CREATE_BACKOFF_MAX_S))
+                # No jitter: the wait holds up one client's POST and is a second at most.
+                await asyncio.sleep(backoff_ceiling(attempt, PRE_CREATE_BACKOFF_S,
+                                                    PRE_CREATE_BACKOFF_MAX_S))
             try:
                 return self._decide(plan, await self._ask(url, payload))
             except BadHookAnswer as exc:
