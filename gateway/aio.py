@@ -16,7 +16,7 @@ STOP_GRACE_S = 5.0
 
 
 class IoPool:
-    """The worker threads that do every blocking file operation (design invariant 7)."""
+    """The worker threads that do every blocking file operation, so none runs on the loop."""
 
     def __init__(self, threads: int, background_threads: int = 4) -> None:
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tus-io")

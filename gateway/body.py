@@ -3,7 +3,7 @@
 Theory of operation: a body read ends in one of five ways: the body ends; the client stalls
 past the stall timeout; the connection drops; a later request asks for the upload (lock
 release); the gateway shuts down. In every case the bytes the transport already delivered
-are handed to the store before the reason is raised (TUS-PATCH-06, design invariant 4).
+are handed to the store before the reason is raised (TUS-PATCH-06).
 
 aiohttp raises a reader's exception before it hands out buffered data, so the gateway never
 uses ``set_exception`` for its own signals: ``stop`` records the reason and fires the current

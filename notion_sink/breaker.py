@@ -22,8 +22,8 @@ recovery. The breaker stops the drain early and then tests the water with one re
   a health failure reopens it with a fresh ``open_for``. A probe that ends with no verdict
   (cancelled) is released with ``record_abandoned`` so the next caller may probe instead;
   otherwise the breaker would wait in HALF_OPEN forever.
-- While OPEN the drain pauses, but the gateway keeps accepting and spooling (invariant 6):
-  the breaker only gates sends.
+- While OPEN the drain pauses, but the gateway keeps accepting and spooling (the sink never
+  blocks the upload path): the breaker only gates sends.
 
 Stale results. Sends are slow (a 20 MiB part) and parallel, so a send admitted while CLOSED
 can finish after the breaker opened, or while the probe is out. Taken at face value such a

@@ -40,7 +40,7 @@ class ClientSettings:
     token: str = ""
     version: str = DEFAULT_VERSION
     timeout_s: float = 60.0
-    # A 20 MiB part on a slow link takes longer than a JSON call (notion-api.md §10.12).
+    # A 20 MiB part on a slow link takes longer than a JSON call (docs/notion-contract.md §10.12).
     send_timeout_s: float = 300.0
 
 

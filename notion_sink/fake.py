@@ -1,6 +1,6 @@
 """A fake Notion server that holds clients to the File Upload API contract, strictly.
 
-The contract is /work/shared/notion-api.md; "rule N" below is an item of its §12, "What a
+The contract is docs/notion-contract.md; "rule N" below is an item of its §12, "What a
 faithful fake must enforce". The fake exists so that the sink's tests fail on the mistakes
 real Notion would punish, so every default is the strict reading, and each behaviour the
 docs leave UNCONFIRMED has a switch in :class:`FakeConfig`.

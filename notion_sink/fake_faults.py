@@ -4,7 +4,7 @@
   expiry (rules 18-20) and the rate limiter (rule 27) both read it, so one
   ``clock.advance(3600)`` expires uploads and refills every token bucket.
 - :class:`RateLimiter` is a per-token token bucket (rule 27: "an average of three requests
-  per second", "some bursts beyond the average rate are allowed", §9).
+  per second", "some bursts beyond the average rate are allowed", docs/notion-contract.md §9).
 - :class:`FaultPlan` decides, per request, whether to inject a fault (rule 28, rule 15):
   scripted one-shot faults first, then seeded random ones.
 - :class:`RequestRecord` is one line of the log tests read; :func:`peak_burst` checks a log

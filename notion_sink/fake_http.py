@@ -1,6 +1,6 @@
 """The fake Notion server's HTTP gate: what every request goes through before its handler.
 
-In order (rules 1-4, 27-28 of notion-api.md §12): a request ID; the bearer token (401);
+In order (rules 1-4, 27-28 of docs/notion-contract.md §12): a request ID; the bearer token (401);
 the token's rate budget (429 with Retry-After, counted for every request, each part send
 included); ``Notion-Version`` (400); the route (400 ``invalid_request_url``); the fault
 plan (409/5xx/529, HTML, slow, reset, or "carried out, then failed"). Every rejection is

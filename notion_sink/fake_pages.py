@@ -1,4 +1,5 @@
-"""Pages, database queries and hosted files of the fake Notion server (notion-api.md §6-§7).
+"""Pages, database queries and hosted files of the fake Notion server
+(docs/notion-contract.md §6-§7).
 
 - ``POST /v1/pages`` (rule 23): the parent database must exist and be shared with the
   token; property keys must exist (by name or ID); values must have the schema's type;

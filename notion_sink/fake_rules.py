@@ -2,7 +2,7 @@
 
 Nothing here does I/O or reads a clock; the server in ``notion_sink.fake`` passes ``now``
 in and turns :class:`NotionError` into Notion's error envelope. Section and rule numbers
-refer to /work/shared/notion-api.md (the contract); "rule N" is an item of its §12.
+refer to docs/notion-contract.md (the contract); "rule N" is an item of its §12.
 """
 
 from __future__ import annotations

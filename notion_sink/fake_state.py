@@ -35,8 +35,8 @@ from notion_sink.fake_rules import (
 from notion_sink.filetypes import FileTypes
 
 DEFAULT_VERSION = "2022-06-28"
-# From 2025-09-03 the query path moved to data sources (§7.3); versions before it keep
-# ``/v1/databases/{id}/query``. Dated strings compare correctly as text.
+# From 2025-09-03 the query path moved to data sources (docs/notion-contract.md §7.3);
+# versions before it keep ``/v1/databases/{id}/query``. Dated strings compare correctly as text.
 DATA_SOURCES_VERSION = "2025-09-03"
 IN_TRASH_VERSION = "2026-03-11"  # ``archived`` becomes ``in_trash`` (§1)
 READ_CHUNK = 256 * 1024

@@ -1,4 +1,4 @@
-"""File upload endpoints of the fake Notion server (notion-api.md §3, rules 5-22 of §12).
+"""File upload endpoints of the fake Notion server (docs/notion-contract.md §3, rules 5-22 of §12).
 
 - create: mode, filename (<= 900 bytes, allowed extension), content type (allowed,
   matching the extension), ``number_of_parts`` 1..max for multi-part (rules 5-9);

@@ -1,4 +1,5 @@
-"""The file types Notion's File Upload API accepts (notion-api.md §5), for the sink and the fake.
+"""The file types Notion's File Upload API accepts (docs/notion-contract.md §5), for the sink
+and the fake.
 
 The sink sends a file whose type is not on the list under an opaque ``.txt`` name as
 ``text/plain`` (its real name goes into the record); the fake refuses such a file, as Notion

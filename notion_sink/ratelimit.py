@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 Notion allows "an average of three requests per second per integration, with some bursts"
-and answers a request over the budget with 429 and ``Retry-After`` seconds (notion-api.md §9).
+and answers a request over the budget with 429 and ``Retry-After`` seconds
+(docs/notion-contract.md §9).
 A 429 is a wasted request that also pushes the next one back, so the drain spends its budget
 *before* Notion has to refuse: every request first takes a token here.
 

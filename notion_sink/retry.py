@@ -15,12 +15,13 @@ The transport layer raises ``Retryable`` itself for timeouts and dropped connect
 
 Why the sink retries POSTs that Notion's own SDKs do not: Notion advises retrying
 500/502/503/504 "only for idempotent requests ... unless you have your own idempotency guard"
-(notion-api.md §9). A part send is idempotent for our purposes: Notion counts a part by its
-``part_number``, and resending a number replaces the same bytes (the docs' advice to retry
-409 implies resends are tolerated; notion-api.md §11). Page creation has its guard in the
-records module, which looks a record up by its unique key before creating it again. So
-``classify`` states what the *dependency* said; whether a retry is safe for a given request
-is the caller's contract, and every caller in this package has made it safe.
+(docs/notion-contract.md §9). A part send is idempotent for our purposes: Notion counts a
+part by its ``part_number``, and resending a number replaces the same bytes (the docs'
+advice to retry 409 implies resends are tolerated; docs/notion-contract.md §11). Page
+creation has its guard in the records module, which looks a record up by its unique key
+before creating it again. So ``classify`` states what the *dependency* said; whether a
+retry is safe for a given request is the caller's contract, and every caller in this
+package has made it safe.
 
 ``RetryPolicy`` is a frozen value; ``next_delay`` is a pure function of the attempt number,
 the error, the time spent so far and a random source. Only the drain loop sleeps. The policy:
@@ -95,12 +96,12 @@ class Permanent(SinkError):
 
 
 BLOCKED_REASON = "public_api_request_blocked"
-"""429 reason for which Notion says "do not retry; contact support" (notion-api.md §9)."""
+"""429 reason for which Notion says "do not retry; contact support" (docs/notion-contract.md §9)."""
 
 # --- the one table -----------------------------------------------------------------------------
 # (status, code) -> kind. A ``None`` code is the fallback for that status when the code is
 # missing or unknown (a proxy's HTML page has none). A status with no row at all falls back
-# by class: 5xx Retryable, 4xx Permanent. The codes and their advice are notion-api.md §8.
+# by class: 5xx Retryable, 4xx Permanent. The codes and their advice are docs/notion-contract.md §8.
 _TABLE: Mapping[tuple[int, str | None], type[SinkError]] = MappingProxyType({
     (400, "invalid_json"): Permanent,
     (400, "invalid_request_url"): Permanent,

@@ -1,5 +1,5 @@
 """The Notion sink as the gateway sees it: ``deliver`` hands a finished upload over and returns
-at once; the drain and the records run in the background (design invariant 6: the sink
+at once; the drain and the records run in the background (the sink
 never blocks the upload path, and uploads keep being accepted while Notion is down).
 
 Theory of operation

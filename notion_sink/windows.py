@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-A tus upload of length ``L`` reaches Notion in numbered parts. Notion's rules (notion-api.md §4):
+A tus upload of length ``L`` reaches Notion in numbered parts. Notion's rules
+(docs/notion-contract.md §4):
 
 - a ``single_part`` upload carries at most 20 MiB in one send;
 - a ``multi_part`` upload declares ``number_of_parts`` at creation (1 to 1,000), and "each
@@ -46,20 +47,21 @@ from typing import Literal
 MiB = 1024 * 1024
 
 MIN_PART = 5 * MiB
-"""Smallest non-final multi-part part Notion accepts (≥ 5 MiB, notion-api.md §4)."""
+"""Smallest non-final multi-part part Notion accepts (≥ 5 MiB, docs/notion-contract.md §4)."""
 
 MAX_PART = 20 * MiB
-"""Largest part Notion accepts (≤ 20 MiB, notion-api.md §4)."""
+"""Largest part Notion accepts (≤ 20 MiB, docs/notion-contract.md §4)."""
 
 SINGLE_PART_MAX = 20 * MiB
 """Largest file sent in one ``single_part`` send; above it Notion requires parts."""
 
 MAX_PARTS = 1000
 """Most parts in one upload. The newest OpenAPI says 10,000 for ``number_of_parts`` but still
-1,000 for ``part_number``; 1,000 is the bound every source agrees on (notion-api.md §11)."""
+1,000 for ``part_number``; 1,000 is the bound every source agrees on
+(docs/notion-contract.md §11)."""
 
 DEFAULT_WINDOW = MIN_PART
-"""The design's default: the smallest window keeps the least data waiting in the spool."""
+"""The default: the smallest window keeps the least data waiting in the spool."""
 
 MAX_LENGTH = MAX_PARTS * MAX_PART
 """Longest upload that fits 1,000 parts of 20 MiB (about 19.5 GiB)."""
@@ -70,7 +72,7 @@ Mode = Literal["single_part", "multi_part"]
 class EmptyFile(ValueError):
     """A 0-byte upload cannot go to Notion.
 
-    Whether Notion accepts an empty file is undocumented (notion-api.md §11), and an empty
+    Whether Notion accepts an empty file is undocumented (docs/notion-contract.md §11), and an empty
     ``single_part`` send is indistinguishable from a missing ``file`` field. Rather than
     guess, the sink refuses: the caller records the file without an attachment or fails it.
     """

@@ -1,7 +1,7 @@
 """The upload model: what is stored about an upload, and a snapshot of it with its offset.
 
 ``UploadInfo`` is the durable record (written atomically by the store). The offset is not in
-it: the store reports the offset from what it has durably stored (style rule 7), and
+it: the store reports the offset from what it has durably stored (TUS-ROB-02), and
 ``UploadState`` pairs the two for a decision.
 """
 

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def blockbuster(request: pytest.FixtureRequest) -> Iterator[BlockBuster | None]:
-    """A blocking call on the event loop (file I/O, sleep) fails the test (invariant 7).
+    """A blocking call on the event loop (file I/O, sleep) fails the test.
 
     Only the gateway's own modules are watched; test code may block on purpose.
     """

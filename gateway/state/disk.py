@@ -16,7 +16,7 @@ Layout below the data directory::
     .lock                held exclusively by the one gateway process using this directory
 
 Invariants:
-- The offset is the data file's size (style rule 7), so bytes and offset can never disagree
+- The offset is the data file's size (TUS-ROB-02), so bytes and offset can never disagree
   after a crash. With the ``ack`` fsync policy the size is fdatasync'ed before it is reported
   or acknowledged. This process owns the directory, so an in-memory cache of records and
   durable sizes is authoritative; a miss (after a restart) reads the disk and syncs first.
@@ -344,7 +344,7 @@ class DiskStore:
             offset = min(offset, int(stage.read_text()))
         if self._durable:
             # Bytes written by an earlier process (or while this read ran) are synced before
-            # their offset is ever reported (design invariant 1).
+            # their offset is ever reported (TUS-ROB-01).
             fd = os.open(self.data_path(upload_id), os.O_RDONLY)
             try:
                 os.fdatasync(fd)

@@ -3,7 +3,7 @@
 Theory of operation: at most one request holds an upload. A newcomer (HEAD, PATCH, DELETE)
 does not queue behind a possibly dead connection: it calls the holder's release callback,
 which makes the holder stop reading its body, commit the bytes it has and release. The
-newcomer waits on an event, bounded by its timeout (design invariant 3). Locks of different
+newcomer waits on an event, bounded by its timeout (TUS-PATCH-13). Locks of different
 uploads never interact. The disk backend allows one gateway process per data directory
 (``DiskStore`` takes an exclusive lock on it), so in-process locks are complete there.
 """

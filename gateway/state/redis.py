@@ -7,7 +7,7 @@ and scripts: ``redis_keys``); the bytes live in a spool directory that every ins
 (a shared volume in production), one file per upload as with the disk store.
 
 - The committed offset in Redis is the truth. Bytes reach the spool file first and are
-  fdatasync'ed; only then does a compare-and-set advance the offset (style rule 7). Bytes in
+  fdatasync'ed; only then does a compare-and-set advance the offset (TUS-ROB-02). Bytes in
   the file past the offset belong to a writer that died before committing: the next append
   cuts them off before it writes.
 - A long PATCH commits every ``sync_interval`` bytes (an fdatasync in a background thread,
@@ -21,8 +21,9 @@ and scripts: ``redis_keys``); the bytes live in a spool directory that every ins
   longer than the TTL) cannot overwrite its successor's state.
 - The token fences Redis, not the spool file: a process stopped (SIGSTOP, a long GC, a disk
   stall) while it held bytes in its write buffer wakes up with a successor's bytes at the
-  same offsets, and nothing on the file refuses its write (design invariant 10). So the
-  holder also keeps a deadline on its monotonic clock, before which the lock is surely
+  same offsets, and nothing on the file refuses its write, yet a writer that lost its lock
+  must not write a byte after that moment. So the holder also keeps a deadline on its
+  monotonic clock, before which the lock is surely
   still its own, and the spool writer's worker threads check it right before every write,
   truncation and sync of the file: past it they touch nothing, the bytes not yet written
   are dropped (never acknowledged, the client sends them again) and the request ends with

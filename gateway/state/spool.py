@@ -3,9 +3,9 @@
 Theory of operation
 -------------------
 The event loop gathers body chunks into batches of ``buffer_bytes`` and hands each batch to a
-worker thread (design invariant 7). One batch is written while the next one fills, so an
+worker thread, off the loop. One batch is written while the next one fills, so an
 upload holds two buffers at most; when many uploads are active at once, one each (the others
-keep the disk busy anyway), so memory stays flat (invariant 5).
+keep the disk busy anyway), so memory stays flat (TUS-ROB-04).
 
 A ``SpoolWriter`` owns one append's file handle. Its write steps run in worker threads, one
 at a time. Stores adapt it through three hooks: ``prepare`` (checks or repairs the file before

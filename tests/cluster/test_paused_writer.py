@@ -1,4 +1,4 @@
-"""A gateway paused past its lock's TTL writes nothing when it resumes (design invariant 10).
+"""A gateway paused past its lock's TTL writes nothing when it resumes.
 
 Two real gateway processes share a real redis-server and one spool folder, with a 1 s lock
 TTL. Instance A receives the start of a PATCH and holds those bytes in its write buffer; A is

@@ -1,4 +1,4 @@
-"""Bad input gets a 4xx with a stable error code and changes nothing (design invariant 8).
+"""Bad input gets a 4xx with a stable error code and changes nothing.
 
 Every case runs against an upload with some bytes in it; the whole data directory (names,
 sizes, record contents) is compared before and after the request.

@@ -1,4 +1,4 @@
-"""Metric labels come from closed sets, whatever the requests say (design invariant 9).
+"""Metric labels come from closed sets, whatever the requests say.
 
 A label value the client chooses makes a new series for good: memory that grows with every
 request and a ``/metrics`` page that grows with it.

@@ -1,4 +1,4 @@
-"""The fake Notion server enforces the File Upload API contract (notion-api.md §12).
+"""The fake Notion server enforces the File Upload API contract (docs/notion-contract.md §12).
 
 Real HTTP against the ``fake_notion`` fixture, one test per rule group; rule numbers in
 the docstrings are those of §12. Part sizes are the smallest the contract allows (5 MiB

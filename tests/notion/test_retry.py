@@ -25,7 +25,7 @@ from notion_sink.retry import (
 
 Row = tuple[int, str | None, type[SinkError]]
 
-# notion-api.md §8, row by row: (status, code, kind).
+# docs/notion-contract.md §8, row by row: (status, code, kind).
 DOCUMENTED: list[Row] = [
     (400, "invalid_json", Permanent),
     (400, "invalid_request_url", Permanent),
