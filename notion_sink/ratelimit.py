@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 DEFAULT_RATE = 3.0
@@ -49,6 +50,52 @@ DEFAULT_BURST = 3
 
 # A wait this short is rounding, not a wait (see TokenBucket.take).
 _EPSILON = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """``rate`` tokens a second, at most ``burst`` held: the two numbers of a token bucket and
+    the two constants of its arithmetic, for ``TokenBucket`` here and for the Redis script
+    behind ``shared_limit.RedisRateLimiter``, which is the same arithmetic on Redis's clock.
+
+    The bucket is kept as a due time (see ``TokenBucket``): each grant moves it on by
+    ``interval`` (``1 / rate``), and a grant is allowed while it runs at most ``slack``
+    (``(burst - 1) · interval``) ahead of now.
+    """
+
+    rate: float
+    burst: int
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.rate) and self.rate > 0):
+            raise ValueError("rate must be a positive number of tokens per second")
+        if self.burst < 1:
+            raise ValueError("burst must be at least 1")
+
+    @property
+    def interval(self) -> float:
+        """Seconds between grants at the steady rate."""
+        return 1.0 / self.rate
+
+    @property
+    def slack(self) -> float:
+        """How far ahead of now the due time may run and still grant."""
+        return (self.burst - 1) * self.interval
+
+    def ticks(self, per_second: int) -> tuple[int, int]:
+        """``(interval, slack)`` in whole ticks of ``1 / per_second`` s. The interval is
+        rounded *up*, so rounding can only make the bucket slower than ``rate``, never
+        faster; at least one tick, so it always moves."""
+        interval = max(1, math.ceil(per_second / self.rate))
+        return interval, (self.burst - 1) * interval
+
+
+def pause_s(retry_after: float, most: float = math.inf) -> float:
+    """The pause a 429's Retry-After imposes on a bucket: 0 for none (a value that is not a
+    finite positive number is noise, not an instruction), else at most ``most`` seconds."""
+    if not math.isfinite(retry_after) or retry_after <= 0:
+        return 0.0
+    return min(retry_after, most)
 
 
 class TokenBucket:
@@ -64,14 +111,11 @@ class TokenBucket:
     """
 
     def __init__(self, rate: float = DEFAULT_RATE, burst: int = DEFAULT_BURST) -> None:
-        if not (math.isfinite(rate) and rate > 0):
-            raise ValueError("rate must be a positive number of tokens per second")
-        if burst < 1:
-            raise ValueError("burst must be at least 1")
+        budget = Budget(rate, burst)
         self.rate = rate
         self.burst = burst
-        self._interval = 1.0 / rate
-        self._slack = (burst - 1) * self._interval  # how far ahead _due may run
+        self._interval = budget.interval
+        self._slack = budget.slack  # how far ahead _due may run
         self._due = -math.inf
         self._blocked_until = -math.inf
 
@@ -93,9 +137,10 @@ class TokenBucket:
 
     def penalize(self, now: float, retry_after: float) -> None:
         """Grant nothing until ``now + retry_after``; then at most one token is waiting."""
-        if not math.isfinite(retry_after) or retry_after <= 0:
+        pause = pause_s(retry_after)
+        if not pause:
             return
-        until = now + retry_after
+        until = now + pause
         self._blocked_until = max(self._blocked_until, until)
         # Due at until + slack: the first grant comes at ``until`` and the next a full
         # interval later, as if the bucket had been drained to one token and not refilled.

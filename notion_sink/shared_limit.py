@@ -11,13 +11,15 @@ takes its tokens from the same one.
 
 The script is ``ratelimit.TokenBucket`` moved into Redis: it stores the time the bucket runs
 dry ("due", the generic cell rate algorithm) and grants when due is at most
-``slack = (burst - 1) / rate`` ahead of now. It reads now from the Redis server
-(``redis.call('TIME')``), never from the caller, so instances whose clocks disagree still see
-one timeline; the one script run is atomic, so two instances cannot both take the last
-token. The contract is the bucket's: over any ``T`` seconds at most ``burst + rate·T`` grants,
-across all instances. Times are whole microseconds and the interval is rounded *up*, so
-rounding can only make the limiter slower than asked, never faster. A refusal answers the wait
-in milliseconds (rounded up), so the caller sleeps once and asks again.
+``slack = (burst - 1) / rate`` ahead of now. Both take these constants from
+``ratelimit.Budget`` and a 429's pause from ``ratelimit.pause_s``, so only the Lua repeats
+the Python. The script reads now from the Redis server (``redis.call('TIME')``), never from
+the caller, so instances whose clocks disagree still see one timeline; the one script run is
+atomic, so two instances cannot both take the last token. The contract is the bucket's: over
+any ``T`` seconds at most ``burst + rate·T`` grants, across all instances. Times are whole
+microseconds and the interval is rounded *up*, so rounding can only make the limiter slower
+than asked, never faster. A refusal answers the wait in milliseconds (rounded up), so the
+caller sleeps once and asks again.
 
 ``penalize`` is a 429 heard by one instance, and pauses them all: the script records "blocked
 until now + retry_after" and, as ``TokenBucket.penalize`` does, moves due so that nothing is
@@ -51,6 +53,7 @@ import logging
 import math
 from typing import TYPE_CHECKING
 
+from notion_sink.ratelimit import Budget, pause_s
 from protocol import errors
 
 if TYPE_CHECKING:  # only a type here: importing this module does not load redis-py
@@ -74,17 +77,13 @@ class RedisRateLimiter:
 
     def __init__(self, backend: RedisBackend, *, rate: float, burst: int,
                  name: str = "notion") -> None:
-        if not (math.isfinite(rate) and rate > 0):
-            raise ValueError("rate must be a positive number of tokens per second")
-        if burst < 1:
-            raise ValueError("burst must be at least 1")
+        budget = Budget(rate, burst)
         self.backend = backend
         self.rate = rate
         self.burst = burst
         self.name = name
-        # Rounded up to whole microseconds so that rounding never grants faster than rate.
-        self._interval_us = max(1, math.ceil(1_000_000 / rate))
-        self._slack_us = (burst - 1) * self._interval_us
+        # Whole microseconds, the script's unit, rounded so as never to grant faster than rate.
+        self._interval_us, self._slack_us = budget.ticks(1_000_000)
         self._queue = asyncio.Lock()
         # The end of the latest pause this process heard of, on the loop's clock.
         self._blocked_until = -math.inf
@@ -120,9 +119,9 @@ class RedisRateLimiter:
 
         Must be called on the event loop (it starts the write to Redis there).
         """
-        if not math.isfinite(retry_after) or retry_after <= 0:
+        pause = pause_s(retry_after, MAX_PAUSE_S)
+        if not pause:
             return
-        pause = min(retry_after, MAX_PAUSE_S)
         loop = asyncio.get_running_loop()
         self._blocked_until = max(self._blocked_until, loop.time() + pause)
         task = loop.create_task(self._publish(pause), name=f"rate-limit-pause-{self.name}")
