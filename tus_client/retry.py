@@ -3,14 +3,17 @@
 A failure is either final for one file (``UploadError``), worth another try of the same
 request (``RetryableError``, which carries the server's ``Retry-After``), or a stored upload
 URL the server no longer knows (``UnknownUpload``: create a new upload instead).
-``RetryPolicy`` turns the count of failures in a row into a wait, or into giving up.
+``RetryPolicy`` turns the count of failures in a row into a wait, or into giving up; the
+wait itself, and the reading of ``Retry-After``, are the project's one backoff and one parser
+in ``protocol.retry``.
 """
 
 from __future__ import annotations
 
-import email.utils
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from protocol.retry import backoff, parse_retry_after
 
 # Failures in a row; progress renews the budget (see the package docstring).
 DEFAULT_RETRIES = 5
@@ -40,18 +43,9 @@ PATCH_RETRY_STATUSES = RETRY_STATUSES | {409, 460}
 
 
 def retry_after(headers: Mapping[str, str], now: float) -> float | None:
-    """``Retry-After`` as seconds from ``now``: delta-seconds or an HTTP date (RFC 9110)."""
-    value = headers.get("Retry-After")
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when - now)
+    """``Retry-After`` as seconds from ``now``: delta-seconds or an HTTP date (RFC 9110);
+    ``None`` when absent or malformed."""
+    return parse_retry_after(headers.get("Retry-After"), now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +70,6 @@ class RetryPolicy:
         """
         if failures > self.retries:
             return None
-        ceiling = min(self.cap_s, self.base_s * 2.0 ** (failures - 1))
-        wait = draw * ceiling
-        if retry_after_s is not None:
-            wait = max(wait, min(retry_after_s, self.max_retry_after_s))
-        return wait
+        return backoff(failures, self.base_s, self.cap_s, draw, retry_after=retry_after_s,
+                       retry_after_cap=self.max_retry_after_s)
 
