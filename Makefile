@@ -30,6 +30,7 @@ system-packages:
 
 install-test: $(BIN)/python system-packages
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e ./fake-notion
 	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
 	cd $(BROWSER) && npm ci --no-audit --no-fund --loglevel=error
 	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error

@@ -39,8 +39,10 @@ from aiohttp import web
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+# The fake is a distribution of its own; from a checkout it runs without being installed.
+sys.path.insert(0, str(REPO / "fake-notion"))
 
-from notion_sink.fake import FakeConfig, FakeNotion, create_fake_app  # noqa: E402
+from fake_notion import FakeConfig, FakeNotion, create_fake_app  # noqa: E402
 
 MIB = 1024 * 1024
 PART = 5 * MIB

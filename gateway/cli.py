@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import importlib.util
 import inspect
 import itertools
 import json
@@ -159,8 +160,14 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Gatew
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["fake-notion"]:
-        from notion_sink.fake import main as fake_main
-        return fake_main(argv[1:])
+        # A distribution of its own (fake-notion/), so the gateway's wheel ships no test server.
+        if importlib.util.find_spec("fake_notion") is None:
+            print("tus-gateway fake-notion: the fake-notion package is not installed; install it "
+                  "from the source tree with `pip install ./fake-notion` (make install-test does)",
+                  file=sys.stderr)
+            return 2
+        from fake_notion.cli import main as fake_main
+        return fake_main(argv[1:], prog="tus-gateway fake-notion")
     if argv[:1] == ["upload"]:
         # Loaded only for this command: a serving gateway does not carry the client.
         from tus_client.cli import command as upload_command

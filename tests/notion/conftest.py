@@ -1,6 +1,6 @@
 """Fixtures for tests that talk to Notion: a fake Notion server on loopback.
 
-``fake_notion`` runs :func:`notion_sink.fake.create_fake_app` on 127.0.0.1 (a free port)
+``fake_notion`` runs :func:`fake_notion.create_fake_app` on 127.0.0.1 (a free port)
 in the test's own event loop, so tests can move its clock, script faults and read its
 request log between requests. The rate limit is 30 requests/s with a burst of 10 by
 default, ten times Notion's, so suites stay fast while a client that ignores 429 still
@@ -18,9 +18,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from fake_notion import FakeConfig, FakeNotion, create_fake_app
+from fake_notion.state import DEFAULT_VERSION
 from notion_sink.client import read_range
-from notion_sink.fake import FakeConfig, FakeNotion, create_fake_app
-from notion_sink.fake_state import DEFAULT_VERSION
 
 
 @dataclass

@@ -13,9 +13,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from fake_notion import FakeConfig
+from fake_notion.faults import SEND, Fault
 from notion_sink.client import ClientSettings, NotionClient
-from notion_sink.fake import FakeConfig
-from notion_sink.fake_faults import SEND, Fault
 from notion_sink.retry import Permanent, RateLimited, Retryable
 from tests.notion.conftest import FakeNotionFactory, FakeNotionServer, threaded_read
 

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from fake_notion.faults import CREATE, SEND, Fault
 from gateway.aio import IoPool
 from gateway.config import FsyncPolicy
 from gateway.state.disk import DiskStore
@@ -31,7 +32,6 @@ from notion_sink.drain import (
     finishes_in_time,
     notion_name,
 )
-from notion_sink.fake_faults import CREATE, SEND, Fault
 from notion_sink.ratelimit import RateLimiter
 from notion_sink.retry import RetryPolicy
 from protocol.model import UploadInfo

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from notion_sink.fake_faults import SEND, Fault
+from fake_notion.faults import SEND, Fault
 from tests.clients.support import MiB, random_file, sha256_file
 from tests.clients.test_tus_js import run_js
 from tests.conftest import GatewayProcess

@@ -21,8 +21,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from notion_sink.fake import FakeConfig, Fault
-from notion_sink.fake_faults import (
+from fake_notion import FakeConfig, Fault
+from fake_notion.faults import (
     COMPLETE,
     PAGE_CREATE,
     RETRIEVE,
@@ -863,7 +863,7 @@ async def test_page_create_faults_reach_the_log(fake_notion: FakeNotionServer) -
 def test_command_line_runs_the_fake(tmp_path: Any) -> None:
     """``main``: binds, prints the URL, token and database IDs, then serves."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "notion_sink.fake", "--port", "0", "--token", "tok",
+        [sys.executable, "-m", "fake_notion", "--port", "0", "--token", "tok",
          "--rate", "100", "--database", "Files:Name=title,Key=rich_text,File=files",
          "--storage-dir", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -894,6 +894,6 @@ def test_command_line_runs_the_fake(tmp_path: Any) -> None:
 
 def test_command_line_rejects_a_bad_schema() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "notion_sink.fake", "--port", "0",
+        [sys.executable, "-m", "fake_notion", "--port", "0",
          "--database", "Files:Key=rich_text"], capture_output=True, timeout=30, check=False)
     assert proc.returncode == 2 and b"title" in proc.stderr

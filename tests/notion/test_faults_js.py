@@ -29,10 +29,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from notion_sink.fake import FakeConfig
-from notion_sink.fake_faults import CREATE, PAGE_CREATE, SEND, Fault
-from notion_sink.fake_rules import FileRef
-from notion_sink.fake_state import FakeNotion
+from fake_notion import FakeConfig
+from fake_notion.faults import CREATE, PAGE_CREATE, SEND, Fault
+from fake_notion.rules import FileRef
+from fake_notion.state import FakeNotion
 from tests.clients.support import MiB, random_file, sha256_file
 from tests.clients.test_tus_js import run_js
 from tests.conftest import GatewayProcess

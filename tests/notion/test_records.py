@@ -11,11 +11,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from fake_notion.faults import DB_QUERY, PAGE_CREATE, Fault
 from gateway.config import GatewayConfig
 from notion_sink.breaker import BreakerPolicy, CircuitBreaker
 from notion_sink.client import ClientSettings, NotionClient
 from notion_sink.drain import Resilient
-from notion_sink.fake_faults import DB_QUERY, PAGE_CREATE, Fault
 from notion_sink.ratelimit import RateLimiter
 from notion_sink.records import FileKey, Recorder, RecordSettings, new_salt, salted_sha512
 from notion_sink.retry import RetryPolicy

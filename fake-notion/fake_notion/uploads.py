@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 from aiohttp import BodyPartReader, web
 
-from notion_sink.fake_http import (
+from fake_notion.gate import (
     CTX,
     DRAIN_SLACK,
     FAKE,
@@ -38,7 +38,7 @@ from notion_sink.fake_http import (
     json_body,
     page_size_of,
 )
-from notion_sink.fake_rules import (
+from fake_notion.rules import (
     FILENAME_MAX_BYTES,
     PAGE_SIZE_MAX,
     PART_MAX,
@@ -52,7 +52,7 @@ from notion_sink.fake_rules import (
     resolve_name_and_type,
     validation,
 )
-from notion_sink.fake_state import IN_TRASH_VERSION, READ_CHUNK, FakeNotion, FakeUpload, StoredPart
+from fake_notion.state import IN_TRASH_VERSION, READ_CHUNK, FakeNotion, FakeUpload, StoredPart
 
 FLUSH_BYTES = 1024 * 1024  # part bytes go to the writer thread in 1 MiB slices
 

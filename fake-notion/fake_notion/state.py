@@ -2,7 +2,7 @@
 
 :class:`FakeNotion` holds the tokens, databases, pages and file uploads of one fake
 workspace, plus the clock, the rate limiter, the fault plan and the request log that the
-HTTP layer (``notion_sink.fake_http``) consults on every request. :class:`FakeConfig` holds
+HTTP layer (``fake_notion.gate``) consults on every request. :class:`FakeConfig` holds
 the limits and the switches for behaviour the contract leaves UNCONFIRMED; the defaults are
 the strict reading. Part bytes live in one file per part under ``storage_dir``; reading them
 back (:meth:`FakeNotion.uploaded_sha256`) happens in a worker thread.
@@ -20,8 +20,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from notion_sink.fake_faults import FakeClock, FaultPlan, RateLimiter, RequestRecord, peak_burst
-from notion_sink.fake_rules import (
+from fake_notion.faults import FakeClock, FaultPlan, RateLimiter, RequestRecord, peak_burst
+from fake_notion.filetypes import FileTypes
+from fake_notion.rules import (
     MAX_PARTS,
     PAID_WORKSPACE_LIMIT,
     SCHEMA_TYPES,
@@ -32,7 +33,6 @@ from notion_sink.fake_rules import (
     plain_text,
     validation,
 )
-from notion_sink.filetypes import FileTypes
 
 DEFAULT_VERSION = "2022-06-28"
 # From 2025-09-03 the query path moved to data sources (docs/notion-contract.md §7.3);
@@ -136,7 +136,7 @@ class FakePage:
     created: datetime
     created_mono: float
     seq: int
-    values: dict[str, Any]  # property name -> stored value (see fake_rules.property_value)
+    values: dict[str, Any]  # property name -> stored value (see rules.property_value)
 
 
 class FakeNotion:

@@ -1,6 +1,6 @@
 """Pure rules of the fake Notion server: limits, file types, property values, query filters.
 
-Nothing here does I/O or reads a clock; the server in ``notion_sink.fake`` passes ``now``
+Nothing here does I/O or reads a clock; the server in ``fake_notion.app`` passes ``now``
 in and turns :class:`NotionError` into Notion's error envelope. Section and rule numbers
 refer to docs/notion-contract.md (the contract); "rule N" is an item of its §12.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from notion_sink.filetypes import FileTypes, extension_of
+from fake_notion.filetypes import FileTypes, extension_of
 
 # --- limits (§4, with the docs' units turned into bytes) ---------------------------------------
 MIB = 1024 * 1024

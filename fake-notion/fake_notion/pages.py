@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from notion_sink.fake_http import (
+from fake_notion.gate import (
     COMMITTED,
     CTX,
     FAKE,
@@ -35,7 +35,7 @@ from notion_sink.fake_http import (
     json_body,
     page_size_of,
 )
-from notion_sink.fake_rules import (
+from fake_notion.rules import (
     PAGE_SIZE_MAX,
     FileRef,
     NotionError,
@@ -48,7 +48,7 @@ from notion_sink.fake_rules import (
     property_value,
     validation,
 )
-from notion_sink.fake_state import (
+from fake_notion.state import (
     DATA_SOURCES_VERSION,
     IN_TRASH_VERSION,
     READ_CHUNK,

@@ -22,9 +22,9 @@ from typing import Any
 
 from aiohttp import web
 
-from notion_sink.fake_faults import UNKNOWN, Fault, RequestRecord, retry_after_seconds
-from notion_sink.fake_rules import JSON_BODY_MAX, PAGE_SIZE_MAX, PART_MAX, NotionError, validation
-from notion_sink.fake_state import FakeNotion
+from fake_notion.faults import UNKNOWN, Fault, RequestRecord, retry_after_seconds
+from fake_notion.rules import JSON_BODY_MAX, PAGE_SIZE_MAX, PART_MAX, NotionError, validation
+from fake_notion.state import FakeNotion
 
 # An oversized part is read (and dropped) this far past its limit so that the client gets
 # the 400 instead of a broken pipe; beyond that the fake stops reading.

@@ -1,0 +1,80 @@
+"""``fake-notion`` (also ``tus-gateway fake-notion``): run the fake on its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+from aiohttp import web
+
+from fake_notion.app import create_fake_app
+from fake_notion.rules import PAID_WORKSPACE_LIMIT, SCHEMA_TYPES
+from fake_notion.state import DEFAULT_VERSION, FakeConfig, FakeNotion
+
+
+def _database_arg(raw: str) -> tuple[str, dict[str, str]]:
+    """``NAME:prop=type,prop=type`` -> (name, schema)."""
+    name, sep, spec = raw.partition(":")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME:prop=type,...; got {raw!r}")
+    schema: dict[str, str] = {}
+    for item in filter(None, spec.split(",")):
+        prop, eq, kind = item.partition("=")
+        if not eq or not prop or kind not in SCHEMA_TYPES:
+            raise argparse.ArgumentTypeError(f"bad property {item!r} (types: "
+                                             f"{', '.join(sorted(SCHEMA_TYPES))})")
+        schema[prop] = kind
+    return name, schema
+
+
+def main(argv: list[str] | None = None, prog: str = "fake-notion") -> int:
+    """Run the fake on its own (``fake-notion``, ``tus-gateway fake-notion``).
+
+    Prints one JSON line on stdout once the port is bound: the URL, the token and the
+    database IDs (``{"url": ..., "token": ..., "databases": {name: id}}``).
+    """
+    parser = argparse.ArgumentParser(
+        prog=prog, description="A fake Notion API server for tests (strict).")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--token", default="ntn_fake_token",
+                        help="the bearer token clients must send")
+    parser.add_argument("--rate", type=float, default=3.0,
+                        help="requests per second per token (0 turns the limit off)")
+    parser.add_argument("--burst", type=int, default=5)
+    parser.add_argument("--notion-version", dest="versions", action="append",
+                        help=f"accepted Notion-Version (repeatable; default {DEFAULT_VERSION})")
+    parser.add_argument("--workspace-limit", type=int, default=PAID_WORKSPACE_LIMIT,
+                        help="per-file limit in bytes (free workspaces: 5242880)")
+    parser.add_argument("--storage-dir", type=Path, default=None,
+                        help="where part bytes go (default: a temporary directory)")
+    parser.add_argument("--database", action="append", default=[], type=_database_arg,
+                        metavar="NAME:prop=type,...", help="create a database (repeatable)")
+    args = parser.parse_args(argv)
+    temp = args.storage_dir is None
+    storage = Path(tempfile.mkdtemp(prefix="fake-notion-")) if temp else args.storage_dir
+    config = FakeConfig(rate_per_s=args.rate, burst=args.burst,
+                        workspace_limit_bytes=args.workspace_limit,
+                        accepted_versions=frozenset(args.versions or [DEFAULT_VERSION]))
+    fake = FakeNotion(storage, config=config, token=args.token)
+    try:
+        ids = {name: fake.add_database(name, schema) for name, schema in args.database}
+    except ValueError as exc:
+        parser.error(str(exc))
+    # Bind and listen before printing, so a client that reads the line can connect at once
+    # (the kernel queues it until the app runs); ``--port 0`` picks a free port.
+    sock = socket.create_server((args.host, args.port))
+    port = sock.getsockname()[1]
+    print(json.dumps({"url": f"http://{args.host}:{port}", "token": args.token,
+                      "databases": ids}), flush=True)
+    try:
+        web.run_app(create_fake_app(fake), sock=sock, print=None)
+    finally:
+        sock.close()
+        if temp:
+            shutil.rmtree(storage, ignore_errors=True)
+    return 0
