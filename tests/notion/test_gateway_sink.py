@@ -18,9 +18,9 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.keys import RUNTIME
 from fake_notion import FakeConfig
 from fake_notion.faults import SEND, Fault
+from gateway.keys import RUNTIME
 from notion_sink.breaker import BreakerPolicy, CircuitBreaker
 from notion_sink.sink import NotionSink, delivery_phase
 from protocol.model import SinkState, UploadInfo, UploadState
