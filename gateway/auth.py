@@ -37,17 +37,15 @@ import hashlib
 import hmac
 import json
 import logging
-import time
 from dataclasses import dataclass
-from typing import TypeGuard
-
-from aiohttp import web
+from typing import TYPE_CHECKING, TypeGuard
 
 from gateway.config import GatewayConfig
-from gateway.http import body_facts, uploads_of
-from gateway.keys import CONFIG
-from protocol import decisions, errors
-from protocol.headers import ConcatFinal, Headers
+from protocol import errors
+from protocol.headers import Concat, ConcatFinal, Headers
+
+if TYPE_CHECKING:
+    from gateway.uploads import Uploads
 
 log = logging.getLogger(__name__)
 
@@ -139,31 +137,40 @@ def check_bearer(accepted: tuple[str, ...], token: str) -> None:
         raise errors.AuthInvalid()
 
 
-async def check_creation(request: web.Request, headers: Headers) -> None:
-    """Refuse a creation that lacks a valid token, when ``--auth`` asks for one."""
-    config: GatewayConfig = request.app[CONFIG]
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What the credentials of a creation allow: who made it (a token's ``sub``, for the
+    log), and the most bytes the new upload may have (None: only ``--max-size``)."""
+
+    subject: str | None = None
+    max_size: int | None = None
+
+
+def authorize(config: GatewayConfig, headers: Headers, *, now: float) -> Grant:
+    """Check the credentials of a creation, when ``--auth`` asks for them, before the request
+    is planned; the plan is then held to the grant (``check_plan``)."""
     if config.auth == "none":
-        return
+        return Grant()
     token = bearer_token(headers)
     if token is None:
         raise errors.AuthRequired()
     if config.auth == "bearer":
         check_bearer(config.auth_tokens, token)
-        return
-    claims = verify_token(config.auth_secret, token, now=time.time())
+        return Grant()
+    claims = verify_token(config.auth_secret, token, now=now)
     log.debug("creation authorized", extra={"sub": claims.sub})
-    if claims.max_size is not None:
-        await _check_size(request, headers, claims.max_size)
+    return Grant(claims.sub, claims.max_size)
 
 
-async def _check_size(request: web.Request, headers: Headers, limit: int) -> None:
-    """Hold the new upload to the token's ``max_size``."""
-    uploads = uploads_of(request)
-    # The same plan the handler makes next; pure and cheap, and it keeps one set of rules.
-    plan = decisions.plan_create(headers, body_facts(request), uploads.settings)
-    length = plan.length
-    if isinstance(plan.concat, ConcatFinal):
-        partials = [await uploads.live(upload_id) for upload_id in plan.concat.upload_ids]
+async def check_plan(grant: Grant, length: int | None, concat: Concat | None,
+                     uploads: Uploads) -> None:
+    """Hold the planned upload to the grant's ``max_size``: its declared length, or a final
+    concatenation's sum of partials (which must all be known)."""
+    limit = grant.max_size
+    if limit is None:
+        return
+    if isinstance(concat, ConcatFinal):
+        partials = [await uploads.live(upload_id) for upload_id in concat.upload_ids]
         lengths = [p.info.length for p in partials]
         length = None if None in lengths else sum(n for n in lengths if n is not None)
     if length is None:

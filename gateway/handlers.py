@@ -6,15 +6,18 @@ check; every ``TusError`` they raise becomes a response in ``middleware.tus_erro
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
-from gateway.auth import check_creation
+from gateway.auth import authorize, check_plan
 from gateway.clients import client_key
 from gateway.download import Download
 from gateway.http import body_facts, location, send_continue, uploads_of
 from gateway.keys import CONFIG
 from gateway.uploads import Uploads, checked_id
 from protocol import decisions, errors
+from protocol.effects import Terminate
 from protocol.headers import ConcatFinal, Headers
 from protocol.model import UploadState
 from protocol.state import UploadStatus
@@ -34,11 +37,12 @@ async def options(request: web.Request, headers: Headers) -> web.Response:
 
 
 async def post(request: web.Request, headers: Headers) -> web.Response:
-    await check_creation(request, headers)
     uploads = uploads_of(request)
+    grant = authorize(request.app[CONFIG], headers, now=time.time())
     uploads.admit("create")
     facts = body_facts(request)
     plan = decisions.plan_create(headers, facts, uploads.settings)
+    await check_plan(grant, plan.length, plan.concat, uploads)
     plan = await uploads.hooks.pre_create(plan, request)  # before anything is stored
     client = client_key(request, headers)
     if isinstance(plan.concat, ConcatFinal):
@@ -51,12 +55,8 @@ async def post(request: web.Request, headers: Headers) -> web.Response:
     reader = uploads.body_reader(request.content)
     try:
         async with uploads.locked(upload_id, reader):
-            if plan.body is not None:
-                await send_continue(request)
-                state = await uploads.append(state, 0, reader, plan.body.max_bytes,
-                                             plan.body.checksum)
-            elif state.status is UploadStatus.COMPLETE and not state.info.is_final:
-                state = await uploads.finish(state)  # Upload-Length: 0 (TUS-CRE-06)
+            state = await uploads.perform(state, plan.effects, reader,
+                                          before_body=lambda: send_continue(request))
     except errors.TusError as exc:
         # The upload exists now; whatever went wrong with its first bytes, say where it is
         # so the client can resume (TUS-CWU-05).
@@ -91,17 +91,12 @@ async def patch(request: web.Request, headers: Headers) -> web.Response:
     async with uploads.locked(upload_id, reader):
         state = await uploads.live(upload_id)
         plan = decisions.plan_patch(headers, facts, state, uploads.settings)
-        if plan.new_length is not None:
-            state = await uploads.declare_length(state, plan.new_length)
-        if facts.present or plan.checksum is not None:
-            await send_continue(request)
-            state = await uploads.append(state, plan.offset, reader, plan.max_bytes,
-                                         plan.checksum)
-        elif state.status is UploadStatus.COMPLETE:
-            # The length was declared equal to the offset (TUS-DEF-05), or a retried final
-            # PATCH finds a delivery that failed before: finish now, exactly once. That is
-            # work, so the next empty PATCH is not held back for this one.
-            state = await uploads.finish(state)
+        finishing = state.status is UploadStatus.COMPLETE
+        state = await uploads.perform(state, plan.effects, reader,
+                                      before_body=lambda: send_continue(request))
+        if finishing:
+            # A retried final PATCH finishes a delivery that failed before: that is work, so
+            # the next empty PATCH is not held back for this one.
             uploads.empty_patches.forget(upload_id)
     answer = _write_answer(state, uploads.settings)
     return web.Response(status=204, headers=answer)
@@ -111,8 +106,8 @@ async def delete(request: web.Request, headers: Headers) -> web.Response:
     uploads = uploads_of(request)
     upload_id = checked_id(request.match_info["upload_id"])
     async with uploads.locked(upload_id):
-        await uploads.live(upload_id)
-        await uploads.terminate(upload_id, "terminated")
+        state = await uploads.live(upload_id)
+        await uploads.perform(state, (Terminate("terminated"),))
     return web.Response(status=204, headers=TUS_RESUMABLE)
 
 

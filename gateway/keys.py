@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from gateway.config import GatewayConfig
+from protocol.ietf import Draft
 
 if TYPE_CHECKING:
     from gateway.resources import ResourceMonitor
@@ -34,3 +35,6 @@ class Runtime:
 
 CONFIG = web.AppKey("config", GatewayConfig)
 RUNTIME = web.AppKey("runtime", Runtime)
+# Set on a request that speaks the IETF draft (None until its version is known): its errors
+# answer as problem details (``gateway.middleware``).
+DRAFT: web.RequestKey[Draft | None] = web.RequestKey("ietf_draft")

@@ -1,6 +1,7 @@
 """The one place where protocol errors become HTTP responses.
 
-A ``TusError`` is answered with its own status, code and headers (no body for HEAD). Anything
+A ``TusError`` is answered with its own status, code and headers (no body for HEAD), in the
+form the request speaks (``error_response``). Anything
 else is a bug: it is logged with its traceback and answered ``ERR_INTERNAL`` 500, except a
 full disk (ENOSPC, EDQUOT), which is a condition of the machine: 507 with Retry-After and one
 warning. Cancellation is never swallowed.
@@ -9,13 +10,15 @@ warning. Cancellation is never swallowed.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.keys import DRAFT
 from gateway.state.spool import is_disk_full
-from protocol import errors
+from protocol import errors, ietf
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +64,26 @@ async def tus_errors(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 def error_response(request: web.Request, exc: errors.TusError) -> web.Response:
-    headers = {"Tus-Resumable": errors.TUS_VERSION, **exc.extra_headers}
-    if request.method == "HEAD":
-        response = web.Response(status=exc.status, headers=headers)
-    elif exc.json_body or request.path.startswith("/api/"):
-        # The JSON endpoints answer errors in JSON too, as do errors whose details are
-        # read by machine.
-        response = web.json_response(exc.as_json(), status=exc.status, headers=headers)
+    """The answer in the form the request speaks: problem details (RFC 9457) for the IETF
+    draft, tus's otherwise (JSON on the API endpoints and for errors read by machine)."""
+    if DRAFT in request:
+        answer = ietf.problem(request[DRAFT], exc)
+        if request.method == "HEAD":
+            response = web.Response(status=answer.status, headers=answer.headers)
+        else:
+            response = web.Response(status=answer.status, headers=answer.headers,
+                                    body=json.dumps(answer.body).encode(),
+                                    content_type=ietf.PROBLEM_JSON)
     else:
-        response = web.Response(status=exc.status, text=exc.body(), headers=headers)
+        headers = {"Tus-Resumable": errors.TUS_VERSION, **exc.extra_headers}
+        if request.method == "HEAD":
+            response = web.Response(status=exc.status, headers=headers)
+        elif exc.json_body or request.path.startswith("/api/"):
+            # The JSON endpoints answer errors in JSON too, as do errors whose details are
+            # read by machine.
+            response = web.json_response(exc.as_json(), status=exc.status, headers=headers)
+        else:
+            response = web.Response(status=exc.status, text=exc.body(), headers=headers)
     if exc.code in CLOSE_AFTER:
         response.force_close()
     return response

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,9 +37,10 @@ from gateway.sinks import Sink
 from gateway.state.base import Indexing, Locker, ReleaseRequested, UploadStore
 from protocol import errors
 from protocol.decisions import ProtocolSettings, expires_at, is_expired, plan_final_length
+from protocol.effects import Append, DeclareLength, Effect, EndUpload, Finish, Terminate
 from protocol.headers import UPLOAD_ID, Checksum, Concat, ConcatFinal
 from protocol.model import UploadInfo, UploadState
-from protocol.state import UploadStatus
+from protocol.state import Input, UploadStatus, advance, stored
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
@@ -278,9 +279,65 @@ class Uploads:
             self.store.owe_finish(upload_id, True))
         return await self.store.create(info)
 
+    # --- performing a plan ---------------------------------------------------------------------
+    async def perform(self, state: UploadState, effects: Sequence[Effect],
+                      reader: BodyReader | None = None, *,
+                      before_body: Callable[[], Awaitable[None]] | None = None) -> UploadState:
+        """Carry out a plan's effects in order, under the upload's lock, for tus and the IETF
+        draft alike; returns the upload's state after the last one.
+
+        Each effect moves the status through the lifecycle table (``protocol.state``). The
+        plan refused bad input already, so a move the table does not allow, or a stored
+        state that disagrees with the table, is a bug here and fails loudly.
+        ``before_body`` runs once, right before the body is read (a 100 Continue).
+        """
+        for effect in effects:
+            match effect:
+                case DeclareLength(length=length):
+                    expected = stored(state.status, False, length, state.offset)
+                    state = self._moved(await self.declare_length(state, length), expected)
+                case Append():
+                    if reader is None:
+                        raise TypeError("an append needs the request's body")
+                    if before_body is not None:
+                        await before_body()
+                    after = await self.append(state, effect.offset, reader, effect.max_bytes,
+                                              effect.checksum)
+                    expected = stored(state.status, after.offset > state.offset,
+                                      after.info.length, after.offset)
+                    state = self._moved(after, expected)
+                case EndUpload():
+                    state = await self._end_upload(state)
+                case Finish():
+                    if state.status is UploadStatus.COMPLETE:
+                        state = await self.finish(state)
+                case Terminate(reason=reason):
+                    advance(state.status, Input.TERMINATE)
+                    await self.terminate(state.info.upload_id, reason)
+        return state
+
+    @staticmethod
+    def _moved(state: UploadState, expected: UploadStatus) -> UploadState:
+        if state.status is not expected:
+            raise RuntimeError(f"upload {state.info.upload_id} is {state.status} after a step "
+                               f"the lifecycle table says ends in {expected}")
+        return state
+
+    async def _end_upload(self, state: UploadState) -> UploadState:
+        """The request said it ends the upload: an unknown length becomes the offset; a
+        known one the offset falls short of is refused, with the bytes kept."""
+        if state.info.length is None:
+            expected = stored(state.status, False, state.offset, state.offset)
+            state = self._moved(await self.declare_length(state, state.offset), expected)
+        if state.offset != state.info.length:
+            raise errors.InconsistentLength(
+                f"the upload ended at {state.offset} bytes, not at its length "
+                f"{state.info.length}")
+        return state
+
     async def append(self, state: UploadState, offset: int, reader: BodyReader,
                      max_bytes: int | None, checksum: Checksum | None) -> UploadState:
-        """Stream the body into the store; returns the new state (finished if complete)."""
+        """Stream the body into the store; returns the new state (``Finish`` finishes it)."""
         upload_id = state.info.upload_id
         if state.info.data_removed:
             return await self._append_nothing(state, reader, checksum)
@@ -314,10 +371,7 @@ class Uploads:
                 self.sink.receiving(state)
                 if self.inflight.get(upload_id, (0, None))[1] is reader:
                     del self.inflight[upload_id]
-        new_state = UploadState(state.info, new_offset, time.time())
-        if new_state.status is UploadStatus.COMPLETE:
-            new_state = await self.finish(new_state)
-        return new_state
+        return UploadState(state.info, new_offset, time.time())
 
     async def _append_nothing(self, state: UploadState, reader: BodyReader,
                               checksum: Checksum | None) -> UploadState:
@@ -431,7 +485,8 @@ class Uploads:
                 except (errors.NotFound, errors.Gone):
                     return state  # a partial vanished meanwhile: the final waits, then expires
             if all(p.finished for p in partials):
-                return await self._assemble(state, partials)
+                # Read again too: a partial's last PATCH may have assembled it meanwhile.
+                return await self._assemble(await self.store.get(info.upload_id), partials)
             return state
 
     async def _partials(self, upload_ids: tuple[str, ...],
@@ -563,8 +618,11 @@ class Uploads:
             return 0
         async with self.locked(upload_id):
             state = await self.store.get(upload_id)  # bytes may have arrived meanwhile
-            if not await self._due_now(state, now) or not await self.store.terminate(
-                    upload_id, "expired", if_offset=state.offset):
+            if not await self._due_now(state, now):
+                return 0
+            # Unfinished, it expires; finished, it is forgotten after --finished-ttl.
+            advance(state.status, Input.TERMINATE if state.finished else Input.EXPIRE)
+            if not await self.store.terminate(upload_id, "expired", if_offset=state.offset):
                 return 0
         await self.store.unregister_final(upload_id)
         self._event("expired", upload_id, offset=state.offset, finished=state.finished)

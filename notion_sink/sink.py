@@ -246,13 +246,13 @@ class NotionSink:
             will_retry = not isinstance(exc, Permanent) and self.retry_failed_s > 0
             log.warning("Notion drain of %s failed (%s): %s", upload_id,
                         "will retry" if will_retry else "for good", exc)
-            await self._save(upload_id, UploadStatus.FAILED, error=str(exc),
+            await self._save(upload_id, Input.SINK_FAIL, error=str(exc),
                              will_retry=will_retry, failed_at=time.time())
         except (errors.NotFound, errors.Gone, errors.StateUnavailable, asyncio.CancelledError):
             raise
         except Exception as exc:
             log.exception("Notion drain of %s failed", upload_id)
-            await self._save(upload_id, UploadStatus.FAILED, error=repr(exc), will_retry=False,
+            await self._save(upload_id, Input.SINK_FAIL, error=repr(exc), will_retry=False,
                              failed_at=time.time())
 
     async def _deliver(self, upload_id: str, progress: DrainProgress) -> None:
@@ -275,7 +275,7 @@ class NotionSink:
             filename=filename, sent_as=name.filename, size=length,
             key=FileKey(detail["salt"], detail["sha512"]), created_at=state.info.created_at,
             remote_id=remote_id, fresh=fresh)
-        await self._save(upload_id, UploadStatus.DRAINED, ref=page_id, data_removed=True,
+        await self._save(upload_id, Input.SINK_DONE, ref=page_id, data_removed=True,
                          detail={**detail, "file_upload": remote_id, "page": page_id,
                                  "index_page": index_id, "sent_as": name.filename})
         # Notion holds the file and both records exist: the spool copy has done its job.
@@ -293,7 +293,7 @@ class NotionSink:
         async with self._hashing:
             digest = await self.pool.run(salted_sha512, data, salt)
         detail = {"salt": salt, "sha512": digest}
-        await self._save(upload_id, UploadStatus.DRAINING, detail=detail)
+        await self._save(upload_id, None, detail=detail)
         return detail, True
 
     @staticmethod
@@ -305,11 +305,14 @@ class NotionSink:
     def _data_path(self, upload_id: str) -> Path:
         return self.store.data_path(upload_id)
 
-    async def _save(self, upload_id: str, status: UploadStatus, *, ref: str | None = None,
+    async def _save(self, upload_id: str, event: Input | None, *, ref: str | None = None,
                     error: str | None = None, will_retry: bool = False,
                     detail: Mapping[str, str] | None = None, data_removed: bool = False,
                     failed_at: float | None = None) -> None:
+        """Record the delivery's progress; its status moves only through the lifecycle
+        table, by ``event`` (None: it stays where it is)."""
         state = await self.store.get(upload_id)
+        status = state.status if event is None else advance(state.status, event)
         old = state.info.sink
         kept = dict(detail if detail is not None else (old.detail if old else {}))
         kept.pop("failed_at", None)
@@ -372,7 +375,7 @@ class NotionSink:
         state = await self.store.get(upload_id)
         if state.status is not UploadStatus.FAILED:
             raise errors.SinkNotFailed()
-        await self._save(upload_id, advance(state.status, Input.SINK_START))
+        await self._save(upload_id, Input.SINK_START)
         await self.store.owe_sink(upload_id, True)
         self.start(upload_id)
 

@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from protocol import errors
+from protocol.effects import Append, DeclareLength, Effect, Finish
 from protocol.errors import TUS_VERSION
 from protocol.headers import (
     CHECKSUM_DIGEST_SIZES,
@@ -143,6 +144,28 @@ class CreatePlan:
     concat: Concat | None
     body: AppendBody | None  # creation-with-upload
 
+    @property
+    def effects(self) -> tuple[Effect, ...]:
+        """What follows the creation: the first bytes, if any, then the finish of an upload
+        that is complete already (Upload-Length: 0, TUS-CRE-06). A final concatenation has
+        none: it is assembled when its partials are (``plan_final_length``)."""
+        if isinstance(self.concat, ConcatFinal):
+            return ()
+        if self.body is None:
+            return (Finish(),)
+        return (Append(0, self.body.max_bytes, self.body.checksum), Finish())
+
+
+@dataclass(frozen=True, slots=True)
+class PatchPlan:
+    """A PATCH: its checked facts and the effects that carry it out, in order."""
+
+    offset: int
+    max_bytes: int | None
+    checksum: Checksum | None
+    new_length: int | None  # a deferred length declared by this request
+    effects: tuple[Effect, ...]
+
 
 def _has_extension(settings: ProtocolSettings, name: str) -> bool:
     return name in settings.extensions
@@ -257,7 +280,7 @@ def plan_final_length(concat: ConcatFinal, partials: Sequence[UploadState],
 
 
 def plan_patch(headers: Headers, body: BodyFacts, state: UploadState,
-               settings: ProtocolSettings) -> AppendBody:
+               settings: ProtocolSettings) -> PatchPlan:
     """PATCH: the checks of tus core, checksum and creation-defer-length, in a safe order."""
     if state.info.is_final:
         raise errors.ModifyFinal()  # TUS-CAT-05
@@ -277,7 +300,16 @@ def plan_patch(headers: Headers, body: BodyFacts, state: UploadState,
     if new_length is not None and new_length < offset:
         raise errors.LengthBelowOffset()
     limit = _body_limit(length, offset, body, settings)
-    return AppendBody(offset, limit, checksum, new_length)
+    effects: list[Effect] = []
+    if new_length is not None:
+        effects.append(DeclareLength(new_length))
+    if body.present or checksum is not None:
+        # A checksum with an empty body is still checked: against the empty string.
+        effects.append(Append(offset, limit, checksum))
+    # An upload complete by now finishes: through this body, through a length declared equal
+    # to the offset (TUS-DEF-05), or a retried final PATCH after a delivery that failed.
+    effects.append(Finish())
+    return PatchPlan(offset, limit, checksum, new_length, tuple(effects))
 
 
 def _declared_length(headers: Headers, state: UploadState,

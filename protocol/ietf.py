@@ -34,6 +34,8 @@ from email.message import Message
 
 from protocol import errors
 from protocol.decisions import BodyFacts, ProtocolSettings
+from protocol.effects import Append as StoreBody
+from protocol.effects import DeclareLength, Effect, EndUpload, Finish
 from protocol.headers import MAX_INTEGER, Headers, parse_metadata
 from protocol.model import UploadState
 
@@ -251,6 +253,17 @@ class Creation:
     max_bytes: int | None  # most body bytes to take
     has_body: bool
 
+    @property
+    def effects(self) -> tuple[Effect, ...]:
+        """After the creation: the content, if any, then the end the request may declare,
+        then the finish of an upload complete by then."""
+        steps: list[Effect] = []
+        if self.has_body:
+            steps.append(StoreBody(0, self.max_bytes))
+        if self.complete:
+            steps.append(EndUpload())
+        return (*steps, Finish())
+
 
 def plan_creation(draft: Draft, headers: Headers, body: BodyFacts,
                   settings: ProtocolSettings) -> Creation:
@@ -335,6 +348,7 @@ class Append:
     complete: bool
     new_length: int | None  # a length this request records
     max_bytes: int | None
+    effects: tuple[Effect, ...]
 
 
 def plan_append(draft: Draft, headers: Headers, body: BodyFacts, state: UploadState,
@@ -390,7 +404,15 @@ def plan_append(draft: Draft, headers: Headers, body: BodyFacts, state: UploadSt
     else:
         limit = None if settings.max_size is None else settings.max_size - offset
     new_length = length if known is None else None
-    return Append(offset, complete, new_length, limit)
+    steps: list[Effect] = []
+    if new_length is not None:
+        steps.append(DeclareLength(new_length))
+    if body.present:
+        steps.append(StoreBody(offset, limit))
+    if complete:
+        steps.append(EndUpload())
+    steps.append(Finish())
+    return Append(offset, complete, new_length, limit, tuple(steps))
 
 
 def append_headers(draft: Draft, state: UploadState, settings: ProtocolSettings,

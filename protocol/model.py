@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.headers import Concat, ConcatFinal, ConcatPartial
-from protocol.state import FINISHED, UploadStatus
+from protocol.state import FINISHED, Input, UploadStatus, advance, stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,13 +195,16 @@ class UploadState:
 
     @property
     def status(self) -> UploadStatus:
+        """Replayed through the lifecycle table from what is stored: the sink's status once
+        it has one (sinks move it through the table too), else the bytes stored so far (a
+        final: its assembly, which stores them all at once)."""
         if self.info.sink is not None:
             return self.info.sink.status
         if self.info.is_final:
-            return UploadStatus.COMPLETE if self.info.assembled else UploadStatus.CREATED
-        if self.info.length is not None and self.offset >= self.info.length:
-            return UploadStatus.COMPLETE
-        return UploadStatus.RECEIVING if self.offset > 0 else UploadStatus.CREATED
+            if not self.info.assembled:
+                return UploadStatus.CREATED
+            return advance(UploadStatus.CREATED, Input.REACH_END)
+        return stored(UploadStatus.CREATED, self.offset > 0, self.info.length, self.offset)
 
     @property
     def finished(self) -> bool:

@@ -81,6 +81,7 @@ TRANSITIONS: Mapping[tuple[UploadStatus, Input], UploadStatus] = MappingProxyTyp
 })
 del S, E
 
+RECEIVING = frozenset({UploadStatus.CREATED, UploadStatus.RECEIVING})
 FINISHED = frozenset({UploadStatus.COMPLETE, UploadStatus.DRAINING, UploadStatus.DRAINED,
                       UploadStatus.FAILED})
 
@@ -90,3 +91,13 @@ def advance(status: UploadStatus, event: Input) -> UploadStatus:
         return TRANSITIONS[(status, event)]
     except KeyError:
         raise IllegalTransition(status, event) from None
+
+
+def stored(status: UploadStatus, grew: bool, length: int | None, offset: int) -> UploadStatus:
+    """The status after bytes (``grew``) or nothing were stored: an append, and the end of
+    the upload if that brought the offset to the length. An upload that was complete already
+    takes only the empty append (a retried final request)."""
+    status = advance(status, Input.APPEND if grew else Input.APPEND_EMPTY)
+    if status in RECEIVING and length is not None and offset >= length:
+        status = advance(status, Input.REACH_END)
+    return status
