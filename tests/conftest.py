@@ -1,5 +1,19 @@
 """Shared fixtures: an in-process gateway for functional tests, real gateway processes for
-client and crash tests, and a guard that fails any test that blocks the event loop."""
+client and crash tests, and a guard that fails any test that blocks the event loop.
+
+State stores. A gateway (``client``, ``make_client``, ``gateway_process``) keeps its upload
+state where the ``backend`` fixture says: on disk, or in the session's real redis-server.
+A test runs on the disk store only, unless the store is part of what it checks; then it is
+marked ``@pytest.mark.both_stores`` (or its module sets ``pytestmark``) and runs once per
+store: ``[disk]`` and ``[redis]``. That is for the stores' own mechanics seen through the
+gateway: records, offsets and bytes kept across a cut connection, a kill or a restart;
+locks and leases between requests and processes; tombstones (410), finals waiting for
+their partials, open-upload slots, expiry and retention indexes, owed hook and sink work
+taken over. Protocol answers, header parsing, auth, CORS, logs and the page do not depend
+on the store: they run on disk only. ``--all-stores`` runs every gateway test on both
+stores (before a release, or to check a test's marking). A test about one store's own
+mechanics names it: ``@pytest.mark.parametrize("backend", ["redis"], indirect=True)``.
+"""
 
 from __future__ import annotations
 
@@ -63,13 +77,40 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 StateBackend = Callable[[Path], dict[str, Any]]
 
 
-@pytest.fixture(params=["disk", "redis"])
+STORES = ("disk", "redis")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--all-stores", action="store_true",
+                     help="run every gateway test on both state stores (disk and Redis), "
+                          "not only those marked both_stores")
+
+
+def _names_backend_itself(metafunc: pytest.Metafunc) -> bool:
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        argnames = marker.args[0] if marker.args else marker.kwargs.get("argnames", ())
+        if isinstance(argnames, str):
+            argnames = [name.strip() for name in argnames.split(",")]
+        if "backend" in argnames:
+            return True
+    return False
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Gives ``backend`` its stores: both for ``both_stores`` tests, disk for the others."""
+    if "backend" not in metafunc.fixturenames or _names_backend_itself(metafunc):
+        return
+    both = (metafunc.definition.get_closest_marker("both_stores") is not None
+            or bool(metafunc.config.getoption("all_stores")))
+    metafunc.parametrize("backend", STORES if both else STORES[:1], indirect=True)
+
+
+@pytest.fixture
 def backend(request: pytest.FixtureRequest) -> StateBackend:
-    """Where gateways keep upload state: the same tests run against each backend.
+    """Where gateways keep upload state (see the module docstring for which tests get which).
 
     Returns the config overrides for a data directory; one data directory maps to one Redis
     key prefix, so a restarted gateway finds its uploads and tests never see each other's.
-    A test that is about one backend's own mechanics parametrizes ``backend`` itself.
     """
     if request.param == "disk":
         return lambda data_dir: {}

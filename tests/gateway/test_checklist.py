@@ -104,6 +104,7 @@ async def test_gen_03_method_override(client: Client) -> None:
     assert r.status == 405
 
 
+@pytest.mark.both_stores
 async def test_gen_05_unknown_is_404_removed_is_410(client: Client) -> None:
     unknown = "/files/" + "a" * 32
     for method in ("HEAD", "PATCH", "DELETE"):
@@ -337,6 +338,7 @@ async def test_patch_11_offset_counts_stored_bytes_not_content_length(client: Cl
     assert size == 4
 
 
+@pytest.mark.both_stores
 async def test_patch_12_finish_runs_once_for_a_retried_final_patch(
         make_client: ClientFactory) -> None:
     # Back to back, as here, empty PATCHes are otherwise held back (test_limits.py).
@@ -527,6 +529,7 @@ async def test_def_04_deferred_body_capped_by_max_size(make_client: ClientFactor
 
 
 # --- 1.8 termination ---------------------------------------------------------------------------
+@pytest.mark.both_stores
 async def test_term_02_03_delete_frees_storage_and_answers_410(client: Client) -> None:
     url = await create(client, 5)
     await client.patch(url, data=b"ab", headers=patch_headers(0))
@@ -601,6 +604,7 @@ async def test_exp_02_03_upload_expires_on_patch(client: Client) -> None:
     assert parse_http_date(r.headers["Upload-Expires"]) >= first  # sliding expiry
 
 
+@pytest.mark.both_stores
 async def test_exp_04_05_expired_uploads_answer_410_and_are_removed(
         make_client: ClientFactory) -> None:
     client = await make_client(expire_after_s=1.0, sweep_interval_s=0.2)
@@ -620,6 +624,7 @@ async def test_exp_04_05_expired_uploads_answer_410_and_are_removed(
 
 
 # --- 1.12 / 1.13 concatenation -----------------------------------------------------------------
+@pytest.mark.both_stores
 async def test_cat_02_03_07_concatenate_finished_partials(client: Client) -> None:
     a = await upload(client, b"hello ", **{"Upload-Concat": "partial",
                                            "Upload-Metadata": metadata(filename="a")})
@@ -659,6 +664,7 @@ async def test_cat_05_patch_on_final_is_403(client: Client) -> None:
     assert await (await client.get(final)).read() == b"abc"
 
 
+@pytest.mark.both_stores
 async def test_cat_06_09_bad_references(client: Client) -> None:
     plain = await upload(client, b"abc")
     cases = [
@@ -679,6 +685,7 @@ async def test_cat_06_09_bad_references(client: Client) -> None:
     assert await client.app[RUNTIME].require().store.upload_ids() == [plain.rsplit("/", 1)[1]]
 
 
+@pytest.mark.both_stores
 async def test_cat_08_same_partial_twice(client: Client) -> None:
     a = await upload(client, b"ab", **{"Upload-Concat": "partial"})
     r = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{a} {a} {a}"})
@@ -686,6 +693,7 @@ async def test_cat_08_same_partial_twice(client: Client) -> None:
     assert (await head(client, a)).status == 200  # partials are kept for reuse
 
 
+@pytest.mark.both_stores
 async def test_catu_01_02_03_final_before_partials_finish(client: Client) -> None:
     a = await create(client, 3, **{"Upload-Concat": "partial"})
     b = await create(client, **{"Upload-Concat": "partial", "Upload-Defer-Length": "1"})
@@ -770,6 +778,7 @@ async def test_cat_partials_are_not_delivered_on_their_own(client: Client) -> No
     assert [p.name for p in (data_dir(client) / "complete").iterdir()] == ["whole.bin"]
 
 
+@pytest.mark.both_stores
 async def test_directory_sink_delivers_once_across_restarts(make_client: ClientFactory,
                                                             tmp_path: Path) -> None:
     root = tmp_path / "shared"
@@ -811,6 +820,7 @@ async def test_gen_02_get_may_omit_the_version_but_not_name_another(client: Clie
     assert r.status == 412 and r.headers["Tus-Version"] == "1.0.0"
 
 
+@pytest.mark.both_stores
 async def test_catu_final_and_last_partial_byte_racing(client: Client) -> None:
     """Whichever of the final's POST and the partial's last PATCH lands first, the final
     is assembled exactly once."""

@@ -144,6 +144,7 @@ async def resume_and_verify(client: Client, ballast: Path, path: str, data: byte
 
 
 # --- ENOSPC in the middle of a body ------------------------------------------------------------
+@pytest.mark.both_stores
 async def test_disk_full_mid_patch_keeps_the_bytes_before_it(
         on_small_disk: Callable[..., Any], small_disk: Path,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -166,6 +167,7 @@ async def test_disk_full_mid_patch_keeps_the_bytes_before_it(
     await resume_and_verify(client, ballast, path, data)
 
 
+@pytest.mark.both_stores
 async def test_disk_full_in_creation_with_upload(
         on_small_disk: Callable[..., Any], small_disk: Path,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -185,6 +187,7 @@ async def test_disk_full_in_creation_with_upload(
     await resume_and_verify(client, ballast, path, data)
 
 
+@pytest.mark.both_stores
 async def test_disk_full_mid_checksummed_patch_keeps_nothing_of_it(
         on_small_disk: Callable[..., Any], small_disk: Path,
         caplog: pytest.LogCaptureFixture) -> None:

@@ -337,6 +337,7 @@ def server_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
 # --- a PATCH cut off midway -------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["fin", "fin-after-pause", "rst-after-pause"])
 @pytest.mark.parametrize("where", ["in-process", "process"])
+@pytest.mark.both_stores
 async def test_cut_off_patch_keeps_its_bytes(
         make_client: MakeClient, gateway_process: Callable[..., GatewayProcess],
         where: str, mode: str) -> None:
@@ -384,6 +385,7 @@ async def test_cut_off_patch_keeps_its_bytes(
     (64 * KiB, 32 * KiB, 3),   # the first has a small lead
     (768 * KiB, 64 * KiB, 4),  # the first is well under way when the second arrives
 ])
+@pytest.mark.both_stores
 async def test_racing_patches_leave_exact_bytes(
         make_client: MakeClient, caplog: pytest.LogCaptureFixture, head_start: int, piece: int,
         seed: int) -> None:
@@ -438,6 +440,7 @@ async def test_racing_patches_leave_exact_bytes(
 
 # --- a stalled PATCH is pre-empted by a newcomer ----------------------------------------------
 @pytest.mark.parametrize("newcomer", ["HEAD", "PATCH"])
+@pytest.mark.both_stores
 async def test_stalled_patch_is_preempted(make_client: MakeClient,
                                           caplog: pytest.LogCaptureFixture,
                                           newcomer: str) -> None:
@@ -473,6 +476,7 @@ async def test_stalled_patch_is_preempted(make_client: MakeClient,
 
 
 # --- the stall timeout ------------------------------------------------------------------------
+@pytest.mark.both_stores
 async def test_stall_timeout_ends_a_dead_patch(make_client: MakeClient) -> None:
     stall_s = 1.0
     g = await in_process(make_client, stall_timeout_s=stall_s)
@@ -513,6 +517,7 @@ async def test_stall_timeout_ends_a_dead_patch(make_client: MakeClient) -> None:
 
 
 # --- DELETE while a PATCH streams -------------------------------------------------------------
+@pytest.mark.both_stores
 async def test_delete_during_patch(make_client: MakeClient,
                                    caplog: pytest.LogCaptureFixture) -> None:
     g = await in_process(make_client)
@@ -556,6 +561,7 @@ async def test_delete_during_patch(make_client: MakeClient,
 
 # --- graceful shutdown of a real process ------------------------------------------------------
 @pytest.mark.parametrize("sending", [False, True], ids=["paused", "streaming"])
+@pytest.mark.both_stores
 async def test_sigterm_commits_in_flight_patch(
         gateway_process: Callable[..., GatewayProcess], sending: bool) -> None:
     """SIGTERM with a PATCH in flight: it commits, answers 503, and the restart resumes.

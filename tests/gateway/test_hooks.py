@@ -2,8 +2,8 @@
 
 The endpoint is a small aiohttp server on a loopback port that records every call and
 answers what the test scripted. Nothing of the gateway's own HTTP layer is mocked: the
-gateway runs in process (``make_client``) or as a real process (``gateway_process``), over
-both state backends.
+gateway runs in process (``make_client``) or as a real process (``gateway_process``). The
+post-finish tests run over both state backends: the store keeps what the hook owes.
 """
 
 from __future__ import annotations
@@ -232,6 +232,7 @@ async def test_failures_are_retried_before_the_fallback(make_client: ClientFacto
 
 
 # --- post-finish ---------------------------------------------------------------------------
+@pytest.mark.both_stores
 async def test_post_finish_is_called_once_with_the_upload(make_client: ClientFactory,
                                                           endpoint: HookEndpoint) -> None:
     client = await make_client(hook_post_finish=endpoint.url, hook_retry_s=0.05)
@@ -254,6 +255,7 @@ async def test_post_finish_is_called_once_with_the_upload(make_client: ClientFac
     assert sent["finished_at"] <= hooks["post_finish"]["done_at"] <= time.time()
 
 
+@pytest.mark.both_stores
 async def test_no_post_finish_for_partials_only_for_their_final(
         make_client: ClientFactory, endpoint: HookEndpoint) -> None:
     client = await make_client(hook_post_finish=endpoint.url, hook_retry_s=0.05)
@@ -273,6 +275,7 @@ async def test_no_post_finish_for_partials_only_for_their_final(
         (final_id, 6)]
 
 
+@pytest.mark.both_stores
 async def test_post_finish_is_retried_until_it_succeeds(make_client: ClientFactory,
                                                         endpoint: HookEndpoint) -> None:
     endpoint.script = [(500, None), (503, None), (404, None)]
@@ -287,6 +290,7 @@ async def test_post_finish_is_retried_until_it_succeeds(make_client: ClientFacto
     assert post_finish["last_error"] == "answered 404"
 
 
+@pytest.mark.both_stores
 async def test_pending_post_finish_shows_in_the_status(make_client: ClientFactory,
                                                        endpoint: HookEndpoint) -> None:
     endpoint.default = (500, None)
@@ -298,6 +302,7 @@ async def test_pending_post_finish_shows_in_the_status(make_client: ClientFactor
     assert post_finish["last_error"] == "answered 500" and post_finish["done_at"] is None
 
 
+@pytest.mark.both_stores
 async def test_a_record_saved_from_an_older_read_keeps_the_hook_done(
         make_client: ClientFactory, endpoint: HookEndpoint) -> None:
     """A sink saves the whole record from its own read; that must not make the hook owed
@@ -327,6 +332,7 @@ async def _http(session: aiohttp.ClientSession, method: str, url: str,
         return r.status, dict(r.headers), await r.read()
 
 
+@pytest.mark.both_stores
 async def test_post_finish_exactly_once_across_a_restart(gateway_process: Any,
                                                          endpoint: HookEndpoint) -> None:
     endpoint.default = (500, None)

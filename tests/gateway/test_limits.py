@@ -1,8 +1,9 @@
 """Limits a client cannot exceed: the size of a final concatenation, the finals that wait for
 one partial, the uploads it leaves unfinished, and empty PATCHes sent in a loop.
 
-In-process gateways (a real HTTP server on loopback) over both state stores. Every refusal
-is a 4xx with a stable code that changes nothing.
+In-process gateways (a real HTTP server on loopback); the limits the store keeps (finals
+waiting for a partial, open uploads) over both state stores. Every refusal is a 4xx with a
+stable code that changes nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
@@ -73,6 +75,7 @@ async def test_a_final_naming_a_partial_200_times_is_refused_at_creation(
     assert data_files(client) == before
 
 
+@pytest.mark.both_stores
 async def test_a_final_that_passes_max_size_once_its_partial_ends_is_not_assembled(
         make_client: ClientFactory) -> None:
     """A final made while its partial's length was still unknown: when the partial finishes,
@@ -108,6 +111,7 @@ async def test_a_partial_may_be_named_twice_and_counts_twice(make_client: Client
     assert r.status == 413 and await code_of(r) == "ERR_UPLOAD_TOO_LARGE"
 
 
+@pytest.mark.both_stores
 async def test_finals_waiting_for_one_partial_are_bounded(make_client: ClientFactory) -> None:
     """The partial's last PATCH assembles every final waiting for it, so only a few may
     wait: one more is refused (409) until the partial is finished, and then made at once."""
@@ -147,6 +151,7 @@ async def ietf_create(client: Client) -> tuple[int, dict[str, Any]]:
                            if answer.status >= 400 else None}
 
 
+@pytest.mark.both_stores
 async def test_open_uploads_are_bounded_in_total(make_client: ClientFactory) -> None:
     client = await make_client(max_open_uploads=3, max_open_uploads_per_client=0)
     partial = await create(client, 4, **PARTIAL)
@@ -171,6 +176,7 @@ async def test_open_uploads_are_bounded_in_total(make_client: ClientFactory) -> 
     await assert_refused(await post(client, 4), "ERR_OPEN_UPLOADS_LIMIT")
 
 
+@pytest.mark.both_stores
 async def test_open_uploads_are_bounded_per_address(make_client: ClientFactory) -> None:
     client = await make_client(max_open_uploads=100, max_open_uploads_per_client=2)
     await create(client, 4)
@@ -180,6 +186,7 @@ async def test_open_uploads_are_bounded_per_address(make_client: ClientFactory) 
         await assert_refused(await post(client, 4, **spoofed), "ERR_CLIENT_OPEN_UPLOADS_LIMIT")
 
 
+@pytest.mark.both_stores
 async def test_open_uploads_behind_a_proxy_count_the_address_the_proxy_saw(
         make_client: ClientFactory) -> None:
     """The nearest entry is the one the proxy wrote; the ones before it, the client's own
@@ -203,6 +210,7 @@ async def test_open_uploads_behind_a_proxy_count_the_address_the_proxy_saw(
                          "ERR_CLIENT_OPEN_UPLOADS_LIMIT")
 
 
+@pytest.mark.both_stores
 async def test_open_uploads_are_bounded_per_bearer_token(make_client: ClientFactory) -> None:
     tokens = ("tok-one-5e0c2a", "tok-two-9b1f7d")
     client = await make_client(auth="bearer", auth_tokens=tokens, max_open_uploads=100,
@@ -214,6 +222,7 @@ async def test_open_uploads_are_bounded_per_bearer_token(make_client: ClientFact
     await create(client, 4, Authorization=f"Bearer {tokens[1]}")  # same address, other token
 
 
+@pytest.mark.both_stores
 async def test_open_uploads_are_bounded_per_token_subject(make_client: ClientFactory) -> None:
     """With HMAC tokens the subject is the client: a user's fresh tokens share one limit."""
     client = await make_client(auth="hmac", auth_secret=SECRET, max_open_uploads=100,

@@ -1,8 +1,8 @@
 """Operations: health, live status with speed and ETA, Prometheus metrics, admission control.
 
-Each test runs a real gateway on loopback (in process, both state backends) and talks to it
-over HTTP; the only thing a test changes inside is the memory budget, the way an operator
-would restart it with another ``--memory-budget``.
+Each test runs a real gateway on loopback (in process; health over both state backends) and
+talks to it over HTTP; the only thing a test changes inside is the memory budget, the way an
+operator would restart it with another ``--memory-budget``.
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ def test_speed_is_the_recent_pace_and_falls_when_the_client_stalls() -> None:
 
 
 # --- health -----------------------------------------------------------------------------------
+@pytest.mark.both_stores
 async def test_health_reports_every_component_while_uploads_run(
         make_client: ClientFactory) -> None:
     client = await make_client(max_concurrent_uploads=10)

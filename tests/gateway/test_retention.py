@@ -105,6 +105,7 @@ async def store_of(config: GatewayConfig) -> AsyncIterator[UploadStore]:
 
 
 # --- 1. the delivered file is the only copy ---------------------------------------------------
+@pytest.mark.both_stores
 async def test_a_delivered_file_is_the_only_copy_and_is_served_until_removed(
         client: Client) -> None:
     url = await upload(client, b"delivered bytes", "d.txt")
@@ -125,6 +126,7 @@ async def test_a_delivered_file_is_the_only_copy_and_is_served_until_removed(
     assert (await client.head(url, headers=TUS)).status == 200
 
 
+@pytest.mark.both_stores
 async def test_a_retried_final_patch_of_a_delivered_upload_stores_nothing(
         client: Client) -> None:
     """The spool's copy is gone: a chunked empty body is still taken (204), bytes are not."""
@@ -141,6 +143,7 @@ async def test_a_retried_final_patch_of_a_delivered_upload_stores_nothing(
     assert await (await client.get(url)).read() == b"done"
 
 
+@pytest.mark.both_stores
 async def test_a_file_that_took_the_delivered_name_is_not_served(client: Client) -> None:
     first = await upload(client, b"first upload", "same.txt")
     root = config_of(client).data_dir
@@ -153,6 +156,7 @@ async def test_a_file_that_took_the_delivered_name_is_not_served(client: Client)
     assert await (await client.get(second)).read() == b"second upload"
 
 
+@pytest.mark.both_stores
 async def test_partials_keep_their_bytes_until_the_final_is_assembled(client: Client) -> None:
     a = await upload(client, b"hello ", **{"Upload-Concat": "partial"})
     b = await upload(client, b"world", **{"Upload-Concat": "partial"})
@@ -171,6 +175,7 @@ async def test_partials_keep_their_bytes_until_the_final_is_assembled(client: Cl
 
 
 @pytest.mark.parametrize("crash", ["after_link", "after_record"])
+@pytest.mark.both_stores
 async def test_a_crash_between_delivery_and_release_leaves_one_copy(
         make_client: ClientFactory, tmp_path: Path, crash: str) -> None:
     """SIGKILL after the link (before the record says delivered) or after the record (before
@@ -201,6 +206,7 @@ async def test_a_crash_between_delivery_and_release_leaves_one_copy(
 
 
 # --- 2. finished uploads expire; a sweep reads only what is due --------------------------------
+@pytest.mark.both_stores
 async def test_finished_uploads_are_forgotten_after_the_ttl(make_client: ClientFactory) -> None:
     client = await make_client(finished_ttl_s=2 * DAY)
     done = await upload(client, b"done", "keep.txt")
@@ -218,6 +224,7 @@ async def test_finished_uploads_are_forgotten_after_the_ttl(make_client: ClientF
     assert not list((root / "uploads").iterdir()), "spool bytes of the partial left behind"
 
 
+@pytest.mark.both_stores
 async def test_a_sweep_reads_only_the_uploads_that_are_due(make_client: ClientFactory) -> None:
     client = await make_client(fsync="off", expire_after_s=60.0, finished_ttl_s=DAY)
     finished: list[str] = []
@@ -245,6 +252,7 @@ async def test_a_sweep_reads_only_the_uploads_that_are_due(make_client: ClientFa
 
 
 # --- 3. a restart does not finish again what was finished -----------------------------------
+@pytest.mark.both_stores
 async def test_a_restart_logs_and_counts_no_finished_events_again(
         make_client: ClientFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = tmp_path / "restart"
@@ -317,6 +325,7 @@ def mode(path: Path) -> int:
 
 
 @pytest.mark.parametrize("wanted", [None, 0o640])
+@pytest.mark.both_stores
 async def test_data_files_are_private_unless_widened(make_client: ClientFactory,
                                                      wanted: int | None) -> None:
     overrides = {} if wanted is None else {"file_mode": wanted}

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.helpers import TUS, patch_headers, path_of
 
 
+@pytest.mark.both_stores
 async def test_create_patch_head(client: TestClient[Any, Any]) -> None:
     r = await client.post("/files/", headers={**TUS, "Upload-Length": "5"})
     assert r.status == 201

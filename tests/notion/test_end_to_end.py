@@ -110,6 +110,7 @@ async def test_tus_js_client_files_arrive_in_notion(
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.both_stores
 async def test_sigkill_mid_drain_resumes_without_resending_parts(
         gateway_process: Callable[..., GatewayProcess], fake_notion: FakeNotionServer,
         tmp_path: Path) -> None:

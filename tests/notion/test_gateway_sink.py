@@ -1,8 +1,9 @@
 """Through the gateway: tus uploads finish, drain to the fake Notion and are recorded once.
 
-The gateway runs in process with ``--sink notion`` pointed at the fake (and once per state
-backend, disk and Redis); files are uploaded over HTTP with tus, and the status endpoint is
-polled until the sink says ``drained``.
+The gateway runs in process with ``--sink notion`` pointed at the fake (the drain and its
+windows once per state backend, disk and Redis: the store keeps the checkpoints); files are
+uploaded over HTTP with tus, and the status endpoint is polled until the sink says
+``drained``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from fake_notion import FakeConfig
@@ -81,6 +83,7 @@ async def failed(client: TestClient[Any, Any], upload_id: str,
         await asyncio.sleep(0.02)
 
 
+@pytest.mark.both_stores
 async def test_files_drain_to_notion_and_are_recorded_once(
         make_client: ClientFactory, fake_notion: FakeNotionServer) -> None:
     client = await gateway(make_client, fake_notion)
@@ -220,6 +223,7 @@ async def test_notion_down_opens_the_breaker_and_uploads_go_on(
             hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.both_stores
 async def test_windows_go_to_notion_while_the_upload_still_receives_bytes(
         make_client: ClientFactory, fake_notion: FakeNotionServer) -> None:
     client = await gateway(make_client, fake_notion)
@@ -284,6 +288,7 @@ def test_the_delivery_phase_in_one_word() -> None:
     assert phase(UploadStatus.FAILED, 3) == "failed"
 
 
+@pytest.mark.both_stores
 async def test_windows_leave_in_the_middle_of_one_long_patch(
         make_client: ClientFactory, fake_notion: FakeNotionServer) -> None:
     """tus-js-client and Uppy send a whole file in one PATCH by default: windows go to

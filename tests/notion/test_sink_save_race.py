@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.keys import CONFIG, RUNTIME
@@ -30,6 +31,7 @@ async def started_upload(client: TestClient[Any, Any]) -> str:
     return path
 
 
+@pytest.mark.both_stores
 async def test_a_delete_racing_the_sinks_save_leaves_the_upload_terminated(
         make_client: ClientFactory, fake_notion: FakeNotionServer) -> None:
     client = await gateway(make_client, fake_notion)
