@@ -6,7 +6,8 @@ JS := tests/js
 BROWSER := tests/browser
 WEB := web
 
-.PHONY: run test install install-test system-packages web lint typecheck check fuzz bench clean
+.PHONY: run test test-quick install install-test system-packages web lint typecheck check fuzz \
+    bench clean
 
 # Debian packages the tests run for real: a Redis server, HAProxy (scale-out tests) and
 # Chromium (the upload page; playwright-core drives it and downloads no browser of its own).
@@ -44,6 +45,11 @@ run: install
 ## stealing keeps one long crash test from holding the end of the run.
 test: install-test
 	$(BIN)/pytest -q -n 3 --dist worksteal
+
+## The inner loop: the same suite without the tests marked slow (crash, kill, browser, fuzz,
+## Notion fault runs; see tests/conftest.py). make test still runs them all.
+test-quick: install-test
+	$(BIN)/pytest -q -n 3 --dist worksteal -m "not slow"
 
 ## Rebuild the upload page (gateway/static/, committed) from web/ with the pinned packages.
 web:

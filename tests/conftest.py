@@ -13,6 +13,11 @@ taken over. Protocol answers, header parsing, auth, CORS, logs and the page do n
 on the store: they run on disk only. ``--all-stores`` runs every gateway test on both
 stores (before a release, or to check a test's marking). A test about one store's own
 mechanics names it: ``@pytest.mark.parametrize("backend", ["redis"], indirect=True)``.
+
+Tests that take 5 s or more in a full run on two cores (the crash and kill tests, the
+browser, the CLI through its relay, the fuzz run, the Notion fault and drain runs, the
+cluster's SIGKILL and paused writer) are marked ``slow``: ``make test-quick``
+(``pytest -m "not slow"``) leaves them out, ``make test`` runs everything.
 """
 
 from __future__ import annotations

@@ -140,6 +140,7 @@ def keep_artifact(screenshot: Path, name: str = "upload-page-dashboard.png") -> 
 
 
 @disk_only
+@pytest.mark.slow
 def test_dashboard_uploads_two_files_cross_origin_and_resumes_after_reload(
         gateway_process: Gateways, tmp_path: Path) -> None:
     chromium = tool("chromium", "run `make install-test`, which installs Debian's chromium")
@@ -231,6 +232,7 @@ def test_dashboard_uploads_two_files_cross_origin_and_resumes_after_reload(
 
 
 @disk_only
+@pytest.mark.slow
 def test_page_as_shipped_uploads_to_its_own_gateway(gateway_process: Gateways,
                                                     tmp_path: Path) -> None:
     """What a new user gets: a gateway with its defaults, the page at / with nothing in the
@@ -273,6 +275,7 @@ def test_page_as_shipped_uploads_to_its_own_gateway(gateway_process: Gateways,
 
 
 @disk_only
+@pytest.mark.slow
 def test_token_goes_only_to_the_pages_own_origin_and_listed_ones(
         gateway_process: Gateways, relays: Callable[[], Proxy], tmp_path: Path) -> None:
     """One gateway behind three relays, each another origin. The page, served through
@@ -323,6 +326,7 @@ def test_token_goes_only_to_the_pages_own_origin_and_listed_ones(
 
 
 @disk_only
+@pytest.mark.slow
 def test_dropped_file_is_sent_again_by_the_retry_button(gateway_process: Gateways,
                                                         tmp_path: Path) -> None:
     """The file arrives by drag and drop; every PATCH fails until Uppy gives up (no automatic

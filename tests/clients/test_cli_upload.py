@@ -188,6 +188,7 @@ def stored_urls(store: Path) -> list[str]:
 
 
 # --- tests -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_files_with_chunks_and_checksum(gateway_process: Gateways, proxy_to: Callable[
         [int], Proxy], tmp_path: Path) -> None:
     gw = gateway_process("--log-level", "info")
@@ -224,6 +225,7 @@ def test_two_files_with_chunks_and_checksum(gateway_process: Gateways, proxy_to:
 
 
 @pytest.mark.parametrize("backend", ["disk"], indirect=True)
+@pytest.mark.slow
 def test_sha256_by_request_and_a_dropped_connection(gateway_process: Gateways, proxy_to:
                                                     Callable[[int], Proxy],
                                                     tmp_path: Path) -> None:
@@ -256,6 +258,7 @@ def test_sha256_by_request_and_a_dropped_connection(gateway_process: Gateways, p
 # in the middle of what the first one sent. With one it must drop the unverifiable rest of
 # the PATCH (tus checksum extension), so the second run starts after the last whole chunk.
 @pytest.mark.parametrize("checksum", ["none", "sha1"])
+@pytest.mark.slow
 def test_killed_midway_resumes_from_the_servers_offset(gateway_process: Gateways, proxy_to:
                                                        Callable[[int], Proxy],
                                                        tmp_path: Path, checksum: str) -> None:

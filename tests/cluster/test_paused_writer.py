@@ -48,6 +48,7 @@ async def wait_received(http: aiohttp.ClientSession, upload_id: str, count: int)
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.slow
 async def test_a_writer_paused_past_its_lock_ttl_writes_no_stale_byte(
         tmp_path: Path, redis_server: RedisServer) -> None:
     spool = tmp_path / "spool"

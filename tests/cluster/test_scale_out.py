@@ -131,6 +131,7 @@ def run_upload(config: dict[str, object], workdir: Path, timeout_s: float) -> di
 
 # --- several instances behind HAProxy ---------------------------------------------------------
 @pytest.mark.timeout(180)
+@pytest.mark.slow
 async def test_upload_spreads_over_instances_and_survives_a_sigkill(
         cluster: Cluster, tmp_path: Path) -> None:
     """tus-js-client in 1 MiB chunks through HAProxy: consecutive PATCHes land on different

@@ -154,6 +154,7 @@ def assert_clean_log(gw: GatewayProcess) -> None:
 
 @pytest.mark.timeout(170)
 @pytest.mark.both_stores
+@pytest.mark.slow
 async def test_sigkill_during_patches(gateway_process: Callable[..., GatewayProcess]) -> None:
     rng = random.Random(SEED)
     # A short lock TTL: with Redis, the locks of a killed gateway expire by themselves.
@@ -221,6 +222,7 @@ async def create_many(g: Gateway, rng: random.Random, created: list[Upload],
 
 @pytest.mark.timeout(120)
 @pytest.mark.both_stores
+@pytest.mark.slow
 async def test_sigkill_during_creation(gateway_process: Callable[..., GatewayProcess]) -> None:
     """Kills while uploads are being created with their first bytes: every upload whose 201
     arrived is there after the restart with at least those bytes, and the gateway always

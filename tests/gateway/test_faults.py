@@ -562,6 +562,7 @@ async def test_delete_during_patch(make_client: MakeClient,
 # --- graceful shutdown of a real process ------------------------------------------------------
 @pytest.mark.parametrize("sending", [False, True], ids=["paused", "streaming"])
 @pytest.mark.both_stores
+@pytest.mark.slow
 async def test_sigterm_commits_in_flight_patch(
         gateway_process: Callable[..., GatewayProcess], sending: bool) -> None:
     """SIGTERM with a PATCH in flight: it commits, answers 503, and the restart resumes.

@@ -225,6 +225,7 @@ def metric_series(gw: GatewayProcess) -> tuple[int, set[str]] | str:
 
 @pytest.mark.timeout(120 + REQUESTS // 20)
 @pytest.mark.both_stores
+@pytest.mark.slow
 def test_hostile_requests_get_answers_and_leave_no_trace(gateway_process: Gateways) -> None:
     """The fuzz run the module docstring describes, on one gateway per state backend."""
     seed = fuzz_seed()

@@ -333,6 +333,7 @@ async def _http(session: aiohttp.ClientSession, method: str, url: str,
 
 
 @pytest.mark.both_stores
+@pytest.mark.slow
 async def test_post_finish_exactly_once_across_a_restart(gateway_process: Any,
                                                          endpoint: HookEndpoint) -> None:
     endpoint.default = (500, None)

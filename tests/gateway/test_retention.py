@@ -225,6 +225,7 @@ async def test_finished_uploads_are_forgotten_after_the_ttl(make_client: ClientF
 
 
 @pytest.mark.both_stores
+@pytest.mark.slow
 async def test_a_sweep_reads_only_the_uploads_that_are_due(make_client: ClientFactory) -> None:
     client = await make_client(fsync="off", expire_after_s=60.0, finished_ttl_s=DAY)
     finished: list[str] = []

@@ -68,6 +68,7 @@ async def wait_drained(http: aiohttp.ClientSession, gw: GatewayProcess, upload_i
 
 @pytest.mark.parametrize("backend", ["disk"], indirect=True)
 @pytest.mark.timeout(240)
+@pytest.mark.slow
 async def test_tus_js_client_files_arrive_in_notion(
         gateway_process: Callable[..., GatewayProcess], fake_notion: FakeNotionServer,
         tmp_path: Path) -> None:
@@ -111,6 +112,7 @@ async def test_tus_js_client_files_arrive_in_notion(
 
 @pytest.mark.timeout(240)
 @pytest.mark.both_stores
+@pytest.mark.slow
 async def test_sigkill_mid_drain_resumes_without_resending_parts(
         gateway_process: Callable[..., GatewayProcess], fake_notion: FakeNotionServer,
         tmp_path: Path) -> None:
@@ -147,6 +149,7 @@ async def test_sigkill_mid_drain_resumes_without_resending_parts(
 
 @pytest.mark.parametrize("backend", ["redis"], indirect=True)
 @pytest.mark.timeout(240)
+@pytest.mark.slow
 async def test_another_instance_takes_over_the_drain_of_a_killed_one(
         gateway_process: Callable[..., GatewayProcess], fake_notion: FakeNotionServer,
         tmp_path: Path) -> None:

@@ -114,6 +114,7 @@ def upload_id_of(result: dict[str, Any]) -> str:
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.slow
 async def test_twenty_tus_js_uploads_through_faults_and_rate_limits(
         gateway_process: Gateways, make_fake_notion: FakeNotionFactory,
         tmp_path: Path) -> None:
@@ -169,6 +170,7 @@ async def test_twenty_tus_js_uploads_through_faults_and_rate_limits(
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.slow
 async def test_notion_upload_expires_mid_drain_through_the_gateway(
         gateway_process: Gateways, fake_notion: FakeNotionServer, tmp_path: Path) -> None:
     fake = fake_notion.fake

@@ -161,6 +161,7 @@ async def test_a_failure_that_may_pass_is_retried_by_itself(
         hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.slow
 async def test_twenty_uploads_through_faults_and_rate_limits(
         make_client: ClientFactory, make_fake_notion: FakeNotionFactory) -> None:
     server = await make_fake_notion(config=FakeConfig(rate_per_s=15.0, burst=5), seed=7)
@@ -190,6 +191,7 @@ async def test_twenty_uploads_through_faults_and_rate_limits(
     assert fake.peak_burst() <= fake.config.burst
 
 
+@pytest.mark.slow
 async def test_notion_down_opens_the_breaker_and_uploads_go_on(
         make_client: ClientFactory, fake_notion: FakeNotionServer) -> None:
     client = await gateway(make_client, fake_notion)
