@@ -184,9 +184,50 @@ def snapshot_ours(dest_root: Path) -> Path:
     return dest
 
 
+# ``--before REV``: the same gateway at an earlier commit, run side by side with the work
+# tree's in one invocation, so a change is measured against what it replaced on the same
+# machine at the same time. Its packages come from ``git archive``; the entry script and
+# the dependencies are the work tree's.
+BEFORE_SNAPSHOT: list[Path] = []
+BEFORE_PACKAGES = ("gateway", "protocol", "notion_sink")
+
+
+def _before_env(_data: Path) -> dict[str, str]:
+    return {"PYTHONPATH": str(BEFORE_SNAPSHOT[0])} if BEFORE_SNAPSHOT else {}
+
+
+def _before_check() -> str | None:
+    if not BEFORE_SNAPSHOT:
+        return "needs --before REV"
+    return _ours_check()
+
+
+def snapshot_before(rev: str, dest_root: Path) -> Path:
+    dest = Path(tempfile.mkdtemp(prefix="tusbench-before-src-", dir=dest_root))
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, *BEFORE_PACKAGES],
+                             capture_output=True, check=True, timeout=60).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True, timeout=60)
+    BEFORE_SNAPSHOT[:] = [dest]
+    return dest
+
+
+def _ours_argv(port: int, data: Path) -> list[str]:
+    return [str(OURS_BIN), "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--data-dir", str(data), "--base-path", "/files/"]
+
+
 SERVERS: dict[str, ServerSpec] = {
     spec.name: spec
     for spec in (
+        ServerSpec(
+            name="ours-before",
+            label="ours at the --before commit",
+            argv=_ours_argv,
+            env=_before_env,
+            installed=_before_check,
+            note="default (durable) fsync policy; the packages of an earlier commit",
+            in_default=False,
+        ),
         ServerSpec(
             name="ours",
             label="ours (tus-gateway)",
@@ -1266,6 +1307,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--output", type=Path, default=BENCH / "RESULTS.md")
     parser.add_argument(
+        "--before",
+        metavar="REV",
+        help="also run our gateway as of this git commit (server ours-before), side by side",
+    )
+    parser.add_argument(
         "--ours-live",
         action="store_true",
         help="run ours from the work tree instead of a copy taken at the start",
@@ -1313,6 +1359,11 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_start": os.getloadavg(),
     }
     print(f"write probe: {meta['write_probe']:.0f} MiB/s", file=sys.stderr)
+    if args.before:
+        snapshot_before(args.before, args.tmp_root)
+        if "ours-before" not in servers:
+            servers.insert(servers.index("ours") + 1 if "ours" in servers else 0, "ours-before")
+        meta["before"] = args.before
     if any(SERVERS[name].ours for name in servers) and OURS_BIN.exists():
         meta["ours"], meta["ours_fingerprint"] = describe_ours(args)
         print(f"ours: {meta['ours']}", file=sys.stderr)
@@ -1350,6 +1401,8 @@ def main(argv: list[str] | None = None) -> int:
         stop_all()
         if OURS_SNAPSHOT:
             shutil.rmtree(OURS_SNAPSHOT[0], ignore_errors=True)
+        if BEFORE_SNAPSHOT:
+            shutil.rmtree(BEFORE_SNAPSHOT[0], ignore_errors=True)
         if "ours" in meta and ours_fingerprint() != meta["ours_fingerprint"]:
             meta["ours"] += "; its work-tree source changed during the run" + (
                 "" if not args.ours_live else ", so runs may mix versions"
