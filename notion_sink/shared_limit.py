@@ -149,14 +149,14 @@ class RedisRateLimiter:
             "rate", [self.key], [self._interval_us, self._slack_us, pause_us])
         return int(result)
 
-    async def _publish(self, pause_s: float) -> None:
+    async def _publish(self, seconds: float) -> None:
         try:
-            await self._run(pause_us=math.ceil(pause_s * 1_000_000))
+            await self._run(pause_us=math.ceil(seconds * 1_000_000))
         except errors.StateUnavailable:
             # Already logged by the mapping; this process pauses regardless.
             log.warning("could not share a %.3gs Notion rate-limit pause: Redis is unavailable",
-                        pause_s)
+                        seconds)
         except Exception:
             # Nobody awaits this task, so an error raised here would only surface as "never
             # retrieved" at garbage collection: log it where it happens instead.
-            log.exception("could not share a %.3gs Notion rate-limit pause", pause_s)
+            log.exception("could not share a %.3gs Notion rate-limit pause", seconds)
