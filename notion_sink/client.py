@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from aiohttp import payload as aiohttp_payload
 from aiohttp.abc import AbstractStreamWriter
 
 from notion_sink.retry import Retryable, SinkError, classify
+from protocol.retry import parse_retry_after
 
 DEFAULT_BASE_URL = "https://api.notion.com"
 DEFAULT_VERSION = "2022-06-28"
@@ -221,10 +223,10 @@ def _http_error(status: int, headers: Mapping[str, str], body: bytes) -> SinkErr
         extra = data.get("additional_data")
         if isinstance(extra, dict) and isinstance(extra.get("rate_limit_reason"), str):
             reason = extra["rate_limit_reason"]
-    retry_after: float | None = None
-    with contextlib.suppress(TypeError, ValueError):
-        raw = headers.get("Retry-After")
-        retry_after = float(raw) if raw is not None else None
+    # Whole seconds by the contract (docs/notion-contract.md §9); the one parser of the
+    # project also takes an HTTP date, and ignores anything else.
+    raw = headers.get("Retry-After")
+    retry_after = None if raw is None else parse_retry_after(raw, time.time())
     error = classify(status, code, retry_after, reason)
     error.args = (f"{status} {code or ''}: {message}".strip(),)
     return error
