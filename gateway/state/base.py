@@ -1,9 +1,23 @@
 """The storage and locking contracts, as small Protocols.
 
-``UploadStore`` keeps upload records and their bytes; the offset it reports is always what it
-has durably stored, never what a client claimed. ``Locker`` hands out per-upload locks that a
-newcomer can ask to let go. A disk implementation lives in ``disk.py`` and ``memlock.py``;
-any other backend passes the same contract tests.
+``CoreStore`` is what every backend provides: upload records and their bytes; the offset it
+reports is always what it has durably stored, never what a client claimed. The other parts
+are optional, each a Protocol of its own that a backend provides or not:
+
+- ``Concatenation``: final uploads assembled from partials, and the finals waiting for them;
+- ``SinkCheckpoints``: a remote sink's progress (the Notion sink needs it);
+- ``OwedWork``: indexes of uploads whose finish, sink work or post-finish hook may be owed;
+- ``Leases``: background work that one process at a time does;
+- ``OpenSlots``: unfinished uploads counted in total and per client;
+- ``ExpiryIndex``: when each upload is next due for the sweeper.
+
+What a backend lacks, ``gateway.state.parts`` supplies in this process where one process
+can (the indexes, leases and slots), and the gateway does without where it cannot
+(concatenation needs the bytes, checkpoints the backend's durability): ``UploadStore``, all
+of them together, is what the rest of the gateway works with. ``Locker`` hands out
+per-upload locks that a newcomer can ask to let go. The disk (``disk.py``, ``memlock.py``)
+and Redis implementations provide every part; any backend passes the contract tests of the
+parts it provides.
 """
 
 from __future__ import annotations
@@ -11,7 +25,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from protocol.headers import Checksum
 from protocol.model import Checkpoint, HookState, UploadInfo, UploadState
@@ -22,7 +36,10 @@ class ReleaseRequested(Exception):
     """Raised into a PATCH body read when another request asked for the upload."""
 
 
-class UploadStore(Protocol):
+@runtime_checkable
+class CoreStore(Protocol):
+    """Upload records and their bytes: what every backend provides."""
+
     async def open(self) -> None:
         """Prepare the backing state (folders, connections, crash clean-up)."""
 
@@ -41,7 +58,8 @@ class UploadStore(Protocol):
         If ``chunks`` raises, every byte received so far is stored and committed before the
         exception propagates, unless the request carried a checksum: an unverifiable body is
         discarded whole. ``max_bytes`` exceeded raises ``errors.SizeExceeded`` and a checksum
-        mismatch ``errors.ChecksumMismatch``; both leave the upload as it was.
+        mismatch ``errors.ChecksumMismatch``; both leave the upload as it was. An ``offset``
+        that is not the stored one raises ``errors.MismatchedOffset`` and changes nothing.
         """
 
     async def save_info(self, info: UploadInfo, *, durable: bool = True) -> None:
@@ -50,17 +68,26 @@ class UploadStore(Protocol):
         ``durable=False`` may keep the change in memory only: for facts that can be found
         again after a restart. Never brings a removed upload back: ``errors.NotFound`` or
         ``errors.Gone`` when the record is gone, also when a termination runs meanwhile (a
-        background writer that read the record before a DELETE loses to it)."""
+        background writer that read the record before a DELETE loses to it). Never undoes
+        the hook state ``save_hook`` saved since the caller read the record."""
 
-    async def assemble(self, final: UploadInfo, partial_ids: tuple[str, ...]) -> int:
-        """Fill a final upload with its partials' bytes, in order; returns the length."""
+    # The post-finish hook's progress (``gateway.hooks``) is part of the record: a record
+    # operation every backend provides, not an index the gateway could keep for it.
+    async def save_hook(self, upload_id: str, hook: HookState) -> None:
+        """Replace only the record's hook state, durably. It is kept apart from the rest of
+        the record, so neither undoes the other: a ``save_info`` with an older hook state (a
+        sink that read the record before) does not bring it back, and this does not touch
+        the sink's state. A ``done`` state is never replaced. ``errors.NotFound``/``Gone``
+        for a removed upload."""
 
     async def terminate(self, upload_id: str, reason: str, *,
                         if_offset: int | None = None) -> bool:
         """Remove the upload's bytes, record and checkpoint; a tombstone answers 410 afterwards.
 
         With ``if_offset``, only if the offset is still that (a sweeper's decision made on a
-        snapshot); returns whether the upload was removed."""
+        snapshot); returns whether the upload was removed. A backend that provides
+        ``OpenSlots``, ``ExpiryIndex`` or ``OwedWork`` also takes the upload out of them
+        (its slot, its expiry, its owed finish)."""
 
     def data_path(self, upload_id: str) -> Path:
         """Where the bytes of an upload live (for downloads and sinks)."""
@@ -78,7 +105,22 @@ class UploadStore(Protocol):
     async def remove_orphans(self, older_than: float) -> int:
         """Remove bytes that have no record (an interrupted create) from before ``older_than``."""
 
-    # Final concatenations that wait for partials, visible to every process of the store.
+    @property
+    def unreadable(self) -> int:
+        """Records this store could not read (a newer version's, torn, corrupt), which it
+        treats as not found: set aside on disk, left in place in Redis. For health and
+        metrics; each is logged once."""
+
+
+@runtime_checkable
+class Concatenation(Protocol):
+    """Final uploads made of partials (the tus ``concatenation`` extension): the bytes are
+    joined by the backend, and the finals waiting for partials are visible to every process
+    of the store."""
+
+    async def assemble(self, final: UploadInfo, partial_ids: tuple[str, ...]) -> int:
+        """Fill a final upload with its partials' bytes, in order; returns the length."""
+
     async def register_final(self, final_id: str, partial_ids: tuple[str, ...], *,
                              max_per_partial: int = 0) -> None:
         """Note that the final waits for these partials. With ``max_per_partial`` (0: no
@@ -93,9 +135,73 @@ class UploadStore(Protocol):
         """The finals registered as waiting for this partial (at most the limit they were
         registered with), without reading every waiting final."""
 
-    # Open (unfinished) uploads, counted in total and per client so that creations can be
-    # refused before they use up inodes or memory. The caller claims a slot before it
-    # creates the record and releases it when the upload finishes; ``terminate`` releases it.
+
+@runtime_checkable
+class SinkCheckpoints(Protocol):
+    """A remote sink's checkpoint (see ``protocol.model.Checkpoint``), kept as durably as the
+    record: the Notion sink resumes a drain from it without resending confirmed parts."""
+
+    async def checkpoint(self, upload_id: str) -> Checkpoint:
+        """The upload's checkpoint; an empty one if the sink has not started."""
+
+    async def start_remote(self, upload_id: str, remote_id: str, started_at: float) -> None:
+        """Record a new remote upload; its confirmed parts start empty."""
+
+    async def add_parts(self, upload_id: str, remote_id: str, parts: Sequence[int]) -> bool:
+        """Record confirmed parts of ``remote_id``; False (nothing recorded) if the
+        checkpoint moved to another remote upload meanwhile."""
+
+
+@runtime_checkable
+class OwedWork(Protocol):
+    """Indexes of uploads that may still owe work, so that a start or a scan reads those and
+    not every upload ever kept. Each is an index: entries may be stale (the reader looks at
+    the record), but an upload that owes the work is never missing."""
+
+    # Finishing: its event, the hand-over to the sink, the release of the spool's copy.
+    # Noted at creation, cleared once the finish is on record; ``terminate`` clears it.
+    async def owe_finish(self, upload_id: str, owed: bool) -> None:
+        """Note (or clear) that the upload's finish may be owed."""
+
+    async def finish_owed(self) -> list[str]:
+        """The uploads whose finish may be owed."""
+
+    async def owe_sink(self, upload_id: str, owed: bool) -> None:
+        """Note (or clear) that a background sink still owes work on this upload, so that
+        periodic scans look at those uploads only, not at every upload ever kept."""
+
+    async def sink_owed(self) -> list[str]:
+        """The uploads a sink still owes work on."""
+
+    async def owe_hook(self, upload_id: str, owed: bool) -> None:
+        """Note (or clear) that the upload's post-finish hook has not succeeded yet."""
+
+    async def hooks_owed(self) -> list[str]:
+        """The uploads whose post-finish hook is owed."""
+
+
+@runtime_checkable
+class Leases(Protocol):
+    """Background work that one process at a time does, among all processes sharing the
+    store."""
+
+    async def claim_lease(self, name: str, ttl_s: float) -> bool:
+        """True for one caller per ``ttl_s`` among all processes sharing the store."""
+
+    async def hold_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take the lease ``name`` for ``owner``, or extend it if ``owner`` holds it; False
+        while someone else holds it. A lease its owner stops extending ends by itself."""
+
+    async def drop_lease(self, name: str, owner: str) -> None:
+        """End ``owner``'s lease now (nothing happens if someone else holds it)."""
+
+
+@runtime_checkable
+class OpenSlots(Protocol):
+    """Open (unfinished) uploads, counted in total and per client so that creations can be
+    refused before they use up inodes or memory. The caller claims a slot before it creates
+    the record and releases it when the upload finishes; ``terminate`` releases it."""
+
     async def claim_open_slot(self, upload_id: str, client: str, *, max_total: int,
                               max_per_client: int) -> None:
         """Count the upload as open for ``client`` (a short key, see ``gateway.clients``);
@@ -110,9 +216,13 @@ class UploadStore(Protocol):
     async def open_slots_taken(self, client: str | None = None) -> int:
         """How many uploads are open: in total, or of one client."""
 
-    # Expiry: when each upload is next due to be looked at by the sweeper, so that a sweep
-    # reads the uploads that are due, not every upload kept. ``terminate`` takes an upload
-    # out; a record that is gone meanwhile is dropped by the sweeper when its time comes.
+
+@runtime_checkable
+class ExpiryIndex(Protocol):
+    """When each upload is next due to be looked at by the sweeper, so that a sweep reads the
+    uploads that are due, not every upload kept. ``terminate`` takes an upload out; a record
+    that is gone meanwhile is dropped by the sweeper when its time comes."""
+
     async def schedule_expiry(self, upload_id: str, at: float | None) -> None:
         """Note when the upload may be due (replacing any earlier note); None: never."""
 
@@ -121,64 +231,12 @@ class UploadStore(Protocol):
         the caller reads the record and decides. An upload stays due until it is noted
         again or removed; after a restart it may come due sooner than noted, never later."""
 
-    # Finishing: uploads whose finish (its event, the hand-over to the sink, the release of
-    # the spool's copy) may still be owed, so that a restart looks at those and not at every
-    # finished upload. Noted at creation, cleared once the finish is on record;
-    # ``terminate`` clears it.
-    async def owe_finish(self, upload_id: str, owed: bool) -> None:
-        """Note (or clear) that the upload's finish may be owed."""
 
-    async def finish_owed(self) -> list[str]:
-        """The uploads whose finish may be owed (an index: entries may be stale; an upload
-        that owes its finish is never missing)."""
-
-    @property
-    def unreadable(self) -> int:
-        """Records this store could not read (a newer version's, torn, corrupt), which it
-        treats as not found: set aside on disk, left in place in Redis. For health and
-        metrics; each is logged once."""
-
-    # A remote sink's checkpoint (see ``protocol.model.Checkpoint``).
-    async def checkpoint(self, upload_id: str) -> Checkpoint:
-        """The upload's checkpoint; an empty one if the sink has not started."""
-
-    async def start_remote(self, upload_id: str, remote_id: str, started_at: float) -> None:
-        """Record a new remote upload; its confirmed parts start empty."""
-
-    async def add_parts(self, upload_id: str, remote_id: str, parts: Sequence[int]) -> bool:
-        """Record confirmed parts of ``remote_id``; False (nothing recorded) if the
-        checkpoint moved to another remote upload meanwhile."""
-
-    async def owe_sink(self, upload_id: str, owed: bool) -> None:
-        """Note (or clear) that a background sink still owes work on this upload, so that
-        periodic scans look at those uploads only, not at every upload ever kept."""
-
-    async def sink_owed(self) -> list[str]:
-        """The uploads a sink still owes work on (an index: entries may be stale)."""
-
-    # The post-finish hook (``gateway.hooks``): its progress, and an index like the sink's.
-    async def save_hook(self, upload_id: str, hook: HookState) -> None:
-        """Replace only the record's hook state, durably. It is kept apart from the rest of
-        the record, so neither undoes the other: a ``save_info`` with an older hook state (a
-        sink that read the record before) does not bring it back, and this does not touch
-        the sink's state. A ``done`` state is never replaced. ``errors.NotFound``/``Gone``
-        for a removed upload."""
-
-    async def owe_hook(self, upload_id: str, owed: bool) -> None:
-        """Note (or clear) that the upload's post-finish hook has not succeeded yet."""
-
-    async def hooks_owed(self) -> list[str]:
-        """The uploads whose post-finish hook is owed (an index: entries may be stale)."""
-
-    async def claim_lease(self, name: str, ttl_s: float) -> bool:
-        """True for one caller per ``ttl_s`` among all processes sharing the store."""
-
-    async def hold_lease(self, name: str, owner: str, ttl_s: float) -> bool:
-        """Take the lease ``name`` for ``owner``, or extend it if ``owner`` holds it; False
-        while someone else holds it. A lease its owner stops extending ends by itself."""
-
-    async def drop_lease(self, name: str, owner: str) -> None:
-        """End ``owner``'s lease now (nothing happens if someone else holds it)."""
+@runtime_checkable
+class UploadStore(CoreStore, Concatenation, SinkCheckpoints, OwedWork, Leases, OpenSlots,
+                  ExpiryIndex, Protocol):
+    """Every part: what the disk and Redis stores provide, and what the gateway's upload
+    service, hooks and sinks work with (``gateway.state.parts.StoreParts.store``)."""
 
 
 class Lock(Protocol):
@@ -203,12 +261,13 @@ class Locker(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Indexing:
-    """How a store that keeps its indexes in memory (the disk store: one process owns its
-    directory) rebuilds them from the records it reads when it opens. The defaults are the
-    safe answers without a policy: every upload due at once, every complete upload owed."""
+    """How indexes kept in memory (the disk store's: one process owns its directory; the
+    parts ``gateway.state.parts`` keeps in this process for a backend without them) are
+    rebuilt from the records read when the store opens. The defaults are the safe answers
+    without a policy: every upload due at once, every complete upload owed."""
 
-    # When an upload is due for expiry (see ``UploadStore.schedule_expiry``).
+    # When an upload is due for expiry (see ``ExpiryIndex.schedule_expiry``).
     expires_at: Callable[[UploadState], float | None] = lambda state: 0.0
-    # Whether an upload's finish is owed (see ``UploadStore.owe_finish``).
+    # Whether an upload's finish is owed (see ``OwedWork.owe_finish``).
     owes_finish: Callable[[UploadState], bool] = lambda state: state.status is \
         UploadStatus.COMPLETE

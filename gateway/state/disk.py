@@ -27,7 +27,8 @@ Invariants:
 - Memory per upload is two write buffers at most: one being filled, one being written (one,
   when many uploads are active).
 - Indexes (expiry times, uploads owing their finish, open uploads, waiting finals) live in
-  memory and are rebuilt from the records at open, which reads every record once anyway.
+  memory (``gateway.state.local``, as the gateway keeps them for a backend without them)
+  and are rebuilt from the records at open, which reads every record once anyway.
 - A record is replaced or removed under its upload's record lock, and a save checks that the
   record still exists: a background writer that read it before a termination cannot bring
   it back.
@@ -39,7 +40,6 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
-import heapq
 import json
 import logging
 import os
@@ -53,6 +53,7 @@ from gateway.aio import IoPool
 from gateway.config import FsyncPolicy
 from gateway.files import atomic_write, fsync_dir
 from gateway.state.base import Indexing
+from gateway.state.local import LocalExpiryIndex, LocalLeases, LocalOpenSlots, LocalOwedWork
 from gateway.state.spool import OVERLAP_UP_TO, SpoolWriter, concatenate, is_disk_full, pump
 from protocol import errors
 from protocol.headers import UPLOAD_ID, Checksum, ConcatFinal
@@ -132,18 +133,12 @@ class DiskStore:
         self._dir_lock_fd: int | None = None
         self._finals: dict[str, tuple[str, ...]] = {}
         self._waiting: dict[str, set[str]] = {}  # partial -> the finals waiting for it
-        self._open: dict[str, str] = {}  # unfinished upload -> its client
-        self._open_of: dict[str, set[str]] = {}  # client -> its unfinished uploads
+        self._slots = LocalOpenSlots()
         self._ckpt_locks: dict[str, asyncio.Lock] = {}
-        self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, expires, monotonic)
-        self._owed: set[str] = set()
-        self._hooks_owed: set[str] = set()
+        self._leases = LocalLeases()
+        self._owed = LocalOwedWork()
         self._record_locks = _KeyedLocks()
-        # The expiry index: the noted time of each upload, and a heap of (time, id) in which
-        # entries that no longer match the dict are skipped (a move pushes a new one).
-        self._due: dict[str, float] = {}
-        self._due_heap: list[tuple[float, str]] = []
-        self._finish_owed: set[str] = set()
+        self._expiry = LocalExpiryIndex()
         self._unreadable: set[str] = set()  # ids set aside at open or unreadable since
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -214,9 +209,9 @@ class DiskStore:
                 data.unlink()
                 size, mtime = info.length or 0, record.stat().st_mtime
         state = UploadState(info, size, max(info.created_at, mtime))
-        self._schedule(upload_id, self._indexing.expires_at(state))
+        self._expiry.schedule(upload_id, self._indexing.expires_at(state))
         if self._indexing.owes_finish(state):
-            self._finish_owed.add(upload_id)
+            self._owed.finishes.add(upload_id)
 
     @property
     def unreadable(self) -> int:
@@ -471,7 +466,7 @@ class DiskStore:
                 await self._pool.run(self._terminate_sync, upload_id, reason)
             finally:
                 self._forget(upload_id)
-        self._release_slot(upload_id)
+        self._slots.release(upload_id)
         self._unindex(upload_id)
         return True
 
@@ -529,47 +524,21 @@ class DiskStore:
 
     # --- expiry and finish indexes: in memory (one process owns the directory), rebuilt at
     # open from the records (``_reindex``) ----------------------------------------------------
-    def _schedule(self, upload_id: str, at: float | None) -> None:
-        if at is None:
-            self._due.pop(upload_id, None)
-            return
-        if self._due.get(upload_id) == at:
-            return
-        self._due[upload_id] = at
-        heap = self._due_heap
-        heapq.heappush(heap, (at, upload_id))
-        if len(heap) > 2 * len(self._due) + 1024:
-            # Moves leave stale entries behind; rebuilding now and then keeps it small.
-            self._due_heap = [(when, key) for key, when in self._due.items()]
-            heapq.heapify(self._due_heap)
-
     def _unindex(self, upload_id: str) -> None:
-        self._due.pop(upload_id, None)
-        self._finish_owed.discard(upload_id)
+        self._expiry.schedule(upload_id, None)
+        self._owed.finishes.discard(upload_id)
 
     async def schedule_expiry(self, upload_id: str, at: float | None) -> None:
-        self._schedule(upload_id, at)
+        await self._expiry.schedule_expiry(upload_id, at)
 
     async def due_for_expiry(self, now: float, limit: int) -> list[str]:
-        heap, due = self._due_heap, self._due
-        found: list[tuple[float, str]] = []
-        while heap and len(found) < limit and heap[0][0] <= now:
-            at, upload_id = heapq.heappop(heap)
-            if due.get(upload_id) == at and (not found or found[-1][1] != upload_id):
-                found.append((at, upload_id))
-            # else: stale (moved, removed) or a twin of the entry just taken
-        for entry in found:
-            heapq.heappush(heap, entry)  # due until noted again or removed
-        return [upload_id for _, upload_id in found]
+        return await self._expiry.due_for_expiry(now, limit)
 
     async def owe_finish(self, upload_id: str, owed: bool) -> None:
-        if owed:
-            self._finish_owed.add(upload_id)
-        else:
-            self._finish_owed.discard(upload_id)
+        await self._owed.owe_finish(upload_id, owed)
 
     async def finish_owed(self) -> list[str]:
-        return sorted(self._finish_owed)
+        return await self._owed.finish_owed()
 
     # --- finals waiting for partials: one process owns the directory, so memory (rebuilt
     # from the records at open) is enough ----------------------------------------------------
@@ -605,32 +574,14 @@ class DiskStore:
     # from the records: an upload is open until its record says it finished -----------------
     async def claim_open_slot(self, upload_id: str, client: str, *, max_total: int,
                               max_per_client: int) -> None:
-        # No await between the checks and the change: claims on this loop cannot interleave.
-        if upload_id in self._open:
-            return
-        if max_total > 0 and len(self._open) >= max_total:
-            raise errors.OpenUploadsLimit()
-        if max_per_client > 0 and len(self._open_of.get(client, ())) >= max_per_client:
-            raise errors.ClientOpenUploadsLimit()
-        self._take_slot(upload_id, client)
-
-    def _take_slot(self, upload_id: str, client: str) -> None:
-        self._open[upload_id] = client
-        self._open_of.setdefault(client, set()).add(upload_id)
+        await self._slots.claim_open_slot(upload_id, client, max_total=max_total,
+                                          max_per_client=max_per_client)
 
     async def release_open_slot(self, upload_id: str) -> None:
-        self._release_slot(upload_id)
-
-    def _release_slot(self, upload_id: str) -> None:
-        client = self._open.pop(upload_id, None)
-        mine = self._open_of.get(client or "")
-        if client is not None and mine is not None:
-            mine.discard(upload_id)
-            if not mine:
-                del self._open_of[client]
+        await self._slots.release_open_slot(upload_id)
 
     async def open_slots_taken(self, client: str | None = None) -> int:
-        return len(self._open) if client is None else len(self._open_of.get(client, ()))
+        return await self._slots.open_slots_taken(client)
 
     def _reopen_slot(self, info: UploadInfo) -> None:
         """At open: count the upload again if its record and bytes say it is unfinished.
@@ -642,7 +593,7 @@ class DiskStore:
         except FileNotFoundError:
             return
         if not UploadState(info, size, info.created_at).finished:
-            self._take_slot(info.upload_id, info.client)
+            self._slots.take(info.upload_id, info.client)
 
     # --- sink checkpoints: uploads/<id>.ckpt, replaced atomically ------------------------
     async def checkpoint(self, upload_id: str) -> Checkpoint:
@@ -684,44 +635,28 @@ class DiskStore:
         async with self._ckpt_locks.setdefault(upload_id, asyncio.Lock()):
             yield
 
+    # --- owed sink and hook work, leases: in memory, since one process owns the directory;
+    # the sink and the hook runner rebuild the owed work at start-up from the records ------
     async def owe_sink(self, upload_id: str, owed: bool) -> None:
-        # One process owns the directory, and its sink rebuilds this at start-up from the
-        # records, so memory is enough.
-        if owed:
-            self._owed.add(upload_id)
-        else:
-            self._owed.discard(upload_id)
+        await self._owed.owe_sink(upload_id, owed)
 
     async def sink_owed(self) -> list[str]:
-        return sorted(self._owed)
+        return await self._owed.sink_owed()
 
     async def owe_hook(self, upload_id: str, owed: bool) -> None:
-        # Like ``owe_sink``: the hook runner rebuilds this at start-up from the records.
-        if owed:
-            self._hooks_owed.add(upload_id)
-        else:
-            self._hooks_owed.discard(upload_id)
+        await self._owed.owe_hook(upload_id, owed)
 
     async def hooks_owed(self) -> list[str]:
-        return sorted(self._hooks_owed)
+        return await self._owed.hooks_owed()
 
     async def claim_lease(self, name: str, ttl_s: float) -> bool:
-        return True  # one process per data directory: nobody to share periodic work with
+        return await self._leases.claim_lease(name, ttl_s)
 
     async def hold_lease(self, name: str, owner: str, ttl_s: float) -> bool:
-        # One process per data directory: the leases only keep this process's own tasks
-        # from doing one job twice.
-        now = time.monotonic()
-        holder = self._leases.get(name)
-        if holder is not None and holder[0] != owner and holder[1] > now:
-            return False
-        self._leases[name] = (owner, now + ttl_s)
-        return True
+        return await self._leases.hold_lease(name, owner, ttl_s)
 
     async def drop_lease(self, name: str, owner: str) -> None:
-        holder = self._leases.get(name)
-        if holder is not None and holder[0] == owner:
-            del self._leases[name]
+        await self._leases.drop_lease(name, owner)
 
 
 def _encode(info: UploadInfo) -> bytes:
