@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -27,7 +27,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from gateway.state.base import UploadStore
+from gateway.state.base import CoreStore
 from protocol import errors
 from protocol.decisions import KNOWN_METHODS
 
@@ -160,10 +160,12 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 class MeasuredStore:
-    """An ``UploadStore`` that times every call of the store it wraps (and counts the
-    failures), so slow disks and slow Redis show in ``tus_store_latency_seconds``."""
+    """A store that times every call of the store it wraps (and counts the failures), so
+    slow disks and slow Redis show in ``tus_store_latency_seconds``. It has exactly the
+    wrapped store's parts: a part the store lacks is an attribute it lacks, so
+    ``gateway.state.parts`` sees the same parts through it."""
 
-    def __init__(self, store: UploadStore, metrics: Metrics) -> None:
+    def __init__(self, store: CoreStore, metrics: Metrics) -> None:
         self._store = store
         self._metrics = metrics
 
@@ -195,5 +197,8 @@ class MeasuredStore:
         return timed
 
 
-def measured(store: UploadStore, metrics: Metrics) -> UploadStore:
-    return cast(UploadStore, MeasuredStore(store, metrics))
+Store = TypeVar("Store", bound=CoreStore)
+
+
+def measured(store: Store, metrics: Metrics) -> Store:
+    return cast(Store, MeasuredStore(store, metrics))
