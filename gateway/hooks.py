@@ -28,7 +28,8 @@ allows:
    neither undoes it nor is undone by it.
 3. At start every record is read (the disk store keeps its index in memory); then every
    ``hook_retry_s`` each instance reads the index, so a hook whose instance died is taken
-   over once that instance's lease runs out.
+   over once that instance's lease runs out. (``gateway.jobs.LeasedJobs`` runs the tasks,
+   their leases and the scans, as it does for the Notion drain.)
 
 The first 2xx ends it: a ``done`` hook is never sent again. If the process dies after the
 endpoint answered 2xx and before ``done`` is saved, the notice goes out again after the
@@ -46,7 +47,6 @@ import dataclasses
 import json
 import logging
 import random
-import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -55,10 +55,11 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from gateway.aio import run_to_completion, stop_tasks
+from gateway.aio import run_to_completion
 from gateway.config import GatewayConfig
+from gateway.jobs import JobNames, LeasedJobs, OwedIndex, Scanned, Verdict
 from gateway.state.base import UploadStore
-from gateway.state.lease import held_lease, lease_ttl
+from gateway.state.lease import lease_ttl
 from protocol import errors
 from protocol.decisions import CreatePlan, ProtocolSettings
 from protocol.headers import ConcatFinal, ConcatPartial, format_metadata, parse_metadata
@@ -158,11 +159,12 @@ class Hooks:
         self.config = config
         self.settings = settings
         self.store = store
-        self.owner = secrets.token_hex(8)
-        self.lease_s = lease_ttl(config.lock_ttl_s)
+        self.post_finish = LeasedJobs(
+            JobNames(lease="hook", task="hook-post-finish", scanner="hook-scan", scan="hook"),
+            index=OwedIndex(store.owe_hook, store.hooks_owed), leases=store, work=self._send,
+            lease_s=lease_ttl(config.lock_ttl_s), scan_s=config.hook_retry_s,
+            decide=self._at_scan, log=log)
         self._session: aiohttp.ClientSession | None = None
-        self._active: dict[str, asyncio.Task[None]] = {}
-        self._scanner: asyncio.Task[None] | None = None
         self._closed = False
 
     # --- HTTP --------------------------------------------------------------------------------
@@ -283,7 +285,7 @@ class Hooks:
         """The finish is saved: send the notice in the background."""
         hook = state.info.hook
         if hook is not None and not hook.done and self.config.hook_post_finish:
-            self._start(state.info.upload_id)
+            self.post_finish.start(state.info.upload_id)
 
     def describe(self, state: UploadState) -> dict[str, object] | None:
         """The hooks' part of the status endpoint's answer."""
@@ -296,48 +298,32 @@ class Hooks:
     async def start(self) -> None:
         """After recovery: send what a stop interrupted, then look again now and then. This
         first scan reads every record (and rebuilds the index); later ones read the index."""
-        if not self.config.hook_post_finish or self._scanner is not None:
+        if not self.config.hook_post_finish:
             return
-        await self.scan(set(await self.store.upload_ids()))
-        self._scanner = asyncio.create_task(self._scan_forever(), name="hook-scan")
+        await self.post_finish.resume(await self.store.upload_ids())
 
     async def close(self) -> None:
         self._closed = True
-        await stop_tasks([*self._active.values(), self._scanner])
+        await self.post_finish.close()
         if self._session is not None:
             await self._session.close()
 
-    def _start(self, upload_id: str) -> None:
-        current = self._active.get(upload_id)
-        if self._closed or (current is not None and not current.done()):
-            return
-        task = asyncio.create_task(self._run(upload_id), name=f"hook-post-finish-{upload_id}")
-        self._active[upload_id] = task
-
-        def forget(done: asyncio.Task[None]) -> None:
-            if self._active.get(upload_id) is done:
-                del self._active[upload_id]
-        task.add_done_callback(forget)
-
-    async def _run(self, upload_id: str) -> None:
-        async with held_lease(self.store, f"hook:{upload_id}", self.owner,
-                              self.lease_s) as held:
-            if not held:
-                return  # another instance sends it; the scan takes over if it dies
-            try:
-                await self._deliver(upload_id)
-            except (errors.NotFound, errors.Gone):
-                # Removed before its notice went out: there is nothing left to describe.
-                log.info("upload %s was removed before its post-finish hook succeeded",
-                         upload_id)
-                with contextlib.suppress(errors.StateUnavailable):
-                    await self.store.owe_hook(upload_id, False)
-            except errors.StateUnavailable:
-                log.warning("the state store is unreachable; the post-finish hook of %s is "
-                            "sent later", upload_id)
-            except Exception:
-                log.exception("the post-finish hook of %s failed; the next scan tries again",
-                              upload_id)
+    async def _send(self, upload_id: str, wake: asyncio.Event) -> None:
+        """The post-finish hook of one upload, under its lease (``self.post_finish``)."""
+        try:
+            await self._deliver(upload_id)
+        except (errors.NotFound, errors.Gone):
+            # Removed before its notice went out: there is nothing left to describe.
+            log.info("upload %s was removed before its post-finish hook succeeded",
+                     upload_id)
+            with contextlib.suppress(errors.StateUnavailable):
+                await self.store.owe_hook(upload_id, False)
+        except errors.StateUnavailable:
+            log.warning("the state store is unreachable; the post-finish hook of %s is "
+                        "sent later", upload_id)
+        except Exception:
+            log.exception("the post-finish hook of %s failed; the next scan tries again",
+                          upload_id)
 
     async def _deliver(self, upload_id: str) -> None:
         url = self.config.hook_post_finish
@@ -380,35 +366,13 @@ class Hooks:
             "created_at": info.created_at, "finished_at": hook.finished_at}}
 
     # --- scanning ----------------------------------------------------------------------------
-    async def _scan_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.hook_retry_s)
-            try:
-                await self.scan()
-            except errors.StateUnavailable:
-                log.warning("the state store is unreachable; the hook scan tries again")
-            except Exception:
-                log.exception("the hook scan failed")
+    async def _at_scan(self, upload_id: str, scanned: Scanned) -> Verdict:
+        """What a scan does with an upload whose hook no task here sends: a pending hook is
+        sent (its lease decides where), a done one is owed no more."""
+        hook = (await self.store.get(upload_id)).info.hook
+        return Verdict.DONE if hook is None or hook.done else Verdict.RUN
 
     async def scan(self, every: set[str] | None = None) -> None:
         """Start the post-finish hooks that are owed and not sent here: those in the index,
         and those of ``every`` upload at start-up."""
-        owed = set(await self.store.hooks_owed())
-        for upload_id in sorted(owed | (every or set())):
-            current = self._active.get(upload_id)
-            if current is not None and not current.done():
-                continue
-            try:
-                state = await self.store.get(upload_id)
-            except (errors.NotFound, errors.Gone):
-                if upload_id in owed:
-                    await self.store.owe_hook(upload_id, False)
-                continue
-            hook = state.info.hook
-            if hook is None or hook.done:
-                if upload_id in owed:
-                    await self.store.owe_hook(upload_id, False)
-                continue
-            if upload_id not in owed:
-                await self.store.owe_hook(upload_id, True)
-            self._start(upload_id)
+        await self.post_finish.scan(every)

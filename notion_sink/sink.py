@@ -4,8 +4,9 @@ never blocks the upload path, and uploads keep being accepted while Notion is do
 
 Theory of operation
 -------------------
-One task per upload in this process (``_run``), under a lease in the state store, so that one
-instance at a time drains an upload however the load balancer spreads its requests:
+One task per upload in this process (``_drain``, run by ``gateway.jobs.LeasedJobs``), under a
+lease in the state store, so that one instance at a time drains an upload however the load
+balancer spreads its requests:
 
 1. While the upload still receives bytes (the gateway calls ``receiving`` at the start and
    end of every PATCH), the task watches the committed offset, and every window wholly below
@@ -19,7 +20,7 @@ instance at a time drains an upload however the load balancer spreads its reques
    (``Recorder``: both pages exactly once), saves ``drained`` with the page ids and only then
    deletes the spool copy. A permanent failure saves ``failed`` with the error.
 
-Every instance also scans the store now and then (``scan``): an upload left ``draining``
+Every instance also scans the store now and then (``_at_scan``): an upload left ``draining``
 whose lease nobody extends (its instance died) is taken over, and a failure that may pass is
 retried once ``notion_retry_failed_s`` has gone by, whichever instance is alive then.
 """
@@ -29,19 +30,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
-from gateway.aio import IoPool, stop_tasks
+from gateway.aio import IoPool
 from gateway.config import GatewayConfig
+from gateway.jobs import JobNames, LeasedJobs, OwedIndex, Scanned, Verdict
 from gateway.metrics import Metrics
 from gateway.state.base import UploadStore
-from gateway.state.lease import held_lease, lease_ttl
+from gateway.state.lease import lease_ttl
 from notion_sink.breaker import BreakerPolicy, CircuitBreaker
 from notion_sink.client import ClientSettings, NotionClient, read_range
 from notion_sink.drain import (
@@ -67,15 +67,6 @@ log = logging.getLogger(__name__)
 WATCH_S = 1.0
 # A drain whose upload received nothing for this long lets its lease go and ends.
 QUIET_S = 30.0
-
-
-@dataclass
-class Tracked:
-    """A drain in this process, for the status endpoint and to wake it."""
-
-    task: asyncio.Task[None]
-    progress: DrainProgress
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class NotionSink:
@@ -111,15 +102,15 @@ class NotionSink:
                                  RecordSettings(config.notion_user_database,
                                                 config.notion_index_database
                                                 ).named(config.notion_properties))
-        self.active: dict[str, Tracked] = {}
         # Hashing is CPU and disk bound: a few at a time finish as fast as all at once, and
         # keep memory and worker threads free for uploads.
         self._hashing = asyncio.Semaphore(2)
         self.retry_failed_s = config.notion_retry_failed_s
-        self.scan_s = config.notion_scan_s
-        self.lease_s = lease_ttl(config.lock_ttl_s)
-        self.owner = secrets.token_hex(8)
-        self._scanner: asyncio.Task[None] | None = None
+        self.drains = LeasedJobs(
+            JobNames(lease="drain", task="notion-drain", scanner="notion-scan", scan="Notion"),
+            index=OwedIndex(store.owe_sink, store.sink_owed), leases=store, work=self._drain,
+            lease_s=lease_ttl(config.lock_ttl_s), scan_s=config.notion_scan_s,
+            decide=self._at_scan, log=log)
 
     async def _read(self, path: Path, start: int, length: int) -> bytes:
         return await self.pool.run(read_range, path, start, length)
@@ -135,12 +126,10 @@ class NotionSink:
         """After recovery: resume the drains a stop interrupted, then keep scanning. This
         first scan reads every record (and rebuilds the index of owed work); the periodic
         ones read only the index."""
-        await self.scan(time.time(), upload_ids)
-        if self._scanner is None:
-            self._scanner = asyncio.create_task(self._scan_forever(), name="notion-scan")
+        await self.drains.resume(upload_ids)
 
     def handed_over(self, state: UploadState, data: Path) -> None:
-        self.start(state.info.upload_id)
+        self.drains.start(state.info.upload_id)
 
     async def delivered_file(self, state: UploadState) -> Path | None:
         return None  # Notion holds the file; nothing is kept here to serve
@@ -150,55 +139,38 @@ class NotionSink:
         info = state.info
         if info.is_partial or info.length is None or info.length <= SINGLE_PART_MAX:
             return  # nothing to send before the end (or not yet known)
-        self.start(info.upload_id)
+        self.drains.start(info.upload_id)
 
     # --- background work ---------------------------------------------------------------------
-    def start(self, upload_id: str) -> None:
-        tracked = self.active.get(upload_id)
-        if tracked is not None and not tracked.task.done():
-            tracked.wake.set()
-            return
-        progress = DrainProgress()
-        task = asyncio.create_task(self._run(upload_id, progress),
-                                   name=f"notion-drain-{upload_id}")
-        self.active[upload_id] = Tracked(task, progress)
-
-        def forget(done: asyncio.Task[None]) -> None:
-            current = self.active.get(upload_id)
-            if current is not None and current.task is done:
-                del self.active[upload_id]
-        task.add_done_callback(forget)
-
     async def close(self) -> None:
-        await stop_tasks([*(t.task for t in self.active.values()), self._scanner])
+        await self.drains.close()
         close = getattr(self.resilient.limiter, "close", None)
         if close is not None:
             await close()  # a shared limiter's pending writes
 
-    async def _run(self, upload_id: str, progress: DrainProgress) -> None:
-        async with held_lease(self.store, f"drain:{upload_id}", self.owner,
-                              self.lease_s) as held:
-            if not held:
-                return  # another instance drains it; the scan takes over if it dies
-            try:
-                if await self._watch(upload_id, progress):
-                    await self._finish(upload_id, progress)
-            except (errors.NotFound, errors.Gone):
-                log.info("upload %s was removed during its Notion drain", upload_id)
-                with contextlib.suppress(errors.StateUnavailable):
-                    await self.store.owe_sink(upload_id, False)
-            except errors.StateUnavailable:
-                log.warning("the state store is unreachable; the drain of %s resumes later",
-                            upload_id)
+    async def _drain(self, upload_id: str, wake: asyncio.Event) -> None:
+        """The drain of one upload, under its lease (``self.drains``)."""
+        progress = DrainProgress()
+        try:
+            if await self._watch(upload_id, progress, wake):
+                await self._finish(upload_id, progress)
+        except (errors.NotFound, errors.Gone):
+            log.info("upload %s was removed during its Notion drain", upload_id)
+            with contextlib.suppress(errors.StateUnavailable):
+                await self.store.owe_sink(upload_id, False)
+        except errors.StateUnavailable:
+            log.warning("the state store is unreachable; the drain of %s resumes later",
+                        upload_id)
 
-    async def _watch(self, upload_id: str, progress: DrainProgress) -> bool:
+    async def _watch(self, upload_id: str, progress: DrainProgress,
+                     wake: asyncio.Event) -> bool:
         """Send the windows that fill while the upload receives bytes; True once it was
-        handed over (``draining``), False if it went quiet or needs nothing from us."""
-        tracked = self.active[upload_id]
+        handed over (``draining``), False if it went quiet or needs nothing from us.
+        ``wake`` is set when a PATCH here starts or ends."""
         early = True
         last_offset, last_change = -1, time.monotonic()
         while True:
-            tracked.wake.clear()
+            wake.clear()
             state = await self.store.get(upload_id)
             if state.status is UploadStatus.DRAINING:
                 return True
@@ -218,7 +190,7 @@ class NotionSink:
                     log.warning("early Notion sends of %s stopped: %s", upload_id, exc)
                     early = False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(tracked.wake.wait(), WATCH_S)
+                await asyncio.wait_for(wake.wait(), WATCH_S)
 
     async def _send_early(self, state: UploadState, progress: DrainProgress) -> None:
         length = state.info.length
@@ -323,61 +295,47 @@ class NotionSink:
             sink=sink, data_removed=data_removed or state.info.data_removed))
 
     # --- scanning ----------------------------------------------------------------------------
-    async def _scan_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.scan_s)
+    async def _at_scan(self, upload_id: str, scanned: Scanned) -> Verdict:
+        """What a scan does with an upload no drain here runs (``self.drains``): take over a
+        drain nobody runs, retry a failure that is due, finish a clean-up."""
+        state = await self.store.get(upload_id)
+        sink = state.info.sink
+        retry_later = sink is not None and sink.will_retry and self.retry_failed_s > 0
+        if state.status is UploadStatus.DRAINING:
+            return Verdict.RUN  # its lease decides whether this instance runs it
+        if state.status is UploadStatus.FAILED and retry_later:
+            assert sink is not None
+            if float(sink.detail.get("failed_at", 0)) + self.retry_failed_s > scanned.now:
+                return Verdict.WAIT
             try:
-                await self.scan(time.time())
-            except errors.StateUnavailable:
-                log.warning("the state store is unreachable; the Notion scan tries again")
-            except Exception:
-                log.exception("the Notion scan failed")
-
-    async def scan(self, now: float, every: set[str] | None = None) -> None:
-        """Take over drains nobody runs, retry failures that are due, finish clean-ups:
-        for the uploads in the index of owed work, and ``every`` upload at start-up."""
-        owed = set(await self.store.sink_owed())
-        for upload_id in sorted(owed | (every or set())):
-            try:
-                state = await self.store.get(upload_id)
-            except (errors.NotFound, errors.Gone):
-                await self.store.owe_sink(upload_id, False)
-                continue
-            sink = state.info.sink
-            retry_later = sink is not None and sink.will_retry and self.retry_failed_s > 0
-            if state.status is UploadStatus.DRAINING:
-                if upload_id not in owed:
-                    await self.store.owe_sink(upload_id, True)
-                self.start(upload_id)  # its lease decides whether this instance runs it
-            elif state.status is UploadStatus.FAILED and retry_later:
-                if upload_id not in owed:
-                    await self.store.owe_sink(upload_id, True)
-                assert sink is not None
-                if float(sink.detail.get("failed_at", 0)) + self.retry_failed_s <= now:
-                    with contextlib.suppress(errors.SinkNotFailed, errors.NotFound,
-                                             errors.Gone):
-                        await self.retry(upload_id)
-            elif upload_id in owed and state.status in (UploadStatus.DRAINED,
-                                                        UploadStatus.FAILED):
-                # (Not while ``complete``: the hand-over notes the work just before it
-                # saves ``draining``.)
-                if state.info.data_removed:
-                    # A stop between the record and the deletion left the spool copy.
-                    await self.store.discard_data(upload_id)
-                await self.store.owe_sink(upload_id, False)  # nothing owed any more
-            elif every is not None and state.info.data_removed:
-                # The disk store's index lives in memory: after a stop, every delivered
-                # upload is checked once for a spool copy left behind.
+                await self._restart(upload_id)
+            except errors.SinkNotFailed:
+                return Verdict.WAIT  # restarted meanwhile (``tus-gateway sink retry``)
+            return Verdict.RUN
+        if scanned.owed and state.status in (UploadStatus.DRAINED, UploadStatus.FAILED):
+            # (Not while ``complete``: the hand-over notes the work just before it
+            # saves ``draining``.)
+            if state.info.data_removed:
+                # A stop between the record and the deletion left the spool copy.
                 await self.store.discard_data(upload_id)
+            return Verdict.DONE  # nothing owed any more
+        if scanned.at_start and state.info.data_removed:
+            # The disk store's index lives in memory: after a stop, every delivered
+            # upload is checked once for a spool copy left behind.
+            await self.store.discard_data(upload_id)
+        return Verdict.LEAVE
 
     async def retry(self, upload_id: str) -> None:
         """Start a failed delivery again (``tus-gateway sink retry``)."""
+        await self._restart(upload_id)
+        await self.store.owe_sink(upload_id, True)
+        self.drains.start(upload_id)
+
+    async def _restart(self, upload_id: str) -> None:
         state = await self.store.get(upload_id)
         if state.status is not UploadStatus.FAILED:
             raise errors.SinkNotFailed()
         await self._save(upload_id, Input.SINK_START)
-        await self.store.owe_sink(upload_id, True)
-        self.start(upload_id)
 
     # --- status ------------------------------------------------------------------------------
     async def progress(self, upload_id: str) -> dict[str, object]:
@@ -396,8 +354,7 @@ class NotionSink:
                 out.update(parts_sent=len(checkpoint.parts),
                            parts_total=plan.number_of_parts,
                            file_upload=checkpoint.remote_id)
-        tracked = self.active.get(upload_id)
-        out["running_here"] = tracked is not None and not tracked.task.done()
+        out["running_here"] = self.drains.running(upload_id)
         out["phase"] = delivery_phase(state, out)
         retry_at = self.breaker.retry_at
         if retry_at is not None:

@@ -316,7 +316,8 @@ async def test_a_record_saved_from_an_older_read_keeps_the_hook_done(
     assert stale.hook is not None and stale.hook.status is HookStatus.PENDING
     endpoint.default = (204, None)
     await wait_for(lambda: endpoint.delivered(), "a successful post-finish call")
-    await wait_for(lambda: not uploads_of(client).hooks._active, "the hook task to end")
+    await wait_for(lambda: not uploads_of(client).hooks.post_finish.active(),
+                   "the hook task to end")
     await store.save_info(stale.replace(data_removed=True))
     info = (await store.get(upload_id)).info
     assert info.data_removed  # the other writer's change stays
