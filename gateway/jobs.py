@@ -6,10 +6,10 @@ Some work on an upload goes on after the request that caused it has been answere
 Notion drain (``notion_sink.sink``), the post-finish hook (``gateway.hooks``). Each kind of
 such work is a ``LeasedJobs``, and every kind runs the same way:
 
-1. Before the work is owed (before the record write that makes it so), its upload goes into
-   the store's index of owed work (``OwedIndex``: ``owe_sink``/``sink_owed``,
-   ``owe_hook``/``hooks_owed``), so no owed upload is ever missing from it. The work clears
-   the entry once nothing is owed any more.
+1. Whoever makes work owed notes the upload in the store's index of owed work
+   (``OwedIndex``: ``owe_sink``/``sink_owed``, ``owe_hook``/``hooks_owed``) before the
+   record write that owes it, so no owed upload is ever missing from the index. The work
+   clears the entry once nothing is owed any more.
 2. ``start`` runs the work in a task of its own, at most one per upload in this process; a
    ``start`` while it runs only wakes it (``work`` gets the event). The task first takes the
    lease ``<lease>:<upload id>`` (``gateway.state.lease.held_lease``) and ends at once if
