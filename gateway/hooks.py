@@ -47,7 +47,6 @@ import dataclasses
 import json
 import logging
 import random
-import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -56,6 +55,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.aio import run_to_completion
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import GatewayConfig
 from gateway.jobs import JobNames, LeasedJobs, OwedIndex, Scanned, Verdict
 from gateway.state.base import UploadStore
@@ -155,10 +155,11 @@ class Hooks:
     """Both hooks of one gateway process; ``Uploads.hooks``."""
 
     def __init__(self, config: GatewayConfig, settings: ProtocolSettings,
-                 store: UploadStore) -> None:
+                 store: UploadStore, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.config = config
         self.settings = settings
         self.store = store
+        self.clock = clock  # the times recorded on a hook's progress
         self.post_finish = LeasedJobs(
             JobNames(lease="hook", task="hook-post-finish", scanner="hook-scan", scan="hook"),
             index=OwedIndex(store.owe_hook, store.hooks_owed), leases=store, work=self._send,
@@ -279,7 +280,7 @@ class Hooks:
         if not self.config.hook_post_finish or info.is_partial or info.hook is not None:
             return info
         await self.store.owe_hook(info.upload_id, True)
-        return info.replace(hook=HookState(finished_at=time.time()))
+        return info.replace(hook=HookState(finished_at=self.clock.now()))
 
     def start_post_finish(self, state: UploadState) -> None:
         """The finish is saved: send the notice in the background."""
@@ -350,7 +351,7 @@ class Hooks:
             # The endpoint has it: record that even if a shutdown cancels us meanwhile, or
             # the notice would go out again after the restart.
             await run_to_completion(self._done(upload_id, dataclasses.replace(
-                hook, status=HookStatus.DONE, attempts=attempt, done_at=time.time())))
+                hook, status=HookStatus.DONE, attempts=attempt, done_at=self.clock.now())))
             log.info("post-finish hook of %s delivered (attempt %d)", upload_id, attempt)
             return
 

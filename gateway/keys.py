@@ -1,4 +1,9 @@
-"""Every typed application key, in one place."""
+"""Every typed application key, in one place.
+
+The resources ``gateway.app`` starts, one ``cleanup_ctx`` each, pass on to the next ones
+through these keys; each key is set once, by the context that made its object, and only
+once that object works. ``RUNTIME`` is the last: what the handlers read.
+"""
 
 from __future__ import annotations
 
@@ -11,29 +16,69 @@ from gateway.config import GatewayConfig
 from protocol.ietf import Draft
 
 if TYPE_CHECKING:
+    import aiohttp
+
+    from gateway.aio import IoPool
+    from gateway.clock import Clock
     from gateway.resources import ResourceMonitor
-    from gateway.uploads import Uploads
+    from gateway.sinks import Sink
+    from gateway.state.base import Locker, UploadStore
+    from gateway.state.redis import RedisBackend
+    from gateway.uploads import Intake, Uploads
 
 
 @dataclass
-class Runtime:
-    """Resources made at start-up by ``cleanup_ctx``; filled in before the first request."""
+class SweepLog:
+    """The expiry sweep's turns on this instance, for the health endpoint."""
 
-    uploads: Uploads | None = field(default=None)
-    monitor: ResourceMonitor | None = field(default=None)
-    started_at: float | None = None
-    # The expiry sweep's last turn on this instance, for the health endpoint.
-    sweep_last: float | None = None
-    sweep_removed: int = 0
-    sweep_removed_total: int = 0
+    last: float | None = None
+    removed: int = 0
+    removed_total: int = 0
+
+    def record(self, removed: int, at: float) -> None:
+        """A turn ended at ``at`` (wall time) and removed ``removed`` uploads."""
+        self.last = at
+        self.removed = removed
+        self.removed_total += removed
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What the handlers and the health endpoint read, made once everything started."""
+
+    uploads: Uploads
+    monitor: ResourceMonitor
+    started_at: float
+    sweep: SweepLog = field(default_factory=SweepLog)
 
     def require(self) -> Uploads:
-        if self.uploads is None:
-            raise RuntimeError("the gateway has not started")
         return self.uploads
+
+    @property
+    def sweep_last(self) -> float | None:
+        return self.sweep.last
+
+    @property
+    def sweep_removed(self) -> int:
+        return self.sweep.removed
+
+    @property
+    def sweep_removed_total(self) -> int:
+        return self.sweep.removed_total
 
 
 CONFIG = web.AppKey("config", GatewayConfig)
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+# Request bodies streaming in (``Intake``): made with the app, since admission control
+# counts them before the upload service exists.
+INTAKE: web.AppKey[Intake] = web.AppKey("intake")
+POOL: web.AppKey[IoPool] = web.AppKey("io_pool")
+REDIS: web.AppKey[RedisBackend] = web.AppKey("redis_backend")  # only with --redis-url
+STORE: web.AppKey[UploadStore] = web.AppKey("store")
+LOCKER: web.AppKey[Locker] = web.AppKey("locker")
+SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("sink_session")  # Notion sink only
+SINK: web.AppKey[Sink] = web.AppKey("sink")
+MONITOR: web.AppKey[ResourceMonitor] = web.AppKey("resource_monitor")
 RUNTIME = web.AppKey("runtime", Runtime)
 # Set on a request that speaks the IETF draft (None until its version is known): its errors
 # answer as problem details (``gateway.middleware``).

@@ -4,15 +4,17 @@ A ``SpeedMeter`` keeps a few samples ``(time, total bytes)`` from the last ``win
 seconds of one upload's bodies, at most one per ``every_s``, so its memory is bounded
 however fast the bytes come. Speed is the bytes gained across the window divided by the
 time from its first sample to *now*: a client that stalls sees its speed fall towards zero
-instead of keeping its last good figure. Pure: the clock is passed in.
+instead of keeping its last good figure. Pure: the time is passed in (``Meters`` reads it
+from the gateway's clock, ``gateway.clock``).
 """
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from gateway.clock import Clock
 
 WINDOW_S = 10.0
 SAMPLE_EVERY_S = 0.25
@@ -62,7 +64,7 @@ class SpeedMeter:
 class Meters:
     """One meter per upload receiving bytes here; idle ones are dropped."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Clock) -> None:
         self._meters: dict[str, SpeedMeter] = {}
         self._clock = clock
 
@@ -71,22 +73,22 @@ class Meters:
         if meter is None:
             self._prune()
             meter = self._meters[upload_id] = SpeedMeter()
-        clock = self._clock
+        read = self._clock.monotonic
 
         def feed(n: int) -> None:
-            meter.feed(n, clock())
+            meter.feed(n, read())
         return feed
 
     def get(self, upload_id: str) -> SpeedMeter | None:
         return self._meters.get(upload_id)
 
     def now(self) -> float:
-        return self._clock()
+        return self._clock.monotonic()
 
     def forget(self, upload_id: str) -> None:
         self._meters.pop(upload_id, None)
 
     def _prune(self) -> None:
-        now = self._clock()
+        now = self._clock.monotonic()
         for upload_id in [k for k, m in self._meters.items() if now - m.last_fed > IDLE_S]:
             del self._meters[upload_id]

@@ -19,15 +19,16 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import StreamReader
 
 from gateway.aio import run_to_completion
 from gateway.body import BodyReader
+from gateway.clock import Clock
 from gateway.config import GatewayConfig
 from gateway.hooks import Hooks
 from gateway.limits import EmptyPatches
@@ -44,7 +45,6 @@ from protocol.state import Input, UploadStatus, advance, stored
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
-    from gateway.resources import ResourceMonitor
 
 log = logging.getLogger(__name__)
 # A data file without a record younger than this may be a create in progress.
@@ -106,49 +106,85 @@ def checked_id(raw: str) -> str:
     return raw
 
 
+class Admission(Protocol):
+    """Whether a new request may start now (``gateway.resources.ResourceMonitor``)."""
+
+    def check(self, kind: str) -> None:
+        """Raise ``errors.Overloaded`` or ``errors.InsufficientStorage`` if a new request of
+        ``kind`` (``"create"`` or ``"append"``) must wait."""
+        ...
+
+
+class Intake:
+    """The request bodies streaming into this instance right now.
+
+    Made before the upload service, because admission control counts them (``count``) and
+    the service is built with admission control; a shutdown stops them all (``stop_all``):
+    each commits the bytes it has and answers 503.
+    """
+
+    def __init__(self) -> None:
+        self._readers: set[BodyReader] = set()
+        self.shutting_down = False
+
+    def count(self) -> int:
+        return len(self._readers)
+
+    @contextmanager
+    def reading(self, reader: BodyReader) -> Iterator[None]:
+        if self.shutting_down:
+            raise errors.ServerShutdown()
+        self._readers.add(reader)
+        try:
+            yield
+        finally:
+            self._readers.discard(reader)
+
+    def stop_all(self) -> None:
+        self.shutting_down = True
+        for reader in list(self._readers):
+            reader.stop(errors.ServerShutdown())
+
+
 class Uploads:
     def __init__(self, config: GatewayConfig, store: UploadStore, locker: Locker,
-                 sink: Sink) -> None:
+                 sink: Sink, *, intake: Intake, admission: Admission, metrics: Metrics,
+                 clock: Clock) -> None:
         self.config = config
         self.settings = config.protocol_settings()
         self.store = store
         self.locker = locker
         self.sink = sink
-        self.hooks = Hooks(config, self.settings, store)
+        self.clock = clock
+        self.hooks = Hooks(config, self.settings, store, clock=clock)
         # Empty PATCHes lately taken, by upload (``empty_patch``).
         self.empty_patches = EmptyPatches(config.empty_patch_interval_s)
-        # Requests currently reading a body, so shutdown can make them commit and answer.
-        self._receiving: set[BodyReader] = set()
-        self.shutting_down = False
-        self.meters = Meters()  # live progress, speed and ETA of uploads receiving here
-        self.metrics: Metrics | None = None
-        self.monitor: ResourceMonitor | None = None
+        self.intake = intake
+        self.meters = Meters(clock)  # live progress, speed and ETA of uploads receiving here
+        self.metrics = metrics
+        self.admission = admission
         # Bodies streaming right now, by upload: where each started, for live progress.
         self.inflight: dict[str, tuple[int, BodyReader]] = {}
 
     def _event(self, event: str, upload_id: str, **fields: Any) -> None:
         """An upload's life event: one log line, one count."""
         log_event(event, upload_id, **fields)
-        if self.metrics is not None:
-            self.metrics.uploads.labels(event).inc()
+        self.metrics.uploads.labels(event).inc()
 
     def admit(self, kind: str) -> None:
         """Refuse a new creation (``"create"``) or PATCH (``"append"``) with 503 while the
         gateway protects itself, or 507 while free disk space is low (see
         ``gateway.resources``)."""
-        if self.monitor is None:
-            return
         try:
-            self.monitor.check(kind)
+            self.admission.check(kind)
         except (errors.Overloaded, errors.InsufficientStorage) as exc:
-            if self.metrics is not None:
-                self.metrics.admission.labels(str(exc.data.get("reason"))).inc()
+            self.metrics.admission.labels(str(exc.data.get("reason"))).inc()
             raise
 
     @property
     def active(self) -> int:
         """Request bodies streaming right now (admission control, health, metrics)."""
-        return len(self._receiving)
+        return self.intake.count()
 
     # --- locking -----------------------------------------------------------------------------
     def body_reader(self, content: StreamReader) -> BodyReader:
@@ -164,14 +200,12 @@ class Uploads:
             body = reader
 
             def on_release() -> None:
-                if metrics is not None:
-                    metrics.release_requests.inc()
+                metrics.release_requests.inc()
                 body.stop(ReleaseRequested())
         lock = self.locker.new_lock(upload_id)
         started = time.perf_counter()
         await lock.acquire(self.config.lock_wait_s, on_release)
-        if metrics is not None:
-            metrics.lock_wait.observe(time.perf_counter() - started)
+        metrics.lock_wait.observe(time.perf_counter() - started)
         try:
             yield
         finally:
@@ -183,25 +217,18 @@ class Uploads:
 
     @asynccontextmanager
     async def receiving(self, reader: BodyReader) -> AsyncIterator[None]:
-        if self.shutting_down:
-            raise errors.ServerShutdown()
-        self._receiving.add(reader)
-        try:
+        with self.intake.reading(reader):
             yield
-        finally:
-            self._receiving.discard(reader)
 
     def interrupt_all(self) -> None:
         """Shutdown: every body read stops, the bytes so far are committed, clients get 503."""
-        self.shutting_down = True
-        for reader in list(self._receiving):
-            reader.stop(errors.ServerShutdown())
+        self.intake.stop_all()
 
     # --- reading -----------------------------------------------------------------------------
     async def live(self, upload_id: str) -> UploadState:
         """The upload's state, or 404/410; an expired upload is gone even before the sweep."""
         state = await self.store.get(upload_id)
-        now = time.time()
+        now = self.clock.now()
         if is_expired(state, self.settings, now) or self._forgotten(state, now):
             raise errors.Gone("the upload has expired")
         return state
@@ -234,7 +261,7 @@ class Uploads:
     async def create(self, length: int | None, metadata: dict[str, bytes],
                      concat: Concat | None, *, client: str) -> UploadState:
         info = UploadInfo(upload_id=new_upload_id(), length=length, metadata=metadata,
-                          concat=concat, created_at=time.time(), client=client)
+                          concat=concat, created_at=self.clock.now(), client=client)
         async with self._open_slot(info):
             state = await self._create_record(info)
         self._event("created", info.upload_id, length=length, partial=info.is_partial)
@@ -262,7 +289,7 @@ class Uploads:
         the store, which a client looping on such PATCHes would otherwise keep busy."""
         if self.config.empty_patch_interval_s <= 0:
             return
-        now = time.monotonic()
+        now = self.clock.monotonic()
         wait = self.empty_patches.retry_after(upload_id, now)
         if wait is not None:
             raise errors.EmptyPatchTooSoon(headers={"Retry-After": str(wait)})
@@ -343,12 +370,11 @@ class Uploads:
             return await self._append_nothing(state, reader, checksum)
         self.sink.receiving(state)
         feed = self.meters.feeder(upload_id)
-        counter = self.metrics.bytes_received if self.metrics is not None else None
+        counter = self.metrics.bytes_received
 
         def on_chunk(n: int) -> None:
             feed(n)
-            if counter is not None:
-                counter.inc(n)
+            counter.inc(n)
         reader.on_chunk = on_chunk
         self.inflight[upload_id] = (offset, reader)
         async with self.receiving(reader):
@@ -371,7 +397,7 @@ class Uploads:
                 self.sink.receiving(state)
                 if self.inflight.get(upload_id, (0, None))[1] is reader:
                     del self.inflight[upload_id]
-        return UploadState(state.info, new_offset, time.time())
+        return UploadState(state.info, new_offset, self.clock.now())
 
     async def _append_nothing(self, state: UploadState, reader: BodyReader,
                               checksum: Checksum | None) -> UploadState:
@@ -400,7 +426,7 @@ class Uploads:
         data = self.store.data_path(upload_id)
         await self.store.release_open_slot(upload_id)  # every byte is in: no longer open
         if info.finished_at is None:
-            info = info.replace(finished_at=time.time())
+            info = info.replace(finished_at=self.clock.now())
             self._event("finished", upload_id, length=state.offset, partial=info.is_partial)
         if state.status is UploadStatus.COMPLETE and not info.is_partial:
             try:
@@ -459,7 +485,7 @@ class Uploads:
         partials = await self._partials(concat.upload_ids, self.live)
         length = plan_final_length(concat, partials, declared_length, self.settings)
         info = UploadInfo(upload_id=new_upload_id(), length=length, metadata=metadata,
-                          concat=concat, created_at=time.time(), client=client)
+                          concat=concat, created_at=self.clock.now(), client=client)
         waits = not all(p.finished for p in partials)
         async with self._open_slot(info):
             if waits:
@@ -553,7 +579,7 @@ class Uploads:
         info = info.replace(assembled=True, length=length)
         await self.store.save_info(info)
         await self.store.unregister_final(info.upload_id)
-        return await self.finish(UploadState(info, length, time.time()))
+        return await self.finish(UploadState(info, length, self.clock.now()))
 
     # --- start-up recovery and expiry --------------------------------------------------------
     async def recover(self) -> None:

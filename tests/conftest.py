@@ -41,6 +41,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from blockbuster import BlockBuster, blockbuster_ctx
 
 from gateway.app import create_app
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import GatewayConfig
 from tests.redis_server import RedisServer
 
@@ -129,14 +130,16 @@ def backend(request: pytest.FixtureRequest) -> StateBackend:
 
 @pytest.fixture
 async def make_client(tmp_path: Path, backend: StateBackend) -> AsyncIterator[ClientFactory]:
-    """Start an in-process gateway (a real HTTP server on loopback) with config overrides."""
+    """Start an in-process gateway (a real HTTP server on loopback) with config overrides,
+    and the clock it reads (``clock=``, a ``gateway.clock.ManualClock`` where a test moves
+    time on instead of waiting for it)."""
     clients: list[TestClient[Any, Any]] = []
 
-    async def factory(**overrides: Any) -> TestClient[Any, Any]:
+    async def factory(*, clock: Clock = SYSTEM_CLOCK, **overrides: Any) -> TestClient[Any, Any]:
         overrides.setdefault("data_dir", tmp_path / f"data{len(clients)}")
         overrides = {**backend(overrides["data_dir"]), **overrides}
         config = GatewayConfig(**overrides).validate()
-        client: TestClient[Any, Any] = TestClient(TestServer(create_app(config),
+        client: TestClient[Any, Any] = TestClient(TestServer(create_app(config, clock=clock),
                                                              host="127.0.0.1"))
         await client.start_server()
         clients.append(client)

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
+from gateway.clock import ManualClock
 from protocol.decisions import ALL_EXTENSIONS
 from protocol.headers import parse_http_date
 from tests.conftest import ClientFactory
@@ -594,12 +595,14 @@ async def test_csum_07_checksum_on_creation_with_upload(client: Client) -> None:
 
 
 # --- 1.11 expiration ---------------------------------------------------------------------------
-async def test_exp_02_03_upload_expires_on_patch(client: Client) -> None:
+async def test_exp_02_03_upload_expires_on_patch(make_client: ClientFactory) -> None:
+    clock = ManualClock()
+    client = await make_client(clock=clock)
     url = await create(client, 6)
     r = await client.patch(url, data=b"abc", headers=patch_headers(0))
     first = parse_http_date(r.headers["Upload-Expires"])
     assert r.headers["Upload-Expires"].endswith(" GMT")
-    await asyncio.sleep(1.1)
+    clock.advance(1.1)
     r = await client.patch(url, data=b"d", headers=patch_headers(3))
     assert parse_http_date(r.headers["Upload-Expires"]) >= first  # sliding expiry
 
@@ -607,13 +610,17 @@ async def test_exp_02_03_upload_expires_on_patch(client: Client) -> None:
 @pytest.mark.both_stores
 async def test_exp_04_05_expired_uploads_answer_410_and_are_removed(
         make_client: ClientFactory) -> None:
-    client = await make_client(expire_after_s=1.0, sweep_interval_s=0.2)
+    clock = ManualClock()
+    client = await make_client(expire_after_s=1.0, sweep_interval_s=0.2, clock=clock)
     url = await create(client, 10)
     await client.patch(url, data=b"abc", headers=patch_headers(0))
     done = await upload(client, b"done")  # finished uploads do not expire
     upload_id = url.rsplit("/", 1)[1]
-    for _ in range(50):
-        await asyncio.sleep(0.1)
+    # Well past the expiry: the stores stamp the last byte with the real time, which has
+    # moved on a little since the clock was made.
+    clock.advance(5.0)  # the sweeper's turn is due
+    for _ in range(500):  # until its sweep, which reads and writes the store, is done
+        await asyncio.sleep(0.01)
         if not (data_dir(client) / "uploads" / f"{upload_id}.bin").exists():
             break
     assert not (data_dir(client) / "uploads" / f"{upload_id}.bin").exists()

@@ -17,6 +17,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from gateway.auth import mint_token
+from gateway.clock import ManualClock
 from gateway.keys import CONFIG
 from gateway.limits import EmptyPatches
 from tests.conftest import ClientFactory
@@ -246,7 +247,7 @@ async def test_open_uploads_are_bounded_per_token_subject(make_client: ClientFac
 # --- empty PATCH loops ------------------------------------------------------------------------
 async def test_a_loop_of_empty_patches_gets_429_and_bytes_still_go_through(
         make_client: ClientFactory) -> None:
-    client = await make_client(empty_patch_interval_s=30.0)
+    client = await make_client(empty_patch_interval_s=30.0, clock=ManualClock())
     url = await create(client, 10)
     r = await client.patch(url, data=b"", headers=patch_headers(0))
     assert r.status == 204 and r.headers["Upload-Offset"] == "0"
@@ -267,7 +268,7 @@ async def test_an_empty_patch_that_does_something_is_not_held_back(
         make_client: ClientFactory) -> None:
     """Declaring the deferred length, and so finishing the upload, is work: it is taken
     even right after an empty PATCH that did nothing."""
-    client = await make_client(empty_patch_interval_s=30.0)
+    client = await make_client(empty_patch_interval_s=30.0, clock=ManualClock())
     url = await create(client, **{"Upload-Defer-Length": "1"})
     await client.patch(url, data=b"abc", headers=patch_headers(0))
     r = await client.patch(url, data=b"", headers=patch_headers(3))
@@ -276,6 +277,19 @@ async def test_an_empty_patch_that_does_something_is_not_held_back(
     assert r.status == 204, await r.text()
     r = await client.head(url, headers=TUS)
     assert r.headers["Upload-Length"] == r.headers["Upload-Offset"] == "3"
+
+
+async def test_an_empty_patch_is_taken_again_once_the_interval_has_passed(
+        make_client: ClientFactory) -> None:
+    clock = ManualClock()
+    client = await make_client(empty_patch_interval_s=30.0, clock=clock)
+    url = await create(client, 10)
+    assert (await client.patch(url, data=b"", headers=patch_headers(0))).status == 204
+    clock.advance(29.5)
+    r = await client.patch(url, data=b"", headers=patch_headers(0))
+    assert r.status == 429 and r.headers["Retry-After"] == "1"
+    clock.advance(0.5)
+    assert (await client.patch(url, data=b"", headers=patch_headers(0))).status == 204
 
 
 def test_the_empty_patch_bookkeeping_stays_bounded() -> None:

@@ -27,6 +27,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.aio import IoPool
+from gateway.clock import ManualClock
 from gateway.config import GatewayConfig
 from gateway.keys import CONFIG, RUNTIME
 from gateway.metrics import METRICS
@@ -208,14 +209,16 @@ async def test_a_crash_between_delivery_and_release_leaves_one_copy(
 # --- 2. finished uploads expire; a sweep reads only what is due --------------------------------
 @pytest.mark.both_stores
 async def test_finished_uploads_are_forgotten_after_the_ttl(make_client: ClientFactory) -> None:
-    client = await make_client(finished_ttl_s=2 * DAY)
+    clock = ManualClock()
+    client = await make_client(finished_ttl_s=2 * DAY, clock=clock)
     done = await upload(client, b"done", "keep.txt")
     partial = await upload(client, b"part", **{"Upload-Concat": "partial"})
     uploads = uploads_of(client)
-    now = time.time()
-    assert await uploads.expire_due(now + DAY) == 0
+    clock.advance(DAY)
+    assert await uploads.expire_due(clock.now()) == 0
     assert (await client.head(done, headers=TUS)).status == 200
-    assert await uploads.expire_due(now + 2 * DAY + 60) == 2
+    clock.advance(DAY + 60)
+    assert await uploads.expire_due(clock.now()) == 2
     for url in (done, partial):
         assert (await client.head(url, headers=TUS)).status == 410
         assert (await client.get(url)).status == 410
