@@ -41,7 +41,7 @@ async def test_an_unreachable_redis_stops_the_start_plainly_and_leaves_nothing_b
         tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     url = f"redis://127.0.0.1:{port}/0"
-    config = GatewayConfig(data_dir=tmp_path / "d", redis_url=url).validate()
+    config = GatewayConfig.from_env({}, data_dir=tmp_path / "d", redis_url=url)
     tasks = other_tasks()
     await failed_start(config, StartupError, f"^cannot reach Redis at {url}: ")
     assert gateway_threads() == []
@@ -56,7 +56,7 @@ async def test_a_sink_that_cannot_start_closes_the_store_and_the_threads_before_
     root = tmp_path / "d"
     root.mkdir()
     (root / "complete").write_bytes(b"a file where the sink's folder goes")
-    config = GatewayConfig(data_dir=root).validate()
+    config = GatewayConfig.from_env({}, data_dir=root)
     tasks = other_tasks()
     await failed_start(config, FileExistsError, "complete")
     assert gateway_threads() == []
