@@ -1,8 +1,8 @@
 """The one composition root: ``create_app(config)``.
 
 Each resource has a ``cleanup_ctx`` of its own, in this order: the I/O threads, the Redis
-backend (with ``--redis-url``), the store and its locker, the Notion sink's HTTP session
-(with ``--sink notion``), the sink, the resource monitor, the upload service (which
+backend (with ``--redis-url``), the store and its locker, the sink (with what it holds, such
+as the Notion sink's HTTP session), the resource monitor, the upload service (which
 recovers interrupted work before serving), the hooks (post-finish notices a stop
 interrupted), the expiry sweeper. Each closes only what it opened, and hands what it made to
 the later ones through a typed key (``gateway.keys``) once it works, so a failure to start
@@ -19,16 +19,14 @@ import asyncio
 import importlib
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 from aiohttp import web
 
 from gateway.aio import IoPool, stop_tasks
 from gateway.clock import SYSTEM_CLOCK, Clock
-from gateway.config import FsyncPolicy, GatewayConfig
+from gateway.config import GatewayConfig
 from gateway.cors import setup_cors
 from gateway.keys import (
     CLOCK,
@@ -39,7 +37,6 @@ from gateway.keys import (
     POOL,
     REDIS,
     RUNTIME,
-    SESSION,
     SINK,
     STORE,
     Runtime,
@@ -48,7 +45,8 @@ from gateway.metrics import METRICS, Metrics, measured
 from gateway.middleware import tus_errors
 from gateway.resources import ResourceMonitor
 from gateway.routes import setup_routes
-from gateway.sinks import DirectorySink, Sink
+from gateway.sink_api import SendsEarly
+from gateway.sinks import opened_sink, sink_type
 from gateway.state.base import Locker, UploadStore
 from gateway.state.disk import DiskStore
 from gateway.state.memlock import MemoryLocker
@@ -69,11 +67,9 @@ def create_app(config: GatewayConfig, *, clock: Clock = SYSTEM_CLOCK) -> web.App
     intake = app[INTAKE] = Intake()
     metrics.watch_active(intake.count)
     app.cleanup_ctx.append(_pool)
-    if config.redis_url:
+    if config.redis.url:
         app.cleanup_ctx.append(_redis)
     app.cleanup_ctx.append(_store)
-    if config.sink == "notion":
-        app.cleanup_ctx.append(_session)
     app.cleanup_ctx.append(_sink)
     app.cleanup_ctx.append(_monitor)
     app.cleanup_ctx.append(_uploads)
@@ -117,13 +113,13 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
 async def _redis(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     redis_state = await _redis_module()
-    backend = redis_state.RedisBackend(config.redis_url, prefix=config.redis_prefix,
+    backend = redis_state.RedisBackend(config.redis.url, prefix=config.redis.prefix,
                                        lock_ttl_s=config.lock_ttl_s)
     try:
         try:
             await backend.open()
         except errors.StateUnavailable as exc:
-            raise StartupError(f"cannot reach Redis at {_safe_url(config.redis_url)}: "
+            raise StartupError(f"cannot reach Redis at {_safe_url(config.redis.url)}: "
                                f"{exc.__cause__ or exc}") from exc
         app[REDIS] = backend
         yield
@@ -136,7 +132,7 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     pool = app[POOL]
     store: UploadStore
     locker: Locker
-    if config.redis_url:
+    if config.redis.url:
         redis_state = await _redis_module()
         RedisLocker, RedisStore = redis_state.RedisLocker, redis_state.RedisStore
         backend = app[REDIS]
@@ -150,9 +146,9 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
         store = DiskStore(config.data_dir, pool, fsync=config.fsync,
                           write_buffer_bytes=config.write_buffer_bytes,
                           commit_interval_bytes=config.commit_interval_bytes,
-                          # Windows of a long PATCH can go to Notion before it ends.
-                          sync_interval_bytes=(config.sync_interval_bytes
-                                               if config.sink == "notion" else None),
+                          # Windows of a long PATCH can go to the sink before it ends.
+                          sync_interval_bytes=(config.sync_interval_bytes if issubclass(
+                              await sink_type(config), SendsEarly) else None),
                           indexing=indexing(config), file_mode=config.file_mode)
         locker = MemoryLocker()
     metrics = app[METRICS]
@@ -167,49 +163,12 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
         await store.close()
 
 
-async def _session(app: web.Application) -> AsyncIterator[None]:
-    """The Notion sink's HTTP client; made before the sink, which is built with it."""
-    session = aiohttp.ClientSession()
-    try:
-        app[SESSION] = session
-        yield
-    finally:
-        await session.close()
-
-
 async def _sink(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    pool, store, metrics = app[POOL], app[STORE], app[METRICS]
-    durable = config.fsync is FsyncPolicy.ACK
-    # With Redis the folder is shared, and Redis records each delivery.
-    journal: Path | None = None if config.redis_url else config.data_dir / "delivered.log"
-    notion: Any = None
-    directory: DirectorySink | None = None
-    sink: Sink
-    if config.sink == "notion":
-        notion_module = await asyncio.to_thread(importlib.import_module, "notion_sink.sink")
-        session = app[SESSION]
-        limiter = None
-        if config.redis_url:
-            backend = app[REDIS]
-            # Several instances share one integration's request budget.
-            shared = await asyncio.to_thread(importlib.import_module,
-                                             "notion_sink.shared_limit")
-            limiter = shared.RedisRateLimiter(backend, rate=config.notion_rate, burst=1)
-        sink = notion = notion_module.NotionSink(config, store, pool, session,
-                                                 limiter=limiter, metrics=metrics)
-        metrics.watch_breaker(lambda: str(notion.breaker.state))
-    else:
-        sink = directory = DirectorySink(config.data_dir / "complete", journal, pool,
-                                         durable=durable, file_mode=config.file_mode)
-    try:
-        if directory is not None:
-            await directory.open()
+    async with opened_sink(config, app[STORE], app[POOL], app[METRICS],
+                           backend=app.get(REDIS)) as sink:
         app[SINK] = sink
         yield
-    finally:
-        if notion is not None:
-            await notion.close()
 
 
 async def _monitor(app: web.Application) -> AsyncIterator[None]:

@@ -149,15 +149,15 @@ class Grant:
 def authorize(config: GatewayConfig, headers: Headers, *, now: float) -> Grant:
     """Check the credentials of a creation, when ``--auth`` asks for them, before the request
     is planned; the plan is then held to the grant (``check_plan``)."""
-    if config.auth == "none":
+    if config.auth.mode == "none":
         return Grant()
     token = bearer_token(headers)
     if token is None:
         raise errors.AuthRequired()
-    if config.auth == "bearer":
-        check_bearer(config.auth_tokens, token)
+    if config.auth.mode == "bearer":
+        check_bearer(config.auth.tokens, token)
         return Grant()
-    claims = verify_token(config.auth_secret, token, now=now)
+    claims = verify_token(config.auth.secret, token, now=now)
     log.debug("creation authorized", extra={"sub": claims.sub})
     return Grant(claims.sub, claims.max_size)
 

@@ -1,15 +1,15 @@
 """``tus-gateway``: the command line.
 
-Every setting of ``GatewayConfig`` is a flag of ``serve`` and an environment variable
-(``--max-size`` / ``TUS_MAX_SIZE``); flags win over the environment, the environment over the
-defaults. The help text of each flag is the field's documentation in ``config.py``.
+Every setting of ``GatewayConfig`` (``config.settings``: its own fields and those of its
+parts) is a flag of ``serve`` and an environment variable (``--max-size`` / ``TUS_MAX_SIZE``);
+flags win over the environment, the environment over the defaults. The help text of each flag
+is the field's documentation in the class that declares it.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import dataclasses
 import importlib.util
 import inspect
 import itertools
@@ -25,7 +25,6 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import config as config_module
 from gateway.app import create_app
 from gateway.auth import mint_token
 from gateway.config import (
@@ -38,22 +37,34 @@ from gateway.config import (
     parse_size,
     redacted,
     secret_values,
+    settings,
 )
 from gateway.logs import ACCESS_LOGGER, AccessLogger, setup_logging
 
 
-def _field_docs() -> dict[str, str]:
-    """The docstring under each field of GatewayConfig, read from its source."""
-    tree = ast.parse(inspect.getsource(config_module))
+def _class_docs(owner: type[Any]) -> dict[str, str]:
+    """The docstring under each field of a settings class, read from its source."""
+    tree = ast.parse(inspect.getsource(inspect.getmodule(owner) or owner))
     docs: dict[str, str] = {}
     for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef) and node.name == "GatewayConfig":
+        if isinstance(node, ast.ClassDef) and node.name == owner.__name__:
             body = node.body
             for stmt, nxt in itertools.pairwise(body):
                 if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
                         and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
                         and isinstance(nxt.value.value, str)):
                     docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _field_docs() -> dict[str, str]:
+    """The help text of every setting, by its name (``settings``)."""
+    by_owner: dict[type[Any], dict[str, str]] = {}
+    docs: dict[str, str] = {}
+    for setting in settings():
+        if setting.owner not in by_owner:
+            by_owner[setting.owner] = _class_docs(setting.owner)
+        docs[setting.name] = by_owner[setting.owner].get(setting.attr, "")
     return docs
 
 
@@ -77,7 +88,7 @@ def _metavar(name: str) -> str:
 
 def _settings_text(docs: dict[str, str]) -> str:
     lines = ["settings of 'serve' (flag, environment variable, default):"]
-    for f in dataclasses.fields(GatewayConfig):
+    for f in settings():
         lines.append(f"  --{option_name(f.name)} {_metavar(f.name)}  [{env_name(f.name)}, "
                      f"default {_default_text(f.default, f.name)}]")
         lines.append(f"      {docs.get(f.name, '')}")
@@ -105,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "environment and defaults, as JSON with secrets masked; exit 2 if it is "
                     "invalid.",
     )
-    for f in dataclasses.fields(GatewayConfig):
+    for f in settings():
         flag = "--" + option_name(f.name)
         help_text = f"{docs.get(f.name, '')} [env {env_name(f.name)}; default " \
                     f"{_default_text(f.default, f.name)}]".replace("%", "%%")
@@ -149,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> GatewayConfig:
     overrides: dict[str, Any] = {}
-    for f in dataclasses.fields(GatewayConfig):
+    for f in settings():
         raw = getattr(args, f.name, None)
         if raw is None:
             continue

@@ -40,7 +40,7 @@ def client_key(request: web.Request, headers: Headers) -> str:
     Called after the creation's credentials were checked, so a token here is a valid one.
     """
     config: GatewayConfig = request.app[CONFIG]
-    identity = _subject(config, headers) if config.auth != "none" else None
+    identity = _subject(config, headers) if config.auth.mode != "none" else None
     if identity is None:
         identity = "addr:" + remote_address(request, behind_proxy=config.behind_proxy)
     raw = identity.encode("utf-8", "surrogateescape")
@@ -51,8 +51,8 @@ def _subject(config: GatewayConfig, headers: Headers) -> str | None:
     token = bearer_token(headers)
     if token is None:
         return None
-    if config.auth == "hmac":
-        sub = verify_token(config.auth_secret, token, now=time.time()).sub
+    if config.auth.mode == "hmac":
+        sub = verify_token(config.auth.secret, token, now=time.time()).sub
         if sub is not None:
             return "sub:" + sub
     return "token:" + token

@@ -12,21 +12,18 @@ import enum
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
+from notion_sink.settings import NotionSettings
 from protocol.decisions import ALL_EXTENSIONS, ProtocolSettings
 
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
-
-
-# What each record property holds (see notion_sink.records.RecordSettings).
-NOTION_PROPERTY_ROLES = ("title", "size", "hash", "salt", "created", "file", "index_title",
-                         "index_database", "index_page")
 
 
 AUTH_MODES = ("none", "bearer", "hmac")
@@ -53,6 +50,92 @@ class FsyncPolicy(enum.StrEnum):
 
     ACK = "ack"
     OFF = "off"
+
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """Who may create uploads: ``--auth`` and the ``--auth-*`` settings."""
+
+    mode: str = "none"
+    """Who may create uploads: 'none' (anyone who can reach the gateway), 'bearer' (one of
+    auth-tokens) or 'hmac' (a signed upload token, see `tus-gateway token`). Upload URLs stay
+    reachable without a token: their random id is the capability."""
+    tokens: tuple[str, ...] = ()
+    """With auth bearer: the accepted tokens, comma-separated. Prefer the environment
+    variable, since flags show in the process list."""
+    secret: str = ""
+    """With auth hmac: the shared secret that signs upload tokens (at least 32 characters).
+    Prefer the environment variable, since flags show in the process list."""
+
+    def problems(self) -> list[str]:
+        problems = []
+        if self.mode not in AUTH_MODES:
+            problems.append(f"auth must be one of {', '.join(AUTH_MODES)}")
+        if self.mode == "bearer" and not self.tokens:
+            problems.append("auth bearer needs auth_tokens")
+        if any(not t or any(c.isspace() for c in t) for t in self.tokens):
+            problems.append("auth_tokens must be non-empty and without whitespace")
+        if self.mode == "hmac" and len(self.secret) < MIN_AUTH_SECRET_CHARS:
+            problems.append(f"auth hmac needs an auth_secret of at least "
+                            f"{MIN_AUTH_SECRET_CHARS} characters")
+        # A credential set without the mode that uses it would leave creation open while
+        # the operator believes it is guarded.
+        if self.mode == "none" and (self.tokens or self.secret):
+            problems.append("auth_tokens or auth_secret is set but auth is 'none'; "
+                            "choose auth bearer or hmac")
+        return problems
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    """Shared state: the ``--redis-*`` settings."""
+
+    url: str = ""
+    """Keep upload state, locks and checkpoints in this Redis (redis://host:6379/0) so that
+    several instances share the work; the data dir must then be one directory that every
+    instance mounts. Empty: state on local disk, one process per data dir."""
+    prefix: str = "tus"
+    """Prefix of every Redis key, so several gateways can share one Redis database."""
+
+
+@dataclass(frozen=True, slots=True)
+class HookSettings:
+    """The HTTP hooks: the ``--hook-*`` settings."""
+
+    pre_create: str = ""
+    """URL (http or https) POSTed before every creation: it may accept, reject with a 4xx
+    and a message, or replace the metadata. Empty: no pre-create hook."""
+    post_finish: str = ""
+    """URL (http or https) POSTed once for every finished upload (partials excepted), in the
+    background, retried until it answers 2xx. Empty: no post-finish hook."""
+    timeout_s: float = 5.0
+    """How long one hook request may take; a slower endpoint counts as failed. Short, since a
+    client waits on the pre-create answer."""
+    retries: int = 2
+    """Pre-create attempts after the first (with a short backoff) before the fallback: a
+    blip of the endpoint does not refuse an upload."""
+    fallback: str = "reject"
+    """What creation does when the pre-create hook cannot be reached or keeps failing:
+    'reject' (503 ERR_HOOK_FAILED, the safe default for a policy check) or 'accept' (create
+    as if there were no hook, for hooks that only enrich metadata)."""
+    retry_s: float = 30.0
+    """Longest wait between post-finish attempts (the backoff doubles up to it); each
+    instance also looks for post-finish hooks nobody sends this often."""
+
+    def problems(self) -> list[str]:
+        problems = []
+        for name, url in (("hook_pre_create", self.pre_create),
+                          ("hook_post_finish", self.post_finish)):
+            if url and not _is_http_url(url):
+                problems.append(f"{name} must be an http:// or https:// URL")
+        if self.timeout_s <= 0 or self.retry_s <= 0:
+            problems.append("hook_timeout_s and hook_retry_s must be positive")
+        if not 0 <= self.retries <= 10:
+            problems.append("hook_retries must be between 0 and 10")
+        if self.fallback not in ("reject", "accept"):
+            problems.append("hook_fallback must be 'reject' or 'accept'")
+        return problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,82 +239,22 @@ class GatewayConfig:
     access_log: bool = True
     """Log one line per request (method, path, status, duration, bytes, upload id); at the
     info level, so --log-level warning or --no-access-log silences them on a busy gateway."""
-    auth: str = "none"
-    """Who may create uploads: 'none' (anyone who can reach the gateway), 'bearer' (one of
-    auth-tokens) or 'hmac' (a signed upload token, see `tus-gateway token`). Upload URLs stay
-    reachable without a token: their random id is the capability."""
-    auth_tokens: tuple[str, ...] = ()
-    """With auth bearer: the accepted tokens, comma-separated. Prefer the environment
-    variable, since flags show in the process list."""
-    auth_secret: str = ""
-    """With auth hmac: the shared secret that signs upload tokens (at least 32 characters).
-    Prefer the environment variable, since flags show in the process list."""
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    """Who may create uploads (the auth-* settings)."""
     log_level: str = "info"
     """Least severe log level written: debug, info, warning, error or critical."""
     log_format: str = "json"
     """'json': one JSON object per line, for log pipelines; 'text': for reading in a
     terminal."""
-    redis_url: str = ""
-    """Keep upload state, locks and checkpoints in this Redis (redis://host:6379/0) so that
-    several instances share the work; the data dir must then be one directory that every
-    instance mounts. Empty: state on local disk, one process per data dir."""
-    redis_prefix: str = "tus"
-    """Prefix of every Redis key, so several gateways can share one Redis database."""
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    """Shared state in Redis, or none (the redis-* settings)."""
     sink: str = "directory"
     """Where finished uploads go: 'directory' (<data-dir>/complete/) or 'notion' (the Notion
     File Upload API, recorded in two Notion databases; needs the notion-* settings)."""
-    notion_token: str = ""
-    """The Notion integration's secret (Bearer token)."""
-    notion_base_url: str = "https://api.notion.com"
-    """The Notion API; point it at `tus-gateway fake-notion` to try the sink locally."""
-    notion_version: str = "2022-06-28"
-    """The Notion-Version every request sends (the database query endpoint needs this one)."""
-    notion_user_database: str = ""
-    """Id of the database that gets one page per file (title, size, salted hash, the file)."""
-    notion_index_database: str = ""
-    """Id of the global index database (salted hash -> user database and page)."""
-    notion_window_bytes: int = 5 * MiB
-    """Part size for files over 20 MiB (5 to 20 MiB; larger files use bigger parts so that
-    no file needs more than 1,000)."""
-    notion_concurrency: int = 4
-    """Parts sent at once, over all uploads."""
-    notion_rate: float = 3.0
-    """Requests per second to Notion, shared by every sender (Notion allows about 3)."""
-    notion_retry_deadline_s: float = 300.0
-    """How long one Notion request is retried (backoff with full jitter, Retry-After
-    honoured) before its delivery is marked failed; waiting on an open breaker does not
-    count."""
-    notion_breaker_open_s: float = 30.0
-    """After repeated failures, Notion is left alone this long before one probe request."""
-    notion_retry_failed_s: float = 300.0
-    """A delivery that failed for a reason that may pass starts again after this long;
-    0: only `tus-gateway sink retry` starts it."""
-    notion_scan_s: float = 10.0
-    """How often each instance looks for drains that nobody runs (their instance died) and
-    for failed deliveries due for a retry."""
-    notion_properties: tuple[str, ...] = ()
-    """Property names of the records, as role=Name pairs overriding the defaults (roles:
-    title=Name, size=Size, hash=Hash, salt=Salt, created=Created, file=File in the user
-    database; index_title=Hash, index_database=Database, index_page=Page in the index)."""
-    hook_pre_create: str = ""
-    """URL (http or https) POSTed before every creation: it may accept, reject with a 4xx
-    and a message, or replace the metadata. Empty: no pre-create hook."""
-    hook_post_finish: str = ""
-    """URL (http or https) POSTed once for every finished upload (partials excepted), in the
-    background, retried until it answers 2xx. Empty: no post-finish hook."""
-    hook_timeout_s: float = 5.0
-    """How long one hook request may take; a slower endpoint counts as failed. Short, since a
-    client waits on the pre-create answer."""
-    hook_retries: int = 2
-    """Pre-create attempts after the first (with a short backoff) before the fallback: a
-    blip of the endpoint does not refuse an upload."""
-    hook_fallback: str = "reject"
-    """What creation does when the pre-create hook cannot be reached or keeps failing:
-    'reject' (503 ERR_HOOK_FAILED, the safe default for a policy check) or 'accept' (create
-    as if there were no hook, for hooks that only enrich metadata)."""
-    hook_retry_s: float = 30.0
-    """Longest wait between post-finish attempts (the backoff doubles up to it); each
-    instance also looks for post-finish hooks nobody sends this often."""
+    notion: NotionSettings = field(default_factory=NotionSettings)
+    """The Notion sink (the notion-* settings)."""
+    hooks: HookSettings = field(default_factory=HookSettings)
+    """The HTTP hooks (the hook-* settings)."""
     sync_interval_bytes: int = 32 * MiB
     """With Redis, or with the Notion sink: inside a long PATCH, make the bytes durable and
     commit the offset this often, so an instance killed mid-request loses at most this much
@@ -246,14 +269,17 @@ class GatewayConfig:
         size, percent = parse_free_space(self.min_free_disk)
         return max(size, int(total_bytes * percent / 100))
 
-    def protocol_settings(self) -> ProtocolSettings:
+    def protocol_settings(self, offered: frozenset[str] | None = None) -> ProtocolSettings:
+        """The protocol's settings. ``offered``: the extensions the store allows
+        (``gateway.state.parts.StoreParts.offers``; None: all); those of ``extensions`` it
+        does not allow are neither announced nor accepted."""
         return ProtocolSettings(
             base_path=self.base_path,
             max_size=self.max_size_bytes or None,
             max_metadata_bytes=self.max_metadata_bytes,
             expire_after_s=self.expire_after_s or None,
             max_concat_parts=self.max_concat_parts,
-            extensions=self.extensions,
+            extensions=tuple(e for e in self.extensions if offered is None or e in offered),
         )
 
     def validate(self) -> GatewayConfig:
@@ -285,24 +311,7 @@ class GatewayConfig:
             problems.append("write_buffer_bytes must be between 4 KiB and 16 MiB")
         if self.sink not in ("directory", "notion"):
             problems.append("sink must be 'directory' or 'notion'")
-        if self.sink == "notion":
-            for name in ("notion_token", "notion_user_database", "notion_index_database"):
-                if not getattr(self, name):
-                    problems.append(f"the notion sink needs {name}")
-        if not 5 * MiB <= self.notion_window_bytes <= 20 * MiB:
-            problems.append("notion_window_bytes must be between 5 and 20 MiB")
-        if self.notion_retry_deadline_s <= 0 or self.notion_retry_failed_s < 0 or \
-                self.notion_breaker_open_s <= 0:
-            problems.append("notion_retry_deadline_s must be positive, "
-                            "notion_retry_failed_s not negative")
-        if self.notion_concurrency < 1 or self.notion_rate <= 0 or self.notion_scan_s <= 0:
-            problems.append("notion_concurrency, notion_rate and notion_scan_s must be "
-                            "positive")
-        for pair in self.notion_properties:
-            role, sep, name = pair.partition("=")
-            if not sep or role.strip() not in NOTION_PROPERTY_ROLES or not name.strip():
-                problems.append(f"notion_properties: {pair!r} is not role=Name with a role "
-                                f"among {', '.join(NOTION_PROPERTY_ROLES)}")
+        problems += self.notion.problems(in_use=self.sink == "notion")
         if self.sync_interval_bytes < self.commit_interval_bytes:
             problems.append("sync_interval_bytes must be at least commit_interval_bytes")
         if self.commit_interval_bytes < self.write_buffer_bytes:
@@ -315,12 +324,12 @@ class GatewayConfig:
         for ext, required in needs.items():
             if ext in self.extensions and required not in self.extensions:
                 problems.append(f"{ext} needs {required}")
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://",
+        if self.redis.url and not self.redis.url.startswith(("redis://", "rediss://",
                                                              "unix://")):
             problems.append("redis_url must start with redis://, rediss:// or unix://")
         if self.lock_ttl_s < 1:
             problems.append("lock_ttl_s must be at least 1 second")
-        if not self.redis_prefix or any(c in self.redis_prefix for c in "{} "):
+        if not self.redis.prefix or any(c in self.redis.prefix for c in "{} "):
             problems.append("redis_prefix must be non-empty, without braces or spaces")
         if not self.cors_origins:
             problems.append("cors_origins must name at least one origin (or '*')")
@@ -332,27 +341,13 @@ class GatewayConfig:
             problems.append(f"file_mode {self.file_mode:04o} must give the owner read and "
                             "write, and nobody execute or special bits (at most 0666)")
         problems += self._auth_and_log_problems()
-        problems += self._hook_problems()
+        problems += self.hooks.problems()
         if problems:
             raise ValueError("invalid configuration: " + "; ".join(problems))
         return self
 
     def _auth_and_log_problems(self) -> list[str]:
-        problems = []
-        if self.auth not in AUTH_MODES:
-            problems.append(f"auth must be one of {', '.join(AUTH_MODES)}")
-        if self.auth == "bearer" and not self.auth_tokens:
-            problems.append("auth bearer needs auth_tokens")
-        if any(not t or any(c.isspace() for c in t) for t in self.auth_tokens):
-            problems.append("auth_tokens must be non-empty and without whitespace")
-        if self.auth == "hmac" and len(self.auth_secret) < MIN_AUTH_SECRET_CHARS:
-            problems.append(f"auth hmac needs an auth_secret of at least "
-                            f"{MIN_AUTH_SECRET_CHARS} characters")
-        # A credential set without the mode that uses it would leave creation open while
-        # the operator believes it is guarded.
-        if self.auth == "none" and (self.auth_tokens or self.auth_secret):
-            problems.append("auth_tokens or auth_secret is set but auth is 'none'; "
-                            "choose auth bearer or hmac")
+        problems = self.auth.problems()
         if self.log_level.lower() not in LOG_LEVELS:
             problems.append(f"log_level must be one of {', '.join(LOG_LEVELS)}")
         if self.log_format not in LOG_FORMATS:
@@ -371,39 +366,101 @@ class GatewayConfig:
             problems.append("max_finals_per_partial must be positive")
         return problems
 
-    def _hook_problems(self) -> list[str]:
-        problems = []
-        for name in ("hook_pre_create", "hook_post_finish"):
-            url = getattr(self, name)
-            if url and not _is_http_url(url):
-                problems.append(f"{name} must be an http:// or https:// URL")
-        if self.hook_timeout_s <= 0 or self.hook_retry_s <= 0:
-            problems.append("hook_timeout_s and hook_retry_s must be positive")
-        if not 0 <= self.hook_retries <= 10:
-            problems.append("hook_retries must be between 0 and 10")
-        if self.hook_fallback not in ("reject", "accept"):
-            problems.append("hook_fallback must be 'reject' or 'accept'")
-        return problems
+    @classmethod
+    def from_settings(cls, **values: Any) -> GatewayConfig:
+        """A configuration (not yet validated) from settings named as their flags are
+        (``port``, ``redis_url``, ``notion_token``, see ``settings``); a part may also be
+        given whole (``notion=NotionSettings(...)``). Unnamed settings keep their defaults."""
+        top: dict[str, Any] = {}
+        grouped: dict[str, dict[str, Any]] = {}
+        by_name = {s.name: s for s in settings()}
+        for name, value in values.items():
+            if name in PARTS and isinstance(value, PARTS[name][0]):
+                top[name] = value  # (``auth`` is also the flag of the auth mode)
+                continue
+            setting = by_name.get(name)
+            if setting is None:
+                raise TypeError(f"unknown setting {name!r}")
+            if setting.part is None:
+                top[name] = value
+            else:
+                grouped.setdefault(setting.part, {})[setting.attr] = value
+        for part, given in grouped.items():
+            base = top.get(part)
+            top[part] = (PARTS[part][0](**given) if base is None
+                         else dataclasses.replace(base, **given))
+        return cls(**top)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> GatewayConfig:
-        """Defaults, then ``TUS_*`` environment variables, then explicit overrides."""
+        """Defaults, then ``TUS_*`` environment variables, then explicit overrides (named
+        as in ``from_settings``)."""
         env = dict(os.environ if environ is None else environ)
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = env.get(env_name(f.name))
+        for setting in settings():
+            raw = env.get(env_name(setting.name))
             if raw is not None:
-                values[f.name] = parse_field(f.name, raw)
+                values[setting.name] = parse_field(setting.name, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values).validate()
+        return cls.from_settings(**values).validate()
+
+
+# The parts of the configuration: the field of ``GatewayConfig`` that holds each, its class,
+# and the prefix its settings carry as flags and environment variables.
+PARTS: dict[str, tuple[type[Any], str]] = {
+    "auth": (AuthSettings, "auth_"),
+    "redis": (RedisSettings, "redis_"),
+    "notion": (NotionSettings, "notion_"),
+    "hooks": (HookSettings, "hook_"),
+}
+# Settings of a part not named prefix + field: ``--auth`` chooses the mode.
+_FLAT_NAMES = {("auth", "mode"): "auth"}
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting as the command line and the environment know it."""
+
+    name: str
+    """Its name there: ``notion_token`` is ``--notion-token`` and ``NOTION_TOKEN``."""
+    part: str | None
+    """The field of ``GatewayConfig`` holding its part, or None for a field of its own."""
+    attr: str
+    """Its field in the part (or in ``GatewayConfig``)."""
+    default: Any
+    owner: type[Any]
+    """The dataclass that declares it (its documentation is there)."""
+
+    def value(self, config: GatewayConfig) -> Any:
+        holder = config if self.part is None else getattr(config, self.part)
+        return getattr(holder, self.attr)
+
+
+@cache
+def settings() -> tuple[Setting, ...]:
+    """Every setting, in the order of the help: a part's settings where the part sits."""
+    out: list[Setting] = []
+    for f in dataclasses.fields(GatewayConfig):
+        if f.name not in PARTS:
+            out.append(Setting(f.name, None, f.name, f.default, GatewayConfig))
+            continue
+        owner, prefix = PARTS[f.name]
+        for g in dataclasses.fields(owner):
+            name = _FLAT_NAMES.get((f.name, g.name), prefix + g.name)
+            out.append(Setting(name, f.name, g.name, g.default, owner))
+    return tuple(out)
+
+
+def setting_values(config: GatewayConfig) -> dict[str, Any]:
+    """Every setting's value, by the names of ``settings``."""
+    return {s.name: s.value(config) for s in settings()}
 
 
 def secret_values(config: GatewayConfig) -> list[str]:
     """Every secret the configuration holds, for the log filter to mask by value: the secret
     settings and the password of any URL setting (Redis, hook endpoints)."""
-    values = [config.notion_token, *config.auth_tokens, config.auth_secret]
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
+    values = [config.notion.token, *config.auth.tokens, config.auth.secret]
+    for value in setting_values(config).values():
         if isinstance(value, str) and "://" in value:
             try:
                 values.append(urlsplit(value).password or "")
@@ -429,9 +486,8 @@ def redacted(config: GatewayConfig) -> dict[str, Any]:
     """The configuration as JSON-ready values, secrets masked (``***``; empty stays empty,
     so one can still see that a secret is missing)."""
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if f.name in SECRET_FIELDS:
+    for name, value in setting_values(config).items():
+        if name in SECRET_FIELDS:
             value = ["***" for _ in value] if isinstance(value, tuple) else (
                 "***" if value else "")
         elif isinstance(value, str) and "://" in value:
@@ -442,9 +498,9 @@ def redacted(config: GatewayConfig) -> dict[str, Any]:
             value = value.value
         elif isinstance(value, Path):
             value = str(value)
-        elif f.name == "file_mode":
+        elif name == "file_mode":
             value = f"{value:04o}"  # as it is written on the command line
-        out[f.name] = value
+        out[name] = value
     return out
 
 
@@ -500,7 +556,7 @@ def env_name(field_name: str) -> str:
 
 def parse_field(name: str, raw: str) -> Any:
     """Turn one textual setting (env var or flag) into the field's type."""
-    default = GatewayConfig.__dataclass_fields__[name].default
+    default = {s.name: s.default for s in settings()}[name]
     if isinstance(default, bool):
         if raw.lower() in ("1", "true", "yes", "on"):
             return True

@@ -15,6 +15,7 @@ from gateway.clients import client_key
 from gateway.download import Download
 from gateway.http import body_facts, location, send_continue, uploads_of
 from gateway.keys import CONFIG
+from gateway.sink_api import ReportsProgress, Retrying
 from gateway.uploads import Uploads, checked_id
 from protocol import decisions, errors
 from protocol.effects import Terminate
@@ -143,9 +144,8 @@ async def upload_status(request: web.Request) -> web.Response:
             "will_retry": sink.will_retry, "detail": dict(sink.detail)},
     }
     body["hooks"] = uploads.hooks.describe(state)
-    progress = getattr(uploads.sink, "progress", None)
-    if callable(progress):
-        body["progress"] = await progress(upload_id)
+    if isinstance(uploads.sink, ReportsProgress):
+        body["progress"] = await uploads.sink.progress(upload_id)
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
@@ -190,8 +190,7 @@ async def sink_retry(request: web.Request) -> web.Response:
     uploads = uploads_of(request)
     upload_id = checked_id(request.match_info["upload_id"])
     await uploads.live(upload_id)
-    retry = getattr(uploads.sink, "retry", None)
-    if not callable(retry):
+    if not isinstance(uploads.sink, Retrying):
         raise errors.SinkCannotRetry()
-    await retry(upload_id)
+    await uploads.sink.retry(upload_id)
     return web.json_response({"id": upload_id, "status": "draining"}, status=202)

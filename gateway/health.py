@@ -16,6 +16,7 @@ from aiohttp import web
 from gateway.http import uploads_of
 from gateway.keys import CONFIG, RUNTIME
 from gateway.metrics import METRICS
+from gateway.sink_api import HasBreaker
 from protocol import errors
 
 RANK = {"healthy": 0, "degraded": 1, "unhealthy": 2}
@@ -37,7 +38,7 @@ async def health(request: web.Request) -> web.Response:
     worst = max((str(c["status"]) for c in components.values()), key=RANK.__getitem__)
     body = {"status": worst, "timestamp": time.time(), "components": components,
             "active_uploads": uploads.active, "instance": {
-                "store": "redis" if config.redis_url else "disk", "sink": config.sink}}
+                "store": "redis" if config.redis.url else "disk", "sink": config.sink}}
     return web.json_response(body, status=503 if worst == "unhealthy" else 200,
                              headers={"Cache-Control": "no-store"})
 
@@ -60,7 +61,7 @@ def _disk(request: web.Request) -> dict[str, object]:
 
 async def _store(request: web.Request) -> dict[str, object]:
     uploads = uploads_of(request)
-    kind = "redis" if request.app[CONFIG].redis_url else "disk"
+    kind = "redis" if request.app[CONFIG].redis.url else "disk"
     started = time.perf_counter()
     try:
         await uploads.store.get(PROBE_ID)
@@ -81,9 +82,8 @@ async def _store(request: web.Request) -> dict[str, object]:
 def _sink(request: web.Request) -> dict[str, object]:
     sink = uploads_of(request).sink
     out: dict[str, object] = {"status": "healthy", "kind": request.app[CONFIG].sink}
-    breaker = getattr(sink, "breaker", None)
-    if breaker is not None:
-        state = str(breaker.state)
+    if isinstance(sink, HasBreaker):
+        state = sink.breaker_state()
         out["circuit_breaker"] = state
         if state != "closed":
             out["status"] = "degraded"  # uploads go on; deliveries wait for the remote
@@ -104,6 +104,6 @@ def _expiry(request: web.Request) -> dict[str, object]:
     # Two missed turns: the sweeper is stuck or failing (with several instances any one
     # of them runs it, and each notes its own turns only).
     if reference is not None and time.time() - reference > 3 * interval and \
-            not request.app[CONFIG].redis_url:
+            not request.app[CONFIG].redis.url:
         out["status"] = "degraded"
     return out

@@ -163,7 +163,7 @@ class Hooks:
         self.post_finish = LeasedJobs(
             JobNames(lease="hook", task="hook-post-finish", scanner="hook-scan", scan="hook"),
             index=OwedIndex(store.owe_hook, store.hooks_owed), leases=store, work=self._send,
-            lease_s=lease_ttl(config.lock_ttl_s), scan_s=config.hook_retry_s,
+            lease_s=lease_ttl(config.lock_ttl_s), scan_s=config.hooks.retry_s,
             decide=self._at_scan, log=log)
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -186,7 +186,7 @@ class Hooks:
             async with self._client().post(
                     url, data=json.dumps(payload).encode(),
                     headers={"Content-Type": "application/json", **(headers or {})},
-                    timeout=aiohttp.ClientTimeout(total=self.config.hook_timeout_s),
+                    timeout=aiohttp.ClientTimeout(total=self.config.hooks.timeout_s),
                     allow_redirects=False) as response:
                 if not 200 <= response.status < 300:
                     raise HookCallFailed(f"answered {response.status}")
@@ -199,7 +199,7 @@ class Hooks:
                         raise BadHookAnswer(f"answer larger than {MAX_ANSWER_BYTES} bytes")
                 return bytes(body)
         except TimeoutError as exc:
-            raise HookCallFailed(f"no answer within {self.config.hook_timeout_s:g} s") \
+            raise HookCallFailed(f"no answer within {self.config.hooks.timeout_s:g} s") \
                 from exc
         except aiohttp.ClientError as exc:
             raise HookCallFailed(f"{type(exc).__name__}: {exc}") from exc
@@ -209,7 +209,7 @@ class Hooks:
         """Ask the pre-create hook about a creation ``protocol`` accepted: returns the plan
         to carry out (its metadata possibly replaced), or raises ``HookRejected`` or
         ``HookFailed``."""
-        url = self.config.hook_pre_create
+        url = self.config.hooks.pre_create
         if not url:
             return plan
         concat = ("partial" if isinstance(plan.concat, ConcatPartial)
@@ -223,7 +223,7 @@ class Hooks:
                         "user_agent": request.headers.get("User-Agent")},
         }
         failure = HookCallFailed("not called")
-        for attempt in range(1 + self.config.hook_retries):
+        for attempt in range(1 + self.config.hooks.retries):
             if attempt:
                 # No jitter: the wait holds up one client's POST and is a second at most.
                 await asyncio.sleep(backoff_ceiling(attempt, PRE_CREATE_BACKOFF_S,
@@ -235,7 +235,7 @@ class Hooks:
                 break
             except HookCallFailed as exc:
                 failure = exc
-        accept = self.config.hook_fallback == "accept"
+        accept = self.config.hooks.fallback == "accept"
         log.warning("the pre-create hook at %s failed (%s); %s", _where(url), failure,
                     "creating the upload without it" if accept else "refusing the upload")
         if accept:
@@ -277,7 +277,7 @@ class Hooks:
     async def owe_post_finish(self, info: UploadInfo) -> UploadInfo:
         """The record to save at finish: with a pending hook when one is configured. The
         index entry comes first, so no pending hook is ever missing from it."""
-        if not self.config.hook_post_finish or info.is_partial or info.hook is not None:
+        if not self.config.hooks.post_finish or info.is_partial or info.hook is not None:
             return info
         await self.store.owe_hook(info.upload_id, True)
         return info.replace(hook=HookState(finished_at=self.clock.now()))
@@ -285,7 +285,7 @@ class Hooks:
     def start_post_finish(self, state: UploadState) -> None:
         """The finish is saved: send the notice in the background."""
         hook = state.info.hook
-        if hook is not None and not hook.done and self.config.hook_post_finish:
+        if hook is not None and not hook.done and self.config.hooks.post_finish:
             self.post_finish.start(state.info.upload_id)
 
     def describe(self, state: UploadState) -> dict[str, object] | None:
@@ -299,7 +299,7 @@ class Hooks:
     async def start(self) -> None:
         """After recovery: send what a stop interrupted, then look again now and then. This
         first scan reads every record (and rebuilds the index); later ones read the index."""
-        if not self.config.hook_post_finish:
+        if not self.config.hooks.post_finish:
             return
         await self.post_finish.resume(await self.store.upload_ids())
 
@@ -327,7 +327,7 @@ class Hooks:
                           upload_id)
 
     async def _deliver(self, upload_id: str) -> None:
-        url = self.config.hook_post_finish
+        url = self.config.hooks.post_finish
         while True:
             # Read again before every attempt: the upload may have been removed, or another
             # instance may have sent the notice while this one waited.
@@ -341,7 +341,7 @@ class Hooks:
                 await self._post(url, self._post_finish_payload(state, hook),
                                  headers={"Hook-Event-Id": f"{upload_id}:post-finish"})
             except HookCallFailed as exc:
-                delay = post_finish_delay(attempt, self.config.hook_retry_s, random.random())
+                delay = post_finish_delay(attempt, self.config.hooks.retry_s, random.random())
                 log.warning("the post-finish hook of %s failed (attempt %d: %s); next try in "
                             "%.3g s", upload_id, attempt, exc, delay)
                 await self.store.save_hook(upload_id, dataclasses.replace(

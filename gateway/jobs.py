@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from gateway.aio import stop_tasks
-from gateway.state.base import UploadStore
+from gateway.state.base import Leases
 from gateway.state.lease import held_lease
 from protocol import errors
 
@@ -125,7 +125,7 @@ class _Job:
 class LeasedJobs:
     """One kind of owed background work in this process: its tasks, leases and scan."""
 
-    def __init__(self, names: JobNames, *, index: OwedIndex, leases: UploadStore,
+    def __init__(self, names: JobNames, *, index: OwedIndex, leases: Leases,
                  work: Work, lease_s: float, scan_s: float,
                  decide: Decide = run_what_is_owed, log: logging.Logger) -> None:
         """``leases`` is the store whose ``hold_lease``/``drop_lease`` keep one instance at

@@ -19,54 +19,45 @@ any two is finished at the next start (the link is found by its inode, a recorde
 releases the spool's link). GET serves the delivered file while it is the one delivered:
 the record keeps its inode, size and modification time, so a file that took the name after
 the operator removed the original is never served in its place.
+
+This module is also the one place that picks the sink (``sink_type``, ``opened_sink``): what
+the rest of the gateway needs to know of it, it learns from the capabilities the sink
+declares (``gateway.sink_api``), never from ``--sink``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
+import importlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
+
+import aiohttp
 
 from gateway.aio import IoPool
+from gateway.config import FsyncPolicy, GatewayConfig
 from gateway.files import atomic_write, fsync_dir
+from gateway.metrics import Metrics
+from gateway.sink_api import Closing, HasBreaker, Sink
+from gateway.state.base import UploadStore
+from gateway.state.lease import lease_ttl
 from protocol import errors
 from protocol.model import SinkState, UploadState
 from protocol.names import metadata_filename, safe_filename
 from protocol.state import Input, advance
 
+if TYPE_CHECKING:
+    from gateway.state.redis import RedisBackend
+
+__all__ = ["DirectorySink", "Sink", "SinkCounters", "opened_sink", "sink_type"]
+
 MAX_NAME_TRIES = 1000
-
-
-class Sink(Protocol):
-    state_needs_saving: bool
-    """False when the sink keeps its own record of deliveries, so the upload's record need
-    not be rewritten after every delivery."""
-
-    releases_spool: bool
-    """True when a finished delivery (``drained``) holds the whole file, so the spool's copy
-    is released once the delivery is on record."""
-
-    async def deliver(self, state: UploadState, data: Path) -> SinkState:
-        """Deliver a complete upload (idempotent); returns the sink state to record."""
-
-    async def retain(self, upload_ids: set[str]) -> None:
-        """Forget deliveries of uploads that no longer exist (called after recovery)."""
-
-    def handed_over(self, state: UploadState, data: Path) -> None:
-        """The delivery's state is saved: work that continues in the background may start."""
-
-    def receiving(self, state: UploadState) -> None:
-        """A PATCH for the upload starts or ends: a sink that sends windows before the
-        upload is complete looks at its committed offset again."""
-
-    async def delivered_file(self, state: UploadState) -> Path | None:
-        """The delivered file to serve for a download once the spool's copy is released,
-        or None if this sink keeps none here; ``errors.DeliveredFileRemoved`` if it kept
-        one that is no longer there."""
 
 
 class DirectorySink:
@@ -229,3 +220,71 @@ def _candidates(name: str, upload_id: str) -> Iterator[str]:
         yield f"{stem} ({i}){suffix}"
     yield f"{stem}-{upload_id}{suffix}"
 
+
+
+# --- choosing and opening the sink ------------------------------------------------------------
+async def sink_type(config: GatewayConfig) -> type[Sink]:
+    """The sink ``--sink`` names, for what must be settled before it is made (a sink that
+    ``SendsEarly`` needs the store to sync inside long requests). The Notion sink's module
+    is imported only when chosen, and in a thread, since an import reads files."""
+    if config.sink == "notion":
+        await asyncio.to_thread(importlib.import_module, "notion_sink.sink")
+        from notion_sink.sink import NotionSink  # loaded above: nothing is read here
+        return NotionSink
+    return DirectorySink
+
+
+@contextlib.asynccontextmanager
+async def opened_sink(config: GatewayConfig, store: UploadStore, pool: IoPool,
+                      metrics: Metrics, *,
+                      backend: RedisBackend | None = None) -> AsyncIterator[Sink]:
+    """The sink ``--sink`` names, made, opened and wired to the metrics; closed (with its
+    HTTP session, if it has one) on the way out."""
+    kind = await sink_type(config)
+    async with contextlib.AsyncExitStack() as stack:
+        sink: Sink
+        if kind is DirectorySink:
+            # With Redis the folder is shared, and Redis records each delivery.
+            journal = None if config.redis.url else config.data_dir / "delivered.log"
+            directory = DirectorySink(config.data_dir / "complete", journal, pool,
+                                      durable=config.fsync is FsyncPolicy.ACK,
+                                      file_mode=config.file_mode)
+            await directory.open()
+            sink = directory
+        else:
+            sink = await _notion_sink(config, store, pool, metrics, backend, stack)
+        if isinstance(sink, HasBreaker):
+            metrics.watch_breaker(sink.breaker_state)
+        if isinstance(sink, Closing):
+            stack.push_async_callback(sink.close)
+        yield sink
+
+
+async def _notion_sink(config: GatewayConfig, store: UploadStore, pool: IoPool,
+                       metrics: Metrics, backend: RedisBackend | None,
+                       stack: contextlib.AsyncExitStack) -> Sink:
+    from notion_sink.sink import NotionSink  # loaded by sink_type
+
+    settings = config.notion
+    limiter = None
+    if backend is not None:
+        # Several instances share one integration's request budget.
+        await asyncio.to_thread(importlib.import_module, "notion_sink.shared_limit")
+        from notion_sink.shared_limit import RedisRateLimiter
+        limiter = RedisRateLimiter(backend, rate=settings.rate, burst=1)
+    session = await stack.enter_async_context(aiohttp.ClientSession())
+    return NotionSink(settings, store, pool, session, lease_s=lease_ttl(config.lock_ttl_s),
+                      limiter=limiter, metrics=SinkCounters(metrics))
+
+
+class SinkCounters:
+    """The gateway's metrics as a sink's counters (``sink_api.SinkMetrics``)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def request_done(self, outcome: str) -> None:
+        self._metrics.sink_requests.labels(outcome).inc()
+
+    def part_done(self, outcome: str) -> None:
+        self._metrics.sink_parts.labels(outcome).inc()

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from gateway.state.base import UploadStore
+from gateway.sink_api import SinkStore
 from notion_sink.breaker import CircuitBreaker
 from notion_sink.client import FileUpload, NotionClient
 from notion_sink.filetypes import DEFAULT_FILE_TYPES, extension_of
@@ -158,7 +158,7 @@ class DrainProgress:
 class Drain:
     """Sends one complete upload to Notion; ``run`` returns the Notion file upload id."""
 
-    def __init__(self, client: NotionClient, store: UploadStore, resilient: Resilient, *,
+    def __init__(self, client: NotionClient, store: SinkStore, resilient: Resilient, *,
                  window: int, concurrency: int, wall_clock: Callable[[], float] = time.time,
                  on_part: Callable[[str], None] | None = None) -> None:
         self.client = client

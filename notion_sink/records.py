@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.config import NOTION_PROPERTY_ROLES
 from notion_sink.client import NotionClient
 from notion_sink.drain import Resilient
 from notion_sink.retry import Permanent, Retryable
+from notion_sink.settings import NOTION_PROPERTY_ROLES
 
 HASH_CHUNK = 256 * 1024
 # Lookups and creations tried for one page before the record is given up for now.

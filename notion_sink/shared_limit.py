@@ -51,13 +51,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import TYPE_CHECKING
 
+from gateway.sink_api import SharedScripts
 from notion_sink.ratelimit import Budget, pause_s
 from protocol import errors
-
-if TYPE_CHECKING:  # only a type here: importing this module does not load redis-py
-    from gateway.state.redis import RedisBackend
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +72,7 @@ _CLOSE_TIMEOUT_S = 1.0
 class RedisRateLimiter:
     """A ``Limiter`` whose token bucket every instance using the same Redis and name shares."""
 
-    def __init__(self, backend: RedisBackend, *, rate: float, burst: int,
+    def __init__(self, backend: SharedScripts, *, rate: float, burst: int,
                  name: str = "notion") -> None:
         budget = Budget(rate, burst)
         self.backend = backend

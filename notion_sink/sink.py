@@ -36,12 +36,18 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.aio import IoPool
-from gateway.config import GatewayConfig
 from gateway.jobs import JobNames, LeasedJobs, OwedIndex, Scanned, Verdict
-from gateway.metrics import Metrics
-from gateway.state.base import UploadStore
-from gateway.state.lease import lease_ttl
+from gateway.sink_api import (
+    Closing,
+    HasBreaker,
+    NeedsCheckpoints,
+    Offloader,
+    ReportsProgress,
+    Retrying,
+    SendsEarly,
+    SinkMetrics,
+    SinkStore,
+)
 from notion_sink.breaker import BreakerPolicy, CircuitBreaker
 from notion_sink.client import ClientSettings, NotionClient, read_range
 from notion_sink.drain import (
@@ -54,6 +60,7 @@ from notion_sink.drain import (
 from notion_sink.ratelimit import Limiter, RateLimiter
 from notion_sink.records import FileKey, Recorder, RecordSettings, new_salt, salted_sha512
 from notion_sink.retry import Permanent, RetryPolicy, SinkError
+from notion_sink.settings import NotionSettings
 from notion_sink.windows import SINGLE_PART_MAX, PartPlan, ready_parts
 from protocol import errors
 from protocol.model import SinkState, UploadState
@@ -69,47 +76,51 @@ WATCH_S = 1.0
 QUIET_S = 30.0
 
 
-class NotionSink:
+class NotionSink(ReportsProgress, Retrying, HasBreaker, SendsEarly, NeedsCheckpoints, Closing):
+    """A ``gateway.sink_api.Sink`` with every capability: parts leave while the upload
+    arrives, a failed delivery can be retried, a breaker guards Notion, the status shows
+    the drain's progress, and its background work stops with the gateway."""
+
     state_needs_saving = True  # the record is the only memory of a delivery
     # The drain deletes the spool copy itself, once Notion holds the file and both records
     # exist (``_deliver``); a download of a drained upload answers 410.
     releases_spool = False
 
-    def __init__(self, config: GatewayConfig, store: UploadStore, pool: IoPool,
-                 session: aiohttp.ClientSession, *, limiter: Limiter | None = None,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: NotionSettings, store: SinkStore, pool: Offloader,
+                 session: aiohttp.ClientSession, *, lease_s: float,
+                 limiter: Limiter | None = None, metrics: SinkMetrics | None = None) -> None:
+        """``lease_s``: how long a drain's lease outlives an instance that stopped extending
+        it (the gateway derives it from its lock TTL)."""
         self.store = store
         self.pool = pool
         self.client = NotionClient(
-            session, ClientSettings(base_url=config.notion_base_url, token=config.notion_token,
-                                    version=config.notion_version), self._read)
-        self.breaker = CircuitBreaker(BreakerPolicy(open_for=config.notion_breaker_open_s))
-        self.rate = config.notion_rate
+            session, ClientSettings(base_url=settings.base_url, token=settings.token,
+                                    version=settings.version), self._read)
+        self.breaker = CircuitBreaker(BreakerPolicy(open_for=settings.breaker_open_s))
+        self.rate = settings.rate
         self.resilient = Resilient(self.breaker,
                                    # Evenly spaced, no burst of our own: Notion's burst
                                    # allowance then absorbs network jitter instead of
                                    # answering 429.
-                                   limiter or RateLimiter(rate=config.notion_rate, burst=1),
-                                   RetryPolicy(deadline=config.notion_retry_deadline_s),
-                                   on_outcome=None if metrics is None else
-                                   lambda outcome: metrics.sink_requests.labels(outcome).inc())
+                                   limiter or RateLimiter(rate=settings.rate, burst=1),
+                                   RetryPolicy(deadline=settings.retry_deadline_s),
+                                   on_outcome=None if metrics is None else metrics.request_done)
         self.drain = Drain(self.client, store, self.resilient,
-                           window=config.notion_window_bytes,
-                           concurrency=config.notion_concurrency,
-                           on_part=None if metrics is None else
-                           lambda outcome: metrics.sink_parts.labels(outcome).inc())
+                           window=settings.window_bytes,
+                           concurrency=settings.concurrency,
+                           on_part=None if metrics is None else metrics.part_done)
         self.recorder = Recorder(self.client, self.resilient,
-                                 RecordSettings(config.notion_user_database,
-                                                config.notion_index_database
-                                                ).named(config.notion_properties))
+                                 RecordSettings(settings.user_database,
+                                                settings.index_database
+                                                ).named(settings.properties))
         # Hashing is CPU and disk bound: a few at a time finish as fast as all at once, and
         # keep memory and worker threads free for uploads.
         self._hashing = asyncio.Semaphore(2)
-        self.retry_failed_s = config.notion_retry_failed_s
+        self.retry_failed_s = settings.retry_failed_s
         self.drains = LeasedJobs(
             JobNames(lease="drain", task="notion-drain", scanner="notion-scan", scan="Notion"),
             index=OwedIndex(store.owe_sink, store.sink_owed), leases=store, work=self._drain,
-            lease_s=lease_ttl(config.lock_ttl_s), scan_s=config.notion_scan_s,
+            lease_s=lease_s, scan_s=settings.scan_s,
             decide=self._at_scan, log=log)
 
     async def _read(self, path: Path, start: int, length: int) -> bytes:
@@ -338,6 +349,9 @@ class NotionSink:
         await self._save(upload_id, Input.SINK_START)
 
     # --- status ------------------------------------------------------------------------------
+    def breaker_state(self) -> str:
+        return str(self.breaker.state)
+
     async def progress(self, upload_id: str) -> dict[str, object]:
         """The drain's progress; parts come from the shared checkpoint, so any instance
         answers the same wherever the drain runs."""

@@ -138,7 +138,7 @@ async def make_client(tmp_path: Path, backend: StateBackend) -> AsyncIterator[Cl
     async def factory(*, clock: Clock = SYSTEM_CLOCK, **overrides: Any) -> TestClient[Any, Any]:
         overrides.setdefault("data_dir", tmp_path / f"data{len(clients)}")
         overrides = {**backend(overrides["data_dir"]), **overrides}
-        config = GatewayConfig(**overrides).validate()
+        config = GatewayConfig.from_settings(**overrides).validate()
         client: TestClient[Any, Any] = TestClient(TestServer(create_app(config, clock=clock),
                                                              host="127.0.0.1"))
         await client.start_server()

@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from gateway.state.base import UploadStore
+from gateway.state.base import Leases
 from protocol import errors
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def lease_ttl(lock_ttl_s: float) -> float:
 
 
 @contextlib.asynccontextmanager
-async def held_lease(store: UploadStore, name: str, owner: str,
+async def held_lease(store: Leases, name: str, owner: str,
                      ttl_s: float) -> AsyncIterator[bool]:
     """Yields True while ``owner`` holds ``name``; False (and nothing held) if another
     instance holds it or the store cannot be reached, in which case a later scan retries."""
@@ -51,7 +51,7 @@ async def held_lease(store: UploadStore, name: str, owner: str,
             await asyncio.shield(store.drop_lease(name, owner))
 
 
-async def _keep(store: UploadStore, name: str, owner: str, ttl_s: float,
+async def _keep(store: Leases, name: str, owner: str, ttl_s: float,
                 work: asyncio.Task[None]) -> None:
     while True:
         await asyncio.sleep(ttl_s / 3)

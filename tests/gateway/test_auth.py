@@ -7,7 +7,6 @@ stay reachable without a token, so every test that creates also continues withou
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -214,7 +213,7 @@ def test_token_round_trip_and_claims() -> None:
 ])
 def test_auth_settings_are_validated(overrides: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        dataclasses.replace(GatewayConfig(), **overrides).validate()
+        GatewayConfig.from_settings(**overrides).validate()
 
 
 # --- tus-js-client -----------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import build_parser, config_from_args
-from gateway.config import FsyncPolicy, GatewayConfig, env_name, option_name, parse_size
+from gateway.config import (
+    FsyncPolicy,
+    GatewayConfig,
+    env_name,
+    option_name,
+    parse_size,
+    settings,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,9 +46,9 @@ def test_environment_then_flags() -> None:
 def test_redis_url_comes_from_the_usual_variable() -> None:
     env = {"REDIS_URL": "redis://cache:6379/2", "TUS_LOCK_TTL": "3s"}
     config = config_from_args(build_parser().parse_args(["serve"]), env)
-    assert config.redis_url == "redis://cache:6379/2" and config.lock_ttl_s == 3.0
+    assert config.redis.url == "redis://cache:6379/2" and config.lock_ttl_s == 3.0
     flag = build_parser().parse_args(["serve", "--redis-url", "unix:///run/redis.sock"])
-    assert config_from_args(flag, env).redis_url == "unix:///run/redis.sock"
+    assert config_from_args(flag, env).redis.url == "unix:///run/redis.sock"
 
 
 @pytest.mark.parametrize("overrides", [
@@ -53,7 +59,7 @@ def test_redis_url_comes_from_the_usual_variable() -> None:
 ])
 def test_validate_refuses_impossible_values(overrides: dict[str, object]) -> None:
     with pytest.raises(ValueError):
-        dataclasses.replace(GatewayConfig(), **overrides).validate()  # type: ignore[arg-type]
+        GatewayConfig.from_settings(**overrides).validate()
 
 
 @pytest.mark.parametrize("raw,value", [("10", 10), ("1KiB", 1024), ("5GiB", 5 * 1024**3),
@@ -74,7 +80,7 @@ def test_help_documents_every_setting() -> None:
     serve = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--help"],
                            capture_output=True, text=True, check=True, timeout=60,
                            cwd=ROOT).stdout
-    for f in dataclasses.fields(GatewayConfig):
+    for f in settings():
         assert f"--{option_name(f.name)}" in out and env_name(f.name) in out
         assert f"--{option_name(f.name)}" in serve
     for flag in ("--host", "--port", "--base-path", "--data-dir", "--max-size",

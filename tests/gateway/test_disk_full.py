@@ -158,7 +158,7 @@ async def test_disk_full_mid_patch_keeps_the_bytes_before_it(
     r = await client.patch(path, headers=patch_headers(0), data=io.BytesIO(data))
     assert_full_disk_answer(r.status, r.headers, await r.text())
     offset = await head_offset(client, path)
-    if not client.app[CONFIG].redis_url:
+    if not client.app[CONFIG].redis.url:
         # The disk store's offset IS the file size: nothing past it.
         assert data_file(client, path).stat().st_size == offset
     warnings, bad = disk_log(caplog)
@@ -201,7 +201,7 @@ async def test_disk_full_mid_checksummed_patch_keeps_nothing_of_it(
         **patch_headers(0), "Upload-Checksum": checksum})
     assert_full_disk_answer(r.status, r.headers, await r.text())
     assert await head_offset(client, path) == 0
-    if not client.app[CONFIG].redis_url:
+    if not client.app[CONFIG].redis.url:
         assert data_file(client, path).stat().st_size == 0
     ballast.unlink()
     r = await client.patch(path, data=io.BytesIO(data), headers={

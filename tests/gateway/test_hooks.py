@@ -394,15 +394,15 @@ async def test_post_finish_exactly_once_across_a_restart(gateway_process: Any,
 ])
 def test_bad_hook_settings_are_refused(overrides: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="hook"):
-        GatewayConfig(**overrides).validate()
+        GatewayConfig.from_settings(**overrides).validate()
 
 
 def test_hook_settings_come_from_the_environment() -> None:
     config = GatewayConfig.from_env({"TUS_HOOK_PRE_CREATE": "https://policy.internal/tus",
                                      "TUS_HOOK_FALLBACK": "accept", "TUS_HOOK_RETRIES": "0",
                                      "TUS_HOOK_TIMEOUT": "2s", "TUS_HOOK_RETRY": "1m"})
-    assert (config.hook_pre_create, config.hook_fallback, config.hook_retries,
-            config.hook_timeout_s, config.hook_retry_s) == (
+    assert (config.hooks.pre_create, config.hooks.fallback, config.hooks.retries,
+            config.hooks.timeout_s, config.hooks.retry_s) == (
         "https://policy.internal/tus", "accept", 0, 2.0, 60.0)
 
 

@@ -318,8 +318,8 @@ async def test_health_is_unhealthy_while_the_state_store_is_unreachable(
         tmp_path: Path) -> None:
     redis = RedisServer(tmp_path / "redis")
     redis.start()
-    config = GatewayConfig(data_dir=tmp_path / "data", redis_url=redis.url,
-                           redis_prefix="health").validate()
+    config = GatewayConfig.from_settings(data_dir=tmp_path / "data", redis_url=redis.url,
+                                         redis_prefix="health").validate()
     client: TestClient[Any, Any] = TestClient(TestServer(create_app(config),
                                                          host="127.0.0.1"))
     await client.start_server()

@@ -31,8 +31,8 @@ async def test_a_redis_out_of_memory_answers_503_and_the_upload_resumes_after(
     server = RedisServer(tmp_path / "redis")
     server.start()
     admin = redis.Redis.from_url(server.url)
-    config = GatewayConfig(data_dir=tmp_path / "data", redis_url=server.url,
-                           redis_prefix="full").validate()
+    config = GatewayConfig.from_settings(data_dir=tmp_path / "data", redis_url=server.url,
+                                         redis_prefix="full").validate()
     client: TestClient[Any, Any] = TestClient(TestServer(create_app(config), host="127.0.0.1"))
     await client.start_server()
     data = os.urandom(300 * KiB)

@@ -82,9 +82,9 @@ async def store_of(config: GatewayConfig) -> AsyncIterator[UploadStore]:
     pool = IoPool(2)
     backend = None
     store: UploadStore
-    if config.redis_url:
+    if config.redis.url:
         from gateway.state.redis import RedisBackend, RedisStore
-        backend = RedisBackend(config.redis_url, prefix=config.redis_prefix)
+        backend = RedisBackend(config.redis.url, prefix=config.redis.prefix)
         await backend.open()
         store = RedisStore(backend, config.data_dir, pool, fsync=config.fsync,
                            write_buffer_bytes=config.write_buffer_bytes,
@@ -342,15 +342,15 @@ async def test_data_files_are_private_unless_widened(make_client: ClientFactory,
     assert (await client.patch(url, data=b"abc", headers=patch_headers(0))).status == 204
     spool = root / "uploads" / f"{id_of(url)}.bin"
     assert mode(spool) == expected
-    if not config_of(client).redis_url:
+    if not config_of(client).redis.url:
         assert mode(root / "uploads" / f"{id_of(url)}.info") == expected
     assert (await client.patch(url, data=b"def", headers=patch_headers(3))).status == 204
     assert mode(root / "complete" / "m.txt") == expected
-    if not config_of(client).redis_url:
+    if not config_of(client).redis.url:
         assert mode(root / "delivered.log") == expected
         assert mode(root / "uploads" / f"{id_of(url)}.info") == expected
     assert (await client.delete(url, headers=TUS)).status == 204
-    if not config_of(client).redis_url:
+    if not config_of(client).redis.url:
         assert mode(root / "tombstones" / id_of(url)) == expected
 
 

@@ -92,7 +92,8 @@ async def test_property_names_come_from_configuration(fake_notion: FakeNotionSer
     index_schema = {"Key": "title", "Database": "rich_text", "Record": "rich_text"}
     settings = RecordSettings(fake.add_database("Uploads", user_schema),
                               fake.add_database("Index", index_schema)).named(pairs)
-    assert GatewayConfig(notion_properties=pairs).validate().notion_properties == pairs
+    assert GatewayConfig.from_settings(notion_properties=pairs).validate().notion.properties == \
+        pairs
     client = NotionClient(http, ClientSettings(base_url=fake_notion.url,
                                                token=fake_notion.token), threaded_read)
     created = await client.create_upload(filename="a.pdf", content_type="application/pdf",
@@ -117,6 +118,6 @@ async def test_property_names_come_from_configuration(fake_notion: FakeNotionSer
 
 def test_unknown_property_roles_are_refused() -> None:
     with pytest.raises(ValueError, match="role"):
-        GatewayConfig(notion_properties=("titel=Name",)).validate()
+        GatewayConfig.from_settings(notion_properties=("titel=Name",)).validate()
     with pytest.raises(ValueError, match="role"):
         RecordSettings("u", "i").named(["titel=Name"])
