@@ -1,5 +1,12 @@
 """One frozen settings object, read from flags and environment, checked at start.
 
+``GatewayConfig`` holds the gateway's own settings and, nested by part, those of the other
+parts: ``auth`` (``AuthSettings``), ``redis`` (``RedisSettings``), ``notion``
+(``notion_sink.settings.NotionSettings``) and ``hooks`` (``HookSettings``). Outside, every
+setting keeps one flat name (``settings``: ``redis_url`` is ``--redis-url`` and
+``REDIS_URL``), which the flags, the environment, ``tus-gateway config`` and
+``GatewayConfig.from_settings`` use.
+
 ``GatewayConfig.from_env`` is the only place that reads the environment; the CLI layers its
 flags on top; tests build configs directly. ``validate`` refuses impossible values so a typo
 fails at start, not at the first upload.

@@ -13,6 +13,9 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
+
+from gateway.config import GatewayConfig
 from tests.conftest import ROOT
 
 # (flag, metavar, environment variable, default as shown) of every setting, in help order.
@@ -363,6 +366,63 @@ SHOWN: dict[str, Any] = {'host': '0.0.0.0',
  'hook_retry_s': 60.0,
  'sync_interval_bytes': 67108864,
  'lock_ttl_s': 7.0}
+
+
+# Invalid settings and what validation says of them, word for word and in order.
+REFUSED: list[tuple[dict[str, str], str]] = [({'TUS_SINK': 'notion'},
+  'invalid configuration: the notion sink needs notion_token; the notion sink needs '
+  'notion_user_database; the notion sink needs notion_index_database'),
+ ({'TUS_SINK': 's3'}, "invalid configuration: sink must be 'directory' or 'notion'"),
+ ({'TUS_NOTION_WINDOW': '1MiB',
+   'TUS_NOTION_RETRY_DEADLINE': '0',
+   'TUS_NOTION_CONCURRENCY': '0',
+   'TUS_NOTION_PROPERTIES': 'bad,titel=X,title='},
+  'invalid configuration: notion_window_bytes must be between 5 and 20 MiB; '
+  'notion_retry_deadline_s must be positive, notion_retry_failed_s not negative; '
+  'notion_concurrency, notion_rate and notion_scan_s must be positive; notion_properties: '
+  "'bad' is not role=Name with a role among title, size, hash, salt, created, file, "
+  "index_title, index_database, index_page; notion_properties: 'titel=X' is not role=Name with "
+  'a role among title, size, hash, salt, created, file, index_title, index_database, '
+  "index_page; notion_properties: 'title=' is not role=Name with a role among title, size, "
+  'hash, salt, created, file, index_title, index_database, index_page'),
+ ({'TUS_AUTH': 'basic', 'TUS_AUTH_TOKENS': 'a b'},
+  'invalid configuration: auth must be one of none, bearer, hmac; auth_tokens must be '
+  'non-empty and without whitespace'),
+ ({'TUS_AUTH': 'bearer'}, 'invalid configuration: auth bearer needs auth_tokens'),
+ ({'TUS_AUTH': 'hmac', 'TUS_AUTH_SECRET': 'x'},
+  'invalid configuration: auth hmac needs an auth_secret of at least 32 characters'),
+ ({'TUS_AUTH_SECRET': 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'},
+  "invalid configuration: auth_tokens or auth_secret is set but auth is 'none'; choose auth "
+  'bearer or hmac'),
+ ({'TUS_HOOK_PRE_CREATE': 'ftp://x',
+   'TUS_HOOK_POST_FINISH': 'nope',
+   'TUS_HOOK_TIMEOUT': '0',
+   'TUS_HOOK_RETRIES': '11',
+   'TUS_HOOK_FALLBACK': 'maybe'},
+  'invalid configuration: hook_pre_create must be an http:// or https:// URL; hook_post_finish '
+  'must be an http:// or https:// URL; hook_timeout_s and hook_retry_s must be positive; '
+  "hook_retries must be between 0 and 10; hook_fallback must be 'reject' or 'accept'"),
+ ({'REDIS_URL': 'localhost:6379', 'TUS_LOCK_TTL': '0.5', 'TUS_REDIS_PREFIX': 'a{b}'},
+  'invalid configuration: redis_url must start with redis://, rediss:// or unix://; lock_ttl_s '
+  'must be at least 1 second; redis_prefix must be non-empty, without braces or spaces'),
+ ({'TUS_SINK': 'notion',
+   'TUS_NOTION_WINDOW': '30MiB',
+   'TUS_LOG_LEVEL': 'loud',
+   'TUS_AUTH': 'x',
+   'REDIS_URL': 'x',
+   'TUS_HOOK_RETRY': '0'},
+  'invalid configuration: the notion sink needs notion_token; the notion sink needs '
+  'notion_user_database; the notion sink needs notion_index_database; notion_window_bytes must '
+  'be between 5 and 20 MiB; redis_url must start with redis://, rediss:// or unix://; auth '
+  'must be one of none, bearer, hmac; log_level must be one of debug, info, warning, error, '
+  'critical; hook_timeout_s and hook_retry_s must be positive')]
+
+
+def test_validation_messages_are_unchanged() -> None:
+    for env, message in REFUSED:
+        with pytest.raises(ValueError) as refused:
+            GatewayConfig.from_env(env)
+        assert str(refused.value) == message
 
 
 def clean_env(**extra: str) -> dict[str, str]:
