@@ -45,11 +45,12 @@ from gateway.metrics import METRICS, Metrics, measured
 from gateway.middleware import tus_errors
 from gateway.resources import ResourceMonitor
 from gateway.routes import setup_routes
-from gateway.sink_api import SendsEarly
+from gateway.sink_api import NeedsCheckpoints, SendsEarly
 from gateway.sinks import opened_sink, sink_type
 from gateway.state.base import Locker, UploadStore
 from gateway.state.disk import DiskStore
 from gateway.state.memlock import MemoryLocker
+from gateway.state.parts import StoreParts
 from gateway.uploads import Intake, Uploads, indexing
 from protocol import errors
 
@@ -152,11 +153,12 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
                           indexing=indexing(config), file_mode=config.file_mode)
         locker = MemoryLocker()
     metrics = app[METRICS]
-    store = measured(store, metrics)
+    parts = StoreParts.of(measured(store, metrics), indexing(config))
+    store = parts.store
     try:
         await store.open()
         metrics.watch_unreadable(lambda: store.unreadable)
-        app[STORE] = store
+        app[STORE] = parts
         app[LOCKER] = locker
         yield
     finally:
@@ -164,8 +166,11 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sink(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
-    async with opened_sink(config, app[STORE], app[POOL], app[METRICS],
+    config, parts = app[CONFIG], app[STORE]
+    if issubclass(await sink_type(config), NeedsCheckpoints) and parts.checkpoints is None:
+        raise StartupError(f"the {config.sink.capitalize()} sink needs a state store that "
+                           "keeps sink checkpoints, and this one does not")
+    async with opened_sink(config, parts.store, app[POOL], app[METRICS],
                            backend=app.get(REDIS)) as sink:
         app[SINK] = sink
         yield

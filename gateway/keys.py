@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from gateway.clock import Clock
     from gateway.resources import ResourceMonitor
     from gateway.sinks import Sink
-    from gateway.state.base import Locker, UploadStore
+    from gateway.state.base import Locker
+    from gateway.state.parts import StoreParts
     from gateway.state.redis import RedisBackend
     from gateway.uploads import Intake, Uploads
 
@@ -74,7 +75,7 @@ CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 INTAKE: web.AppKey[Intake] = web.AppKey("intake")
 POOL: web.AppKey[IoPool] = web.AppKey("io_pool")
 REDIS: web.AppKey[RedisBackend] = web.AppKey("redis_backend")  # only with --redis-url
-STORE: web.AppKey[UploadStore] = web.AppKey("store")
+STORE: web.AppKey[StoreParts] = web.AppKey("store")  # its parts; ``.store`` is called
 LOCKER: web.AppKey[Locker] = web.AppKey("locker")
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("sink_session")  # Notion sink only
 SINK: web.AppKey[Sink] = web.AppKey("sink")

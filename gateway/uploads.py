@@ -36,6 +36,7 @@ from gateway.logs import log_event
 from gateway.progress import Meters
 from gateway.sinks import Sink
 from gateway.state.base import Indexing, Locker, ReleaseRequested, UploadStore
+from gateway.state.parts import StoreParts
 from protocol import errors
 from protocol.decisions import ProtocolSettings, expires_at, is_expired, plan_final_length
 from protocol.effects import Append, DeclareLength, Effect, EndUpload, Finish, Terminate
@@ -147,16 +148,17 @@ class Intake:
 
 
 class Uploads:
-    def __init__(self, config: GatewayConfig, store: UploadStore, locker: Locker,
+    def __init__(self, config: GatewayConfig, parts: StoreParts, locker: Locker,
                  sink: Sink, *, intake: Intake, admission: Admission, metrics: Metrics,
                  clock: Clock) -> None:
         self.config = config
-        self.settings = config.protocol_settings()
-        self.store = store
+        # What the store cannot do is neither announced nor accepted.
+        self.settings = config.protocol_settings(parts.offers)
+        self.store: UploadStore = parts.store
         self.locker = locker
         self.sink = sink
         self.clock = clock
-        self.hooks = Hooks(config, self.settings, store, clock=clock)
+        self.hooks = Hooks(config, self.settings, self.store, clock=clock)
         # Empty PATCHes lately taken, by upload (``empty_patch``).
         self.empty_patches = EmptyPatches(config.empty_patch_interval_s)
         self.intake = intake
