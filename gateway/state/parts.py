@@ -79,7 +79,7 @@ class StoreParts:
     expiry: ExpiryIndex
     # The object every user of the store calls: every part, supplied or stood in for.
     store: UploadStore
-    # Names of the parts kept in this process, for the start-up log and for health.
+    # Names of the parts kept in this process (the start-up log says which).
     kept_here: tuple[str, ...] = ()
 
     @classmethod
