@@ -139,10 +139,14 @@ def check_bearer(accepted: tuple[str, ...], token: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """What the credentials of a creation allow: who made it (a token's ``sub``, for the
-    log), and the most bytes the new upload may have (None: only ``--max-size``)."""
+    """What the credentials of a creation allow: who made it, and the most bytes the new
+    upload may have (None: only ``--max-size``).
 
-    subject: str | None = None
+    ``identity`` is what the creation's open uploads are counted under
+    (``gateway.clients``): an HMAC token's ``sub``, else the token itself (a bearer token
+    names no user; one token is one client); None without auth."""
+
+    identity: str | None = None
     max_size: int | None = None
 
 
@@ -156,10 +160,11 @@ def authorize(config: GatewayConfig, headers: Headers, *, now: float) -> Grant:
         raise errors.AuthRequired()
     if config.auth.mode == "bearer":
         check_bearer(config.auth.tokens, token)
-        return Grant()
+        return Grant("token:" + token)
     claims = verify_token(config.auth.secret, token, now=now)
     log.debug("creation authorized", extra={"sub": claims.sub})
-    return Grant(claims.sub, claims.max_size)
+    identity = "token:" + token if claims.sub is None else "sub:" + claims.sub
+    return Grant(identity, claims.max_size)
 
 
 async def check_plan(grant: Grant, length: int | None, concat: Concat | None,

@@ -21,41 +21,27 @@ Theory of operation
 from __future__ import annotations
 
 import hashlib
-import time
 
 from aiohttp import web
 
-from gateway.auth import bearer_token, verify_token
+from gateway.auth import Grant
 from gateway.config import GatewayConfig
 from gateway.keys import CONFIG
-from protocol.headers import Headers
 
 # A forwarded address longer than this is no address; it is cut before it is hashed.
 MAX_ADDRESS_CHARS = 100
 
 
-def client_key(request: web.Request, headers: Headers) -> str:
-    """The key that a creation's open uploads are counted under (see the module docstring).
-
-    Called after the creation's credentials were checked, so a token here is a valid one.
-    """
+def client_key(request: web.Request, grant: Grant) -> str:
+    """The key that a creation's open uploads are counted under (see the module docstring):
+    the identity its checked credentials gave (``auth.authorize``), else its address."""
     config: GatewayConfig = request.app[CONFIG]
-    identity = _subject(config, headers) if config.auth.mode != "none" else None
+    identity = grant.identity
     if identity is None:
         identity = "addr:" + remote_address(request, behind_proxy=config.behind_proxy)
     raw = identity.encode("utf-8", "surrogateescape")
     return hashlib.sha256(b"tus-gateway client\0" + raw).hexdigest()[:32]
 
-
-def _subject(config: GatewayConfig, headers: Headers) -> str | None:
-    token = bearer_token(headers)
-    if token is None:
-        return None
-    if config.auth.mode == "hmac":
-        sub = verify_token(config.auth.secret, token, now=time.time()).sub
-        if sub is not None:
-            return "sub:" + sub
-    return "token:" + token
 
 
 def remote_address(request: web.Request, *, behind_proxy: bool) -> str:

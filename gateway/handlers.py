@@ -6,8 +6,6 @@ check; every ``TusError`` they raise becomes a response in ``middleware.tus_erro
 
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
 
 from gateway.auth import authorize, check_plan
@@ -39,13 +37,13 @@ async def options(request: web.Request, headers: Headers) -> web.Response:
 
 async def post(request: web.Request, headers: Headers) -> web.Response:
     uploads = uploads_of(request)
-    grant = authorize(request.app[CONFIG], headers, now=time.time())
+    grant = authorize(request.app[CONFIG], headers, now=uploads.clock.now())
     uploads.admit("create")
     facts = body_facts(request)
     plan = decisions.plan_create(headers, facts, uploads.settings)
     await check_plan(grant, plan.length, plan.concat, uploads)
     plan = await uploads.hooks.pre_create(plan, request)  # before anything is stored
-    client = client_key(request, headers)
+    client = client_key(request, grant)
     if isinstance(plan.concat, ConcatFinal):
         state = await uploads.create_final(plan.concat, plan.length, plan.metadata,
                                            client=client)

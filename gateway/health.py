@@ -14,7 +14,7 @@ import time
 from aiohttp import web
 
 from gateway.http import uploads_of
-from gateway.keys import CONFIG, RUNTIME
+from gateway.keys import CLOCK, CONFIG, RUNTIME
 from gateway.metrics import METRICS
 from gateway.sink_api import HasBreaker
 from protocol import errors
@@ -36,7 +36,7 @@ async def health(request: web.Request) -> web.Response:
         "disk": _disk(request),
     }
     worst = max((str(c["status"]) for c in components.values()), key=RANK.__getitem__)
-    body = {"status": worst, "timestamp": time.time(), "components": components,
+    body = {"status": worst, "timestamp": uploads.clock.now(), "components": components,
             "active_uploads": uploads.active, "instance": {
                 "store": "redis" if config.redis.url else "disk", "sink": config.sink}}
     return web.json_response(body, status=503 if worst == "unhealthy" else 200,
@@ -103,7 +103,7 @@ def _expiry(request: web.Request) -> dict[str, object]:
     reference = last if last is not None else started
     # Two missed turns: the sweeper is stuck or failing (with several instances any one
     # of them runs it, and each notes its own turns only).
-    if reference is not None and time.time() - reference > 3 * interval and \
+    if reference is not None and request.app[CLOCK].now() - reference > 3 * interval and \
             not request.app[CONFIG].redis.url:
         out["status"] = "degraded"
     return out

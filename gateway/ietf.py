@@ -14,7 +14,6 @@ request (``DRAFT``), and the error middleware chooses that form for it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -57,7 +56,7 @@ async def create(request: web.Request, headers: Headers, draft: ietf.Draft) -> w
     """Upload creation: the upload exists, and the client learns its URL from the 104,
     before a byte of the body is read, so a cut-off request can be resumed."""
     uploads = uploads_of(request)
-    grant = authorize(request.app[CONFIG], headers, now=time.time())
+    grant = authorize(request.app[CONFIG], headers, now=uploads.clock.now())
     uploads.admit("create")
     facts = body_facts(request)
     plan = ietf.plan_creation(draft, headers, facts, uploads.settings)
@@ -65,7 +64,7 @@ async def create(request: web.Request, headers: Headers, draft: ietf.Draft) -> w
     tus_plan = decisions.CreatePlan(plan.length, plan.metadata, None, None)
     tus_plan = await uploads.hooks.pre_create(tus_plan, request)  # before anything is stored
     state = await uploads.create(tus_plan.length, tus_plan.metadata, None,
-                                 client=client_key(request, headers))
+                                 client=client_key(request, grant))
     upload_id = state.info.upload_id
     where = location(request, upload_id)
     reader = uploads.body_reader(request.content)
@@ -78,7 +77,7 @@ async def create(request: web.Request, headers: Headers, draft: ietf.Draft) -> w
         # The upload exists; whatever went wrong with its first bytes, say where it is.
         exc.extra_headers["Location"] = where
         raise
-    answer = ietf.creation_headers(draft, state, where, uploads.settings, time.time())
+    answer = ietf.creation_headers(draft, state, where, uploads.settings, uploads.clock.now())
     return web.Response(status=201, headers=answer)
 
 
@@ -91,7 +90,7 @@ async def head(request: web.Request, headers: Headers, draft: ietf.Draft) -> web
     await uploads.settled(upload_id)
     state = await uploads.live(upload_id)
     return web.Response(status=204, headers=ietf.state_headers(draft, state, uploads.settings,
-                                                                time.time()))
+                                                                uploads.clock.now()))
 
 
 async def append(request: web.Request, headers: Headers, draft: ietf.Draft) -> web.Response:
@@ -106,8 +105,8 @@ async def append(request: web.Request, headers: Headers, draft: ietf.Draft) -> w
         plan = ietf.plan_append(draft, headers, facts, state, uploads.settings)
         state = await uploads.perform(state, plan.effects, reader,
                                       before_body=lambda: send_continue(request))
-    return web.Response(status=draft.append_status,
-                        headers=ietf.append_headers(draft, state, uploads.settings, time.time()))
+    answer = ietf.append_headers(draft, state, uploads.settings, uploads.clock.now())
+    return web.Response(status=draft.append_status, headers=answer)
 
 
 async def cancel(request: web.Request, headers: Headers, draft: ietf.Draft) -> web.Response:
