@@ -154,6 +154,9 @@ class Limiter(Protocol):
 
     def penalize(self, retry_after: float) -> None: ...
 
+    async def close(self) -> None:
+        """Finish what is pending (a shared limiter's writes); nothing to do in-process."""
+
 
 class RateLimiter:
     """A ``TokenBucket`` that asyncio tasks wait on, first come first served."""
@@ -177,3 +180,6 @@ class RateLimiter:
     def penalize(self, retry_after: float) -> None:
         """A 429/529 said to wait ``retry_after`` seconds: every sender waits."""
         self.bucket.penalize(self._clock(), retry_after)
+
+    async def close(self) -> None:
+        return None  # nothing is pending in-process

@@ -155,9 +155,7 @@ class NotionSink(ReportsProgress, Retrying, HasBreaker, SendsEarly, NeedsCheckpo
     # --- background work ---------------------------------------------------------------------
     async def close(self) -> None:
         await self.drains.close()
-        close = getattr(self.resilient.limiter, "close", None)
-        if close is not None:
-            await close()  # a shared limiter's pending writes
+        await self.resilient.limiter.close()  # a shared limiter's pending writes
 
     async def _drain(self, upload_id: str, wake: asyncio.Event) -> None:
         """The drain of one upload, under its lease (``self.drains``)."""
