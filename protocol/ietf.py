@@ -404,15 +404,23 @@ def plan_append(draft: Draft, headers: Headers, body: BodyFacts, state: UploadSt
     else:
         limit = None if settings.max_size is None else settings.max_size - offset
     new_length = length if known is None else None
+    return Append(offset, complete, new_length, limit,
+                  _append_effects(offset, limit, new_length, body.present, complete))
+
+
+def _append_effects(offset: int, limit: int | None, new_length: int | None, present: bool,
+                    complete: bool) -> tuple[Effect, ...]:
+    """A length this request records, its content, the end it declares, then the finish of
+    an upload complete by then."""
     steps: list[Effect] = []
     if new_length is not None:
         steps.append(DeclareLength(new_length))
-    if body.present:
+    if present:
         steps.append(StoreBody(offset, limit))
     if complete:
         steps.append(EndUpload())
     steps.append(Finish())
-    return Append(offset, complete, new_length, limit, tuple(steps))
+    return tuple(steps)
 
 
 def append_headers(draft: Draft, state: UploadState, settings: ProtocolSettings,
