@@ -15,9 +15,10 @@ What a backend lacks, ``gateway.state.parts`` supplies in this process where one
 can (the indexes, leases and slots), and the gateway does without where it cannot
 (concatenation needs the bytes, checkpoints the backend's durability): ``UploadStore``, all
 of them together, is what the rest of the gateway works with. ``Locker`` hands out
-per-upload locks that a newcomer can ask to let go. The disk (``disk.py``, ``memlock.py``)
-and Redis implementations provide every part; any backend passes the contract tests of the
-parts it provides.
+per-upload locks that a newcomer can ask to let go. The Redis implementation provides every
+part; the disk store (``disk.py``, ``memlock.py``) provides the core, concatenation and sink
+checkpoints, and the gateway keeps the rest for it in its process, as for any backend
+without them. Any backend passes the contract tests of the parts it provides.
 """
 
 from __future__ import annotations
@@ -233,9 +234,25 @@ class ExpiryIndex(Protocol):
 
 
 @runtime_checkable
+class ShowsRecordsAtOpen(Protocol):
+    """A core whose ``open`` reads every record anyway (the disk store checks each one and
+    sets aside what it cannot read) shows each upload it read to the callables in
+    ``at_open``, so that the indexes ``gateway.state.parts`` keeps in this process are
+    filled from that reading, not from a second one. Not a part: it only saves a reading.
+
+    A list rather than a method, so that a wrapper that times every call of the store
+    (``gateway.metrics.MeasuredStore``) hands it on as it is."""
+
+    # Each is called with the state of every readable upload, in the thread that reads the
+    # records, before ``open`` returns; an upload without its bytes and without a delivery
+    # on record (it answers 404) is not shown.
+    at_open: list[Callable[[UploadState], None]]
+
+
+@runtime_checkable
 class UploadStore(CoreStore, Concatenation, SinkCheckpoints, OwedWork, Leases, OpenSlots,
                   ExpiryIndex, Protocol):
-    """Every part: what the disk and Redis stores provide, and what the gateway's upload
+    """Every part: what the Redis store provides, and what the gateway's upload
     service, hooks and sinks work with (``gateway.state.parts.StoreParts.store``)."""
 
 
@@ -261,9 +278,9 @@ class Locker(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Indexing:
-    """How indexes kept in memory (the disk store's: one process owns its directory; the
-    parts ``gateway.state.parts`` keeps in this process for a backend without them) are
-    rebuilt from the records read when the store opens. The defaults are the safe answers
+    """How the indexes ``gateway.state.parts`` keeps in this process for a backend without
+    them (the disk store: one process owns its directory) are rebuilt from the records read
+    when the store opens. The defaults are the safe answers
     without a policy: every upload due at once, every complete upload owed."""
 
     # When an upload is due for expiry (see ``ExpiryIndex.schedule_expiry``).

@@ -26,9 +26,11 @@ Invariants:
 - Every write and stat runs in a worker thread; the event loop only moves buffers.
 - Memory per upload is two write buffers at most: one being filled, one being written (one,
   when many uploads are active).
-- Indexes (expiry times, uploads owing their finish, open uploads, waiting finals) live in
-  memory (``gateway.state.local``, as the gateway keeps them for a backend without them)
-  and are rebuilt from the records at open, which reads every record once anyway.
+- The finals waiting for partials live in memory and are rebuilt from the records at open,
+  which reads every record once anyway. The other indexes (expiry times, uploads owing
+  their finish, open uploads), the owed sink and hook work and the leases are not the
+  store's: the gateway keeps them in its process (``gateway.state.parts``), as for any
+  backend without them, filled from the reading at open (``at_open``).
 - A record is replaced or removed under its upload's record lock, and a save checks that the
   record still exists: a background writer that read it before a termination cannot bring
   it back.
@@ -45,15 +47,13 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from gateway.aio import IoPool
 from gateway.config import FsyncPolicy
 from gateway.files import atomic_write, fsync_dir
-from gateway.state.base import Indexing
-from gateway.state.local import LocalExpiryIndex, LocalLeases, LocalOpenSlots, LocalOwedWork
 from gateway.state.spool import OVERLAP_UP_TO, SpoolWriter, concatenate, is_disk_full, pump
 from protocol import errors
 from protocol.headers import UPLOAD_ID, Checksum, ConcatFinal
@@ -104,17 +104,16 @@ class _DiskWriter(SpoolWriter):
 
 
 class DiskStore:
-    """``UploadStore`` on a local directory (see the module docstring for the layout)."""
+    """``CoreStore``, ``Concatenation`` and ``SinkCheckpoints`` on a local directory (see the
+    module docstring for the layout); ``ShowsRecordsAtOpen``."""
 
     def __init__(self, root: Path, pool: IoPool, *, fsync: FsyncPolicy,
                  write_buffer_bytes: int, commit_interval_bytes: int,
-                 sync_interval_bytes: int | None = None, indexing: Indexing | None = None,
-                 file_mode: int = 0o600) -> None:
+                 sync_interval_bytes: int | None = None, file_mode: int = 0o600) -> None:
         self.root = root
         self.uploads = root / "uploads"
         self.tombstones = root / "tombstones"
         self.quarantine = root / "quarantine"
-        self._indexing = indexing or Indexing()
         self._file_mode = file_mode
         self._pool = pool
         self._durable = fsync is FsyncPolicy.ACK
@@ -133,12 +132,11 @@ class DiskStore:
         self._dir_lock_fd: int | None = None
         self._finals: dict[str, tuple[str, ...]] = {}
         self._waiting: dict[str, set[str]] = {}  # partial -> the finals waiting for it
-        self._slots = LocalOpenSlots()
         self._ckpt_locks: dict[str, asyncio.Lock] = {}
-        self._leases = LocalLeases()
-        self._owed = LocalOwedWork()
         self._record_locks = _KeyedLocks()
-        self._expiry = LocalExpiryIndex()
+        # ``ShowsRecordsAtOpen``: who else learns what ``open`` reads (the indexes the
+        # gateway keeps for this store), so that nobody reads every record a second time.
+        self.at_open: list[Callable[[UploadState], None]] = []
         self._unreadable: set[str] = set()  # ids set aside at open or unreadable since
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -166,7 +164,6 @@ class DiskStore:
                 info = UploadInfo.from_json(json.loads(record.read_bytes()))
                 if isinstance(info.concat, ConcatFinal) and not info.assembled:
                     self._note_final(info.upload_id, info.concat.upload_ids)
-                self._reopen_slot(info)
                 self._reindex(info, record)
             except UNREADABLE as exc:
                 self._set_aside(record, exc)
@@ -190,7 +187,7 @@ class DiskStore:
                   upload_id, type(why).__name__, why, self.quarantine)
 
     def _reindex(self, info: UploadInfo, record: Path) -> None:
-        """At open: note the upload in the expiry and finish indexes (see ``Indexing``), and
+        """At open: show the upload to ``at_open`` (the indexes the gateway keeps), and
         release a spool copy that a stop left behind after its delivery was recorded."""
         upload_id = info.upload_id
         if upload_id != record.name.removesuffix(".info"):
@@ -209,9 +206,8 @@ class DiskStore:
                 data.unlink()
                 size, mtime = info.length or 0, record.stat().st_mtime
         state = UploadState(info, size, max(info.created_at, mtime))
-        self._expiry.schedule(upload_id, self._indexing.expires_at(state))
-        if self._indexing.owes_finish(state):
-            self._owed.finishes.add(upload_id)
+        for note in self.at_open:
+            note(state)
 
     @property
     def unreadable(self) -> int:
@@ -466,8 +462,6 @@ class DiskStore:
                 await self._pool.run(self._terminate_sync, upload_id, reason)
             finally:
                 self._forget(upload_id)
-        self._slots.release(upload_id)
-        self._unindex(upload_id)
         return True
 
     def _terminate_sync(self, upload_id: str, reason: str) -> None:
@@ -521,25 +515,6 @@ class DiskStore:
             return count
         return await self._pool.run(scan)
 
-
-    # --- expiry and finish indexes: in memory (one process owns the directory), rebuilt at
-    # open from the records (``_reindex``) ----------------------------------------------------
-    def _unindex(self, upload_id: str) -> None:
-        self._expiry.schedule(upload_id, None)
-        self._owed.finishes.discard(upload_id)
-
-    async def schedule_expiry(self, upload_id: str, at: float | None) -> None:
-        await self._expiry.schedule_expiry(upload_id, at)
-
-    async def due_for_expiry(self, now: float, limit: int) -> list[str]:
-        return await self._expiry.due_for_expiry(now, limit)
-
-    async def owe_finish(self, upload_id: str, owed: bool) -> None:
-        await self._owed.owe_finish(upload_id, owed)
-
-    async def finish_owed(self) -> list[str]:
-        return await self._owed.finish_owed()
-
     # --- finals waiting for partials: one process owns the directory, so memory (rebuilt
     # from the records at open) is enough ----------------------------------------------------
     async def register_final(self, final_id: str, partial_ids: tuple[str, ...], *,
@@ -569,31 +544,6 @@ class DiskStore:
 
     async def finals_waiting_on(self, partial_id: str) -> list[str]:
         return sorted(self._waiting.get(partial_id, ()))
-
-    # --- open uploads: counted in memory (one process owns the directory), rebuilt at open
-    # from the records: an upload is open until its record says it finished -----------------
-    async def claim_open_slot(self, upload_id: str, client: str, *, max_total: int,
-                              max_per_client: int) -> None:
-        await self._slots.claim_open_slot(upload_id, client, max_total=max_total,
-                                          max_per_client=max_per_client)
-
-    async def release_open_slot(self, upload_id: str) -> None:
-        await self._slots.release_open_slot(upload_id)
-
-    async def open_slots_taken(self, client: str | None = None) -> int:
-        return await self._slots.open_slots_taken(client)
-
-    def _reopen_slot(self, info: UploadInfo) -> None:
-        """At open: count the upload again if its record and bytes say it is unfinished.
-        (A slot claimed for a record that was never written is simply not found.)"""
-        if info.sink is not None or info.data_removed:
-            return  # handed to the sink: finished
-        try:
-            size = os.stat(self.data_path(info.upload_id)).st_size
-        except FileNotFoundError:
-            return
-        if not UploadState(info, size, info.created_at).finished:
-            self._slots.take(info.upload_id, info.client)
 
     # --- sink checkpoints: uploads/<id>.ckpt, replaced atomically ------------------------
     async def checkpoint(self, upload_id: str) -> Checkpoint:
@@ -634,29 +584,6 @@ class DiskStore:
         """Parallel senders of one upload record their parts one at a time."""
         async with self._ckpt_locks.setdefault(upload_id, asyncio.Lock()):
             yield
-
-    # --- owed sink and hook work, leases: in memory, since one process owns the directory;
-    # the sink and the hook runner rebuild the owed work at start-up from the records ------
-    async def owe_sink(self, upload_id: str, owed: bool) -> None:
-        await self._owed.owe_sink(upload_id, owed)
-
-    async def sink_owed(self) -> list[str]:
-        return await self._owed.sink_owed()
-
-    async def owe_hook(self, upload_id: str, owed: bool) -> None:
-        await self._owed.owe_hook(upload_id, owed)
-
-    async def hooks_owed(self) -> list[str]:
-        return await self._owed.hooks_owed()
-
-    async def claim_lease(self, name: str, ttl_s: float) -> bool:
-        return await self._leases.claim_lease(name, ttl_s)
-
-    async def hold_lease(self, name: str, owner: str, ttl_s: float) -> bool:
-        return await self._leases.hold_lease(name, owner, ttl_s)
-
-    async def drop_lease(self, name: str, owner: str) -> None:
-        await self._leases.drop_lease(name, owner)
 
 
 def _encode(info: UploadInfo) -> bytes:

@@ -1,11 +1,11 @@
 """The optional store parts kept in this process's memory.
 
-The disk store keeps its indexes, leases and open-upload counts this way (one process owns
-its directory), and ``gateway.state.parts`` supplies them the same way to a backend that
-provides only the core. Both rely on one thing: a single gateway process uses the store, so
-memory is the whole truth while it runs. Nothing here survives a restart; whoever holds them
-rebuilds them from the records when the store opens (see ``base.Indexing``), or, for the
-owed sink and hook work, the sink and the hook runner scan the records at their start.
+``gateway.state.parts`` supplies them to a backend that lacks them: the disk store (one
+process owns its directory) and any backend that provides only the core. They rely on one
+thing: a single gateway process uses the store, so memory is the whole truth while it runs.
+Nothing here survives a restart; they are rebuilt from the records when the store opens (see
+``base.Indexing``), or, for the owed sink and hook work, the sink and the hook runner scan
+the records at their start.
 
 Every operation runs on the event loop without awaiting in between its checks and its
 changes, so two callers on the loop cannot interleave inside one.

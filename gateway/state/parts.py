@@ -10,9 +10,10 @@ store provides (``isinstance`` against the runtime-checkable Protocols) and fill
 - what one process can keep, it keeps in memory (``gateway.state.local``): the owed-work
   indexes, the leases, the open-upload counts and the expiry index. These are right only
   while one gateway process uses the store, as with the disk store; after a restart they
-  are rebuilt from the records when the store opens (every record is read once), except
-  the owed sink and hook work, which the sink and the hook runner find by their own scan
-  of the records at start-up.
+  are rebuilt from the records when the store opens (every record is read once: from the
+  store's own reading at open where it shows it, ``base.ShowsRecordsAtOpen``, as the
+  disk store does, else by reading each afterwards), except the owed sink and hook work,
+  which the sink and the hook runner find by their own scan of the records at start-up.
 - what needs the backend cannot be supplied, so it is not offered:
   * concatenation joins the partials' bytes: without it, ``offers`` leaves out the
     ``concatenation`` and ``concatenation-unfinished`` extensions, so a request that
@@ -23,8 +24,8 @@ store provides (``isinstance`` against the runtime-checkable Protocols) and fill
   here), so it is offered whenever the configuration enables it.
 
 ``store`` is the one object the upload service, the hooks and the sinks call: the store
-itself when it provides every part (so nothing changes for the disk and Redis stores),
-else a composition that sends each call to the store or to what is kept here. In the
+itself when it provides every part (the Redis store), else a composition that sends each
+call to the store or to what is kept here (the disk store, a core-only store). In the
 composition, ``terminate`` also takes the upload out of what is kept here (its slot, its
 expiry, its owed finish), as a store providing those parts does itself.
 """
@@ -44,6 +45,7 @@ from gateway.state.base import (
     Leases,
     OpenSlots,
     OwedWork,
+    ShowsRecordsAtOpen,
     SinkCheckpoints,
     UploadStore,
 )
@@ -171,29 +173,41 @@ class _Composed:
 
     # --- the core ----------------------------------------------------------------------------
     async def open(self) -> None:
-        await self._core.open()
-        await self._rebuild()
-
-    async def _rebuild(self) -> None:
-        """Fill the indexes and counts kept here from the records, as the disk store does
-        when it opens: when each upload is due, which owe their finish, which are open."""
-        owed = self._owed if isinstance(self._owed, LocalOwedWork) else None
-        slots = self._open_slots if isinstance(self._open_slots, LocalOpenSlots) else None
-        expiry = self._expiry if isinstance(self._expiry, LocalExpiryIndex) else None
-        if owed is None and slots is None and expiry is None:
+        """Open the store and fill the indexes and counts kept here from its records: when
+        each upload is due, which owe their finish, which are open."""
+        if not isinstance(self._owed, LocalOwedWork) and \
+                not isinstance(self._open_slots, LocalOpenSlots) and \
+                not isinstance(self._expiry, LocalExpiryIndex):
+            await self._core.open()
             return
+        if isinstance(self._core, ShowsRecordsAtOpen):
+            # The store reads every record as it opens: that one reading fills them.
+            note = self._note
+            self._core.at_open.append(note)
+            try:
+                await self._core.open()
+            finally:
+                self._core.at_open.remove(note)
+            return
+        await self._core.open()
         for upload_id in await self._core.upload_ids():
             try:
                 state = await self._core.get(upload_id)
             except (errors.NotFound, errors.Gone):
                 continue  # removed meanwhile, or unreadable (the store says so once)
-            if expiry is not None:
-                expiry.schedule(upload_id, self._indexing.expires_at(state))
-            if owed is not None and self._indexing.owes_finish(state):
-                owed.finishes.add(upload_id)
-            if slots is not None and state.info.sink is None and not state.info.data_removed \
-                    and not state.finished:
-                slots.take(upload_id, state.info.client)
+            self._note(state)
+
+    def _note(self, state: UploadState) -> None:
+        """Note one upload read at open in the indexes and counts kept here. Runs before
+        the store is used (in the store's reading thread, for ``ShowsRecordsAtOpen``)."""
+        upload_id = state.info.upload_id
+        if isinstance(self._expiry, LocalExpiryIndex):
+            self._expiry.schedule(upload_id, self._indexing.expires_at(state))
+        if isinstance(self._owed, LocalOwedWork) and self._indexing.owes_finish(state):
+            self._owed.finishes.add(upload_id)
+        if isinstance(self._open_slots, LocalOpenSlots) and state.info.sink is None \
+                and not state.info.data_removed and not state.finished:
+            self._open_slots.take(upload_id, state.info.client)
 
     async def close(self) -> None:
         await self._core.close()

@@ -18,6 +18,7 @@ from gateway.config import FsyncPolicy
 from gateway.jobs import JobNames, LeasedJobs, OwedIndex, Scanned, Verdict, run_what_is_owed
 from gateway.state.base import UploadStore
 from gateway.state.disk import DiskStore
+from gateway.state.parts import StoreParts
 from gateway.state.redis import RedisBackend, RedisStore
 from protocol import errors
 from tests.redis_server import RedisServer
@@ -32,17 +33,18 @@ async def instance(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     process, so there every instance shares the one store (its leases still keep two
     owners apart); on Redis each instance has its own connection."""
     pool = IoPool(4)
-    opened: list[DiskStore | RedisStore] = []
+    opened: list[UploadStore] = []
     backends: list[RedisBackend] = []
     prefix = f"j{uuid.uuid4().hex[:12]}"
 
     async def factory() -> UploadStore:
         if request.param == "disk" and opened:
             return opened[0]
-        store: DiskStore | RedisStore
+        store: UploadStore
         if request.param == "disk":
-            store = DiskStore(tmp_path / "data", pool, fsync=FsyncPolicy.ACK,
-                              write_buffer_bytes=64 * 1024, commit_interval_bytes=256 * 1024)
+            store = StoreParts.of(DiskStore(tmp_path / "data", pool, fsync=FsyncPolicy.ACK,
+                                            write_buffer_bytes=64 * 1024,
+                                            commit_interval_bytes=256 * 1024)).store
         else:
             server: RedisServer = request.getfixturevalue("redis_server")
             backend = RedisBackend(server.url, prefix=prefix)

@@ -33,6 +33,7 @@ from gateway.keys import CONFIG, RUNTIME
 from gateway.metrics import METRICS
 from gateway.state.base import UploadStore
 from gateway.state.disk import DiskStore
+from gateway.state.parts import StoreParts
 from gateway.uploads import Uploads
 from tests.conftest import ClientFactory
 from tests.helpers import OCTETS, TUS, metadata, patch_headers, path_of
@@ -92,9 +93,10 @@ async def store_of(config: GatewayConfig) -> AsyncIterator[UploadStore]:
                            sync_interval_bytes=config.sync_interval_bytes,
                            tombstone_ttl_s=config.tombstone_ttl_s)
     else:
-        store = DiskStore(config.data_dir, pool, fsync=config.fsync,
-                          write_buffer_bytes=config.write_buffer_bytes,
-                          commit_interval_bytes=config.commit_interval_bytes)
+        store = StoreParts.of(DiskStore(config.data_dir, pool, fsync=config.fsync,
+                                        write_buffer_bytes=config.write_buffer_bytes,
+                                        commit_interval_bytes=config.commit_interval_bytes)
+                              ).store
     await store.open()
     try:
         yield store

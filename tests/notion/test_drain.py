@@ -21,7 +21,9 @@ import pytest
 from fake_notion.faults import CREATE, SEND, Fault
 from gateway.aio import IoPool
 from gateway.config import FsyncPolicy
+from gateway.state.base import UploadStore
 from gateway.state.disk import DiskStore
+from gateway.state.parts import StoreParts
 from notion_sink.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from notion_sink.client import ClientSettings, FileUpload, NotionClient
 from notion_sink.drain import (
@@ -42,10 +44,11 @@ WINDOW = 5 * MiB
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[DiskStore]:
+async def store(tmp_path: Path) -> AsyncIterator[UploadStore]:
     pool = IoPool(4)
-    disk = DiskStore(tmp_path / "data", pool, fsync=FsyncPolicy.OFF,
-                     write_buffer_bytes=1 * MiB, commit_interval_bytes=8 * MiB)
+    disk = StoreParts.of(DiskStore(tmp_path / "data", pool, fsync=FsyncPolicy.OFF,
+                                   write_buffer_bytes=1 * MiB,
+                                   commit_interval_bytes=8 * MiB)).store
     await disk.open()
     yield disk
     await disk.close()
@@ -53,7 +56,7 @@ async def store(tmp_path: Path) -> AsyncIterator[DiskStore]:
 
 
 
-async def spooled(store: DiskStore, n: int, size: int) -> tuple[str, Path, str]:
+async def spooled(store: UploadStore, n: int, size: int) -> tuple[str, Path, str]:
     """A complete upload in the store: its id, its data file and the SHA-256 of its bytes."""
     data = os.urandom(size)
     info = UploadInfo(f"{n:032x}", size, created_at=time.time())
@@ -68,7 +71,7 @@ async def spooled(store: DiskStore, n: int, size: int) -> tuple[str, Path, str]:
 
 
 
-def make_drain(server: FakeNotionServer, store: DiskStore, http: aiohttp.ClientSession, *,
+def make_drain(server: FakeNotionServer, store: UploadStore, http: aiohttp.ClientSession, *,
                client: NotionClient | None = None, concurrency: int = 4,
                breaker: CircuitBreaker | None = None) -> Drain:
     client = client or NotionClient(http, ClientSettings(base_url=server.url,
@@ -80,7 +83,7 @@ def make_drain(server: FakeNotionServer, store: DiskStore, http: aiohttp.ClientS
     return Drain(client, store, resilient, window=WINDOW, concurrency=concurrency)
 
 
-async def test_small_file_goes_in_one_send(fake_notion: FakeNotionServer, store: DiskStore,
+async def test_small_file_goes_in_one_send(fake_notion: FakeNotionServer, store: UploadStore,
                                            http: aiohttp.ClientSession) -> None:
     upload_id, data, digest = await spooled(store, 1, 3 * 1024)
     remote = await make_drain(fake_notion, store, http).run(
@@ -91,7 +94,7 @@ async def test_small_file_goes_in_one_send(fake_notion: FakeNotionServer, store:
 
 
 async def test_large_file_goes_in_parallel_parts(fake_notion: FakeNotionServer,
-                                                 store: DiskStore,
+                                                 store: UploadStore,
                                                  http: aiohttp.ClientSession) -> None:
     size = 26 * MiB + 777
     upload_id, data, digest = await spooled(store, 2, size)
@@ -105,7 +108,7 @@ async def test_large_file_goes_in_parallel_parts(fake_notion: FakeNotionServer,
 
 
 async def test_refused_type_goes_under_an_opaque_name(fake_notion: FakeNotionServer,
-                                                     store: DiskStore,
+                                                     store: UploadStore,
                                                      http: aiohttp.ClientSession) -> None:
     upload_id, data, digest = await spooled(store, 3, 4096)
     name = notion_name("archive.tar.gz", upload_id)
@@ -115,7 +118,7 @@ async def test_refused_type_goes_under_an_opaque_name(fake_notion: FakeNotionSer
 
 
 async def test_a_resumed_drain_sends_only_missing_parts(fake_notion: FakeNotionServer,
-                                                        store: DiskStore,
+                                                        store: UploadStore,
                                                         http: aiohttp.ClientSession) -> None:
     size = 26 * MiB  # six parts of 5 MiB (the last one 1 MiB)
     upload_id, data, digest = await spooled(store, 4, size)
@@ -157,7 +160,7 @@ class ClockMovingClient(NotionClient):
 
 
 async def test_an_expired_notion_upload_is_replaced_and_every_part_resent(
-        fake_notion: FakeNotionServer, store: DiskStore, http: aiohttp.ClientSession) -> None:
+        fake_notion: FakeNotionServer, store: UploadStore, http: aiohttp.ClientSession) -> None:
     size = 21 * MiB
     upload_id, data, digest = await spooled(store, 5, size)
     client = ClockMovingClient(fake_notion, http, after_sends=2)
@@ -169,7 +172,7 @@ async def test_an_expired_notion_upload_is_replaced_and_every_part_resent(
     assert (await store.checkpoint(upload_id)).remote_id == remote
 
 
-async def test_faults_cost_retries_not_files(fake_notion: FakeNotionServer, store: DiskStore,
+async def test_faults_cost_retries_not_files(fake_notion: FakeNotionServer, store: UploadStore,
                                              http: aiohttp.ClientSession) -> None:
     faults = fake_notion.fake.faults
     for fault in (Fault(status=500), Fault(status=502), Fault(status=503), Fault(status=504),
@@ -188,7 +191,7 @@ async def test_faults_cost_retries_not_files(fake_notion: FakeNotionServer, stor
 
 
 async def test_the_breaker_opens_while_notion_fails_and_the_drain_finishes_after(
-        fake_notion: FakeNotionServer, store: DiskStore, http: aiohttp.ClientSession) -> None:
+        fake_notion: FakeNotionServer, store: UploadStore, http: aiohttp.ClientSession) -> None:
     upload_id, data, digest = await spooled(store, 6, 2048)
     breaker = CircuitBreaker(BreakerPolicy(failure_threshold=3, open_for=0.3))
     fake_notion.fake.faults.script(Fault(status=503), endpoint=SEND, times=6)

@@ -5,8 +5,10 @@ in-memory store that provides only the core (``tests.state.memory``). Each optio
 a module of its own (``test_concatenation.py``, ``test_checkpoints.py``, ``test_owed_work.py``,
 ``test_leases.py``, ``test_open_slots.py``, ``test_expiry_index.py``), run on every backend
 that provides the part, and, for the parts that the gateway keeps in its own process when a
-backend lacks them (``gateway.state.parts``), on the in-memory store with those stand-ins
-(``memory+kept``): the stand-ins pass the same contract.
+backend lacks them (``gateway.state.parts``), on the backends that get them that way: the
+disk store and the in-memory store (``memory+kept``). The disk store always runs as the
+gateway uses it, through ``StoreParts``, so its kept parts are rebuilt from its own reading
+of the records at open.
 
 A factory opens a store on the same backing state each time it is called, like a restarted
 gateway. Real files in a temporary directory, a real redis-server, no mocks.
@@ -39,6 +41,8 @@ BACKENDS: dict[str, type] = {"disk": DiskStore, "redis": RedisStore, "memory": M
 KEPT = "memory+kept"
 # The parts ``StoreParts`` keeps in the gateway's process for a store without them.
 KEPT_PARTS: tuple[type, ...] = (OwedWork, Leases, OpenSlots, ExpiryIndex)
+# The stores seen through ``StoreParts``, which keeps the parts they lack.
+THROUGH_PARTS = ("disk", KEPT)
 
 StoreFactory = Callable[[], Awaitable[CoreStore]]
 
@@ -47,8 +51,9 @@ def backends_with(part: type | None) -> list[str]:
     """The stores a part's contract runs on (None: the core, on every backend itself)."""
     if part is None:
         return list(BACKENDS)
-    kinds = [kind for kind, cls in BACKENDS.items() if issubclass(cls, part)]
-    return kinds + ([KEPT] if part in KEPT_PARTS else [])
+    own = [kind for kind, cls in BACKENDS.items() if issubclass(cls, part)]
+    kept = [kind for kind in THROUGH_PARTS if kind not in own and part in KEPT_PARTS]
+    return own + kept
 
 
 def store_fixture(part: type | None) -> Any:
@@ -70,9 +75,10 @@ def store_fixture(part: type | None) -> Any:
                 await old_backend.close()
             store: CoreStore
             if request.param == "disk":
-                store = DiskStore(tmp_path / "data", pool, fsync=FsyncPolicy.ACK,
-                                  write_buffer_bytes=64 * 1024,
-                                  commit_interval_bytes=256 * 1024)
+                store = StoreParts.of(DiskStore(tmp_path / "data", pool,
+                                                fsync=FsyncPolicy.ACK,
+                                                write_buffer_bytes=64 * 1024,
+                                                commit_interval_bytes=256 * 1024)).store
             elif request.param == "redis":
                 server: RedisServer = request.getfixturevalue("redis_server")
                 backend = RedisBackend(server.url, prefix=prefix)
