@@ -259,29 +259,18 @@ class DiskStore:
             os.fchmod(fd, self._file_mode)  # exactly the setting, whatever the umask
         finally:
             os.close(fd)
-        # The record is written last: an upload without a record is not visible, so a crash
-        # in between leaves only an empty orphan that the sweeper removes.
-        # A new record needs no temp file and rename: nobody knows the id before the 201,
-        # and a record torn by a crash is not valid JSON, so the upload stays invisible.
-        record = self._path(info.upload_id, ".info")
+        # The record is written last, and whole (a temp file renamed into place): an upload
+        # without a record is not visible, so a crash in between leaves only an empty orphan
+        # that the sweeper removes. A record torn by a crash would instead be set aside at
+        # the next start as damage, with an error for the operator, for a creation that
+        # was never acknowledged.
         try:
-            fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self._file_mode)
-            try:
-                os.fchmod(fd, self._file_mode)
-                view = memoryview(_encode(info))
-                while view:
-                    view = view[os.write(fd, view):]
-                if self._durable:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            atomic_write(self._path(info.upload_id, ".info"), _encode(info), self._durable,
+                         self._file_mode)
         except BaseException:
             # A full disk: the creation fails and leaves nothing behind.
-            record.unlink(missing_ok=True)
             data.unlink(missing_ok=True)
             raise
-        if self._durable:
-            fsync_dir(self.uploads)
 
     async def get(self, upload_id: str) -> UploadState:
         entry = self._cache.get(upload_id)

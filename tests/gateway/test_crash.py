@@ -149,7 +149,9 @@ def assert_clean_log(gw: GatewayProcess) -> None:
     # JSON log lines (and the plain line a fatal start-up error prints).
     levels = {json.loads(line).get("level") for line in log.splitlines()
               if line.startswith("{")}
-    assert not levels & {"error", "critical"} and " ERROR " not in log, gw.log()
+    bad = [line for line in log.splitlines()
+           if '"level": "error"' in line or '"level": "critical"' in line or " ERROR " in line]
+    assert not levels & {"error", "critical"} and " ERROR " not in log, "\n".join(bad[:5])
 
 
 @pytest.mark.timeout(170)
