@@ -16,8 +16,6 @@ from gateway.config import GatewayConfig
 from protocol.ietf import Draft
 
 if TYPE_CHECKING:
-    import aiohttp
-
     from gateway.aio import IoPool
     from gateway.clock import Clock
     from gateway.resources import ResourceMonitor
@@ -77,7 +75,6 @@ POOL: web.AppKey[IoPool] = web.AppKey("io_pool")
 REDIS: web.AppKey[RedisBackend] = web.AppKey("redis_backend")  # only with --redis-url
 STORE: web.AppKey[StoreParts] = web.AppKey("store")  # its parts; ``.store`` is called
 LOCKER: web.AppKey[Locker] = web.AppKey("locker")
-SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("sink_session")  # Notion sink only
 SINK: web.AppKey[Sink] = web.AppKey("sink")
 MONITOR: web.AppKey[ResourceMonitor] = web.AppKey("resource_monitor")
 RUNTIME = web.AppKey("runtime", Runtime)
