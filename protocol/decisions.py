@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from protocol import errors
-from protocol.effects import Append, DeclareLength, Effect, Finish
+from protocol.effects import Append, Effect, request_effects
 from protocol.errors import TUS_VERSION
 from protocol.headers import (
     CHECKSUM_DIGEST_SIZES,
@@ -151,9 +151,9 @@ class CreatePlan:
         none: it is assembled when its partials are (``plan_final_length``)."""
         if isinstance(self.concat, ConcatFinal):
             return ()
-        if self.body is None:
-            return (Finish(),)
-        return (Append(0, self.body.max_bytes, self.body.checksum), Finish())
+        body = self.body
+        return request_effects(
+            append=None if body is None else Append(0, body.max_bytes, body.checksum))
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +164,16 @@ class PatchPlan:
     max_bytes: int | None
     checksum: Checksum | None
     new_length: int | None  # a deferred length declared by this request
-    effects: tuple[Effect, ...]
+    stores_body: bool  # a body, or a checksum (checked against the empty body)
+
+    @property
+    def effects(self) -> tuple[Effect, ...]:
+        # An upload complete by now finishes: through this body, through a length declared
+        # equal to the offset (TUS-DEF-05), or a retried final PATCH after a delivery that
+        # failed.
+        append = Append(self.offset, self.max_bytes, self.checksum) if self.stores_body \
+            else None
+        return request_effects(declare=self.new_length, append=append)
 
 
 def _has_extension(settings: ProtocolSettings, name: str) -> bool:
@@ -300,16 +309,8 @@ def plan_patch(headers: Headers, body: BodyFacts, state: UploadState,
     if new_length is not None and new_length < offset:
         raise errors.LengthBelowOffset()
     limit = _body_limit(length, offset, body, settings)
-    effects: list[Effect] = []
-    if new_length is not None:
-        effects.append(DeclareLength(new_length))
-    if body.present or checksum is not None:
-        # A checksum with an empty body is still checked: against the empty string.
-        effects.append(Append(offset, limit, checksum))
-    # An upload complete by now finishes: through this body, through a length declared equal
-    # to the offset (TUS-DEF-05), or a retried final PATCH after a delivery that failed.
-    effects.append(Finish())
-    return PatchPlan(offset, limit, checksum, new_length, tuple(effects))
+    return PatchPlan(offset, limit, checksum, new_length,
+                     stores_body=body.present or checksum is not None)
 
 
 def _declared_length(headers: Headers, state: UploadState,

@@ -57,3 +57,19 @@ class Terminate:
 
 
 Effect = DeclareLength | Append | EndUpload | Finish | Terminate
+
+
+def request_effects(*, declare: int | None = None, append: Append | None = None,
+                    end: bool = False) -> tuple[Effect, ...]:
+    """The effects of a request that writes to an upload, in the one order every protocol
+    uses: a deferred length it declares, its body, the end it declares (the IETF draft),
+    then the finish of an upload complete by then (once, whichever of these completed it)."""
+    steps: list[Effect] = []
+    if declare is not None:
+        steps.append(DeclareLength(declare))
+    if append is not None:
+        steps.append(append)
+    if end:
+        steps.append(EndUpload())
+    steps.append(Finish())
+    return tuple(steps)

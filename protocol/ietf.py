@@ -35,7 +35,7 @@ from email.message import Message
 from protocol import errors
 from protocol.decisions import BodyFacts, ProtocolSettings
 from protocol.effects import Append as StoreBody
-from protocol.effects import DeclareLength, Effect, EndUpload, Finish
+from protocol.effects import Effect, request_effects
 from protocol.headers import MAX_INTEGER, Headers, parse_metadata
 from protocol.model import UploadState
 
@@ -257,12 +257,8 @@ class Creation:
     def effects(self) -> tuple[Effect, ...]:
         """After the creation: the content, if any, then the end the request may declare,
         then the finish of an upload complete by then."""
-        steps: list[Effect] = []
-        if self.has_body:
-            steps.append(StoreBody(0, self.max_bytes))
-        if self.complete:
-            steps.append(EndUpload())
-        return (*steps, Finish())
+        return request_effects(append=StoreBody(0, self.max_bytes) if self.has_body else None,
+                               end=self.complete)
 
 
 def plan_creation(draft: Draft, headers: Headers, body: BodyFacts,
@@ -348,7 +344,14 @@ class Append:
     complete: bool
     new_length: int | None  # a length this request records
     max_bytes: int | None
-    effects: tuple[Effect, ...]
+    has_body: bool
+
+    @property
+    def effects(self) -> tuple[Effect, ...]:
+        return request_effects(
+            declare=self.new_length,
+            append=StoreBody(self.offset, self.max_bytes) if self.has_body else None,
+            end=self.complete)
 
 
 def plan_append(draft: Draft, headers: Headers, body: BodyFacts, state: UploadState,
@@ -404,23 +407,7 @@ def plan_append(draft: Draft, headers: Headers, body: BodyFacts, state: UploadSt
     else:
         limit = None if settings.max_size is None else settings.max_size - offset
     new_length = length if known is None else None
-    return Append(offset, complete, new_length, limit,
-                  _append_effects(offset, limit, new_length, body.present, complete))
-
-
-def _append_effects(offset: int, limit: int | None, new_length: int | None, present: bool,
-                    complete: bool) -> tuple[Effect, ...]:
-    """A length this request records, its content, the end it declares, then the finish of
-    an upload complete by then."""
-    steps: list[Effect] = []
-    if new_length is not None:
-        steps.append(DeclareLength(new_length))
-    if present:
-        steps.append(StoreBody(offset, limit))
-    if complete:
-        steps.append(EndUpload())
-    steps.append(Finish())
-    return tuple(steps)
+    return Append(offset, complete, new_length, limit, body.present)
 
 
 def append_headers(draft: Draft, state: UploadState, settings: ProtocolSettings,
