@@ -75,7 +75,7 @@ def delivery_settled(state: UploadState) -> bool:
     status, sink = state.status, state.info.sink
     if not state.finished:
         return False
-    if state.info.is_partial or status is UploadStatus.DRAINED:
+    if state.info.is_partial or status in (UploadStatus.DRAINED, UploadStatus.REJECTED):
         return True
     return status is UploadStatus.FAILED and sink is not None and not sink.will_retry
 

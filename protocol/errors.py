@@ -103,12 +103,36 @@ InconsistentLength = _error("ERR_INCONSISTENT_LENGTH", 400,
 # gets 401 and a WWW-Authenticate challenge. A token that is not accepted is 403: sending it
 # again will not help. An expired one is 401 with error="invalid_token", which tells the
 # client that a fresh token will work, so it can get one and retry.
-AuthRequired = _error("ERR_AUTH_REQUIRED", 401, "creating an upload needs a bearer token",
+AuthRequired = _error("ERR_AUTH_REQUIRED", 401, "this request needs credentials",
                       WWW_Authenticate='Bearer realm="tus-gateway"')
 AuthInvalid = _error("ERR_AUTH_INVALID", 403, "the token is not accepted")
 AuthExpired = _error("ERR_AUTH_EXPIRED", 401, "the token has expired; get a new one",
                      WWW_Authenticate='Bearer realm="tus-gateway", error="invalid_token", '
                                       'error_description="the token has expired"')
+# --auth forward: the operator's endpoint could not be asked (down, slow, an answer that is
+# not a decision). Nothing was changed; 503 with Retry-After because asking again soon works.
+AuthUnavailable = _error("ERR_AUTH_UNAVAILABLE", 503,
+                         "the authorization service did not answer; retry shortly",
+                         Retry_After="2")
+# A signed download link (gateway/links.py) whose signature is wrong or whose time is up.
+# Checked before the upload is looked up, so it says nothing about whether the id exists.
+LinkInvalid = _error("ERR_LINK_INVALID", 403, "the download link is not valid")
+LinkExpired = _error("ERR_LINK_EXPIRED", 403, "the download link has expired; get a new one "
+                                              "from the upload's status")
+# A query parameter or JSON body of the gateway's own API (not tus) is malformed.
+InvalidQuery = _error("ERR_INVALID_QUERY", 400, "a query parameter is malformed")
+InvalidJson = _error("ERR_INVALID_JSON", 400, "the request body is not the JSON object expected")
+# --allowed-types: the file's declared type or name is not among the accepted ones (checked
+# at creation); RFC 9110 section 15.5.16, the content's media type is not supported.
+TypeNotAllowed = _error("ERR_TYPE_NOT_ALLOWED", 415, "this file type is not accepted here")
+# Per-user quotas (gateway/quotas.py): bytes held and open uploads. 429 like the other
+# per-client limits: the condition passes as deliveries finish or uploads are removed.
+QuotaExceeded = _error("ERR_QUOTA_EXCEEDED", 429,
+                       "your quota is used up; finish, deliver or delete uploads first",
+                       Retry_After="60")
+# Live event streams (gateway/events.py) are bounded in total (--max-event-streams).
+TooManyEventStreams = _error("ERR_TOO_MANY_EVENT_STREAMS", 429,
+                             "too many event streams are open; retry later", Retry_After="5")
 # The operator's pre-create hook refused the upload (gateway/hooks.py). The hook chooses the
 # status (any 4xx; 403 by default: asking again will not help) and the message.
 HookRejected = _error("ERR_HOOK_REJECTED", 403, "the upload was rejected by the server's policy")

@@ -119,6 +119,12 @@ class UploadInfo:
     # Who created it, as a hashed key (gateway/clients.py): unfinished uploads count against
     # their creator's limit, also after a restart. Never shown to clients.
     client: str = ""
+    # The creator's subject in clear (``gateway.auth``): None without auth and for a token
+    # that names no user. What a sink routes by (a user's own Notion database).
+    subject: str | None = None
+    # The user database the creator's credentials named (an HMAC ``db`` claim, a forward
+    # auth answer); None: the sink's mapping by subject, else its default.
+    database: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -152,6 +158,8 @@ class UploadInfo:
             "hook": None if self.hook is None else self.hook.to_json(),
             "finished_at": self.finished_at,
             "client": self.client,
+            "subject": self.subject,
+            "database": self.database,
         }
 
     @classmethod
@@ -182,6 +190,8 @@ class UploadInfo:
             hook=None if raw_hook is None else HookState.from_json(raw_hook),
             finished_at=None if data.get("finished_at") is None else float(data["finished_at"]),
             client=str(data.get("client") or ""),
+            subject=None if data.get("subject") is None else str(data["subject"]),
+            database=None if data.get("database") is None else str(data["database"]),
         )
 
 

@@ -5,6 +5,8 @@ Theory of operation
 An upload is in exactly one status. ``created`` has no bytes yet, ``receiving`` has some,
 ``complete`` has all of them (offset == length) and waits for the sink, ``draining`` is being
 delivered, ``drained`` was delivered, ``failed`` could not be delivered (and may be retried),
+``rejected`` had all its bytes but they are not what the upload claimed to be (the allowed
+types' content check, gateway/screening.py): it is never delivered and its bytes are removed;
 ``terminated`` was deleted or expired and only a tombstone remains.
 
 Rules the table encodes:
@@ -32,6 +34,7 @@ class UploadStatus(enum.StrEnum):
     DRAINING = "draining"
     DRAINED = "drained"
     FAILED = "failed"
+    REJECTED = "rejected"
     TERMINATED = "terminated"
 
 
@@ -42,6 +45,7 @@ class Input(enum.StrEnum):
     SINK_START = "sink_start"
     SINK_DONE = "sink_done"
     SINK_FAIL = "sink_fail"
+    REJECT = "reject"  # the content check found the bytes are not what was claimed
     TERMINATE = "terminate"
     EXPIRE = "expire"
 
@@ -67,6 +71,7 @@ TRANSITIONS: Mapping[tuple[UploadStatus, Input], UploadStatus] = MappingProxyTyp
     (S.RECEIVING, E.EXPIRE): S.TERMINATED,
     (S.COMPLETE, E.APPEND_EMPTY): S.COMPLETE,
     (S.COMPLETE, E.SINK_START): S.DRAINING,
+    (S.COMPLETE, E.REJECT): S.REJECTED,
     (S.COMPLETE, E.TERMINATE): S.TERMINATED,
     (S.DRAINING, E.APPEND_EMPTY): S.DRAINING,
     (S.DRAINING, E.SINK_DONE): S.DRAINED,
@@ -78,12 +83,14 @@ TRANSITIONS: Mapping[tuple[UploadStatus, Input], UploadStatus] = MappingProxyTyp
     (S.FAILED, E.APPEND_EMPTY): S.FAILED,
     (S.FAILED, E.SINK_START): S.DRAINING,
     (S.FAILED, E.TERMINATE): S.TERMINATED,
+    (S.REJECTED, E.APPEND_EMPTY): S.REJECTED,
+    (S.REJECTED, E.TERMINATE): S.TERMINATED,
 })
 del S, E
 
 RECEIVING = frozenset({UploadStatus.CREATED, UploadStatus.RECEIVING})
 FINISHED = frozenset({UploadStatus.COMPLETE, UploadStatus.DRAINING, UploadStatus.DRAINED,
-                      UploadStatus.FAILED})
+                      UploadStatus.FAILED, UploadStatus.REJECTED})
 
 
 def advance(status: UploadStatus, event: Input) -> UploadStatus:
