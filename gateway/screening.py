@@ -31,7 +31,7 @@ from pathlib import Path
 import filetype  # type: ignore[import-untyped]
 
 from gateway.aio import IoPool
-from protocol.filetypes import MAX_SNIFFED, TEXT_TYPE, AllowedTypes, claimed_type, verdict
+from protocol.filetypes import MAX_SNIFFED, TEXT_TYPE, AllowedTypes, effective_type, verdict
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ async def screen(pool: IoPool, allowed: AllowedTypes, metadata: Mapping[str, byt
     Reads nothing when every type is allowed."""
     if allowed.allows_all:
         return None
-    return verdict(allowed, claimed_type(metadata), await sniff(pool, path))
+    return verdict(allowed, effective_type(metadata), await sniff(pool, path))
 
 
 def _sniff_file(path: Path) -> list[str]:

@@ -563,18 +563,29 @@ def _agree(named: str, claim: str) -> bool:
     return is_textual(named) and is_textual(claim)
 
 
+def effective_type(metadata: Mapping[str, bytes]) -> str | None:
+    """The type the upload is held to: its claim, or when it makes none (a browser sends an
+    empty ``filetype`` for an extension it does not know), the type its name's extension
+    stands for. An invalid claim is not replaced: it stays invalid."""
+    claim = claimed_type(metadata)
+    if claim is None and _claim_value(metadata) is None:
+        return name_type(metadata)
+    return claim
+
+
 def check_creation(allowed: AllowedTypes, metadata: Mapping[str, bytes],
                    length: int | None) -> None:
     """Refuse an upload whose claimed type or file name is not allowed, or whose declared
     length is over its type's limit (theory of operation, step 1)."""
     if allowed.allows_all:
         return
-    claim = claimed_type(metadata)
+    claim = effective_type(metadata)
     if claim is None:
         raw = _claim_value(metadata)
         if raw is None:
             raise _refuse(allowed, "type-missing", None,
-                          "the upload does not say its type (the filetype metadata)")
+                          "the upload does not say its type (the filetype metadata), nor "
+                          "does its file name end in a known extension")
         shown = _show(raw[:MAX_TYPE_CHARS].decode("utf-8", "replace"))
         raise _refuse(allowed, "type-invalid", None,
                       f"the upload's type {shown} is not a media type")
@@ -598,7 +609,7 @@ def check_length(allowed: AllowedTypes, metadata: Mapping[str, bytes], length: i
     """The size check of ``check_creation`` for a length declared after creation."""
     if allowed.allows_all:
         return
-    _check_size(allowed, (claimed_type(metadata), name_type(metadata)), length)
+    _check_size(allowed, (effective_type(metadata), name_type(metadata)), length)
 
 
 def _check_size(allowed: AllowedTypes, kinds: Iterable[str | None], length: int) -> None:

@@ -249,6 +249,13 @@ def refused(allowed: str, metadata: dict[str, bytes],
     return caught.value
 
 
+def test_a_missing_claim_falls_back_to_the_name() -> None:
+    # Browsers send an empty filetype for extensions they do not know; the name decides.
+    allowed = AllowedTypes.parse(EXAMPLE)
+    check_creation(allowed, md(filename="clip.mp4"), 10)
+    check_creation(allowed, md(filetype="", filename="clip.mp4"), 10)
+
+
 def test_everything_passes_when_every_type_is_allowed() -> None:
     allowed = AllowedTypes.parse("")
     check_creation(allowed, {}, None)
@@ -258,8 +265,12 @@ def test_everything_passes_when_every_type_is_allowed() -> None:
 
 @pytest.mark.parametrize("metadata,reason,kind", [
     ({}, "type-missing", None),
-    (md(filename="clip.mp4"), "type-missing", None),
+    (md(filename="notes"), "type-missing", None),
+    (md(filetype="", filename="readme.unknownext"), "type-missing", None),
     (md(filetype=""), "type-missing", None),
+    # Without a claim the name's type is held to the list: an executable is still refused.
+    (md(filetype="", filename="tool.exe"), "type-not-allowed",
+     "application/vnd.microsoft.portable-executable"),
     (md(filetype="not a type"), "type-invalid", None),
     (md(filetype="application/zip"), "type-not-allowed", "application/zip"),
     (md(filetype="video/mp4", filename="clip.exe"), "name-not-allowed",
