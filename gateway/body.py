@@ -33,6 +33,9 @@ class BodyReader:
         self.received = 0  # body bytes handed out so far
         # Told the size of every chunk handed out (live progress and metrics).
         self.on_chunk: Callable[[int], None] | None = None
+        # Body bytes to drop before any is handed out: a resent stream of the session API
+        # (``gateway.session_api``) starts before what the upload already has.
+        self.skip = 0
 
     def _count(self, n: int) -> None:
         self.received += n
@@ -74,6 +77,12 @@ class BodyReader:
                 self._timer = None
             if not chunk:
                 return
+            if self.skip:
+                dropped = min(self.skip, len(chunk))
+                self.skip -= dropped
+                chunk = chunk[dropped:]
+                if not chunk:
+                    continue
             count(len(chunk))
             yield chunk
 

@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.auth import mint_token
+from gateway.auth import mint_token, verify_token
 from gateway.config import (
     MIN_AUTH_SECRET_CHARS,
     GatewayConfig,
@@ -40,6 +40,7 @@ from gateway.config import (
     settings,
 )
 from gateway.logs import ACCESS_LOGGER, AccessLogger, setup_logging
+from protocol import errors
 
 
 def _class_docs(owner: type[Any]) -> dict[str, str]:
@@ -139,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--sub", default=None, help="whom the token is for (optional)")
     token.add_argument("--max-size", default=None, metavar="SIZE",
                        help="largest upload the token may create (512MiB, 5GiB; optional)")
+    token.add_argument("--db", default=None,
+                       help="the user's own Notion database id (optional)")
+    token.add_argument("--quota-bytes", default=None, metavar="SIZE",
+                       help="the user's byte quota, overriding --quota-bytes (optional)")
+    token.add_argument("--quota-uploads", default=None, type=int, metavar="N",
+                       help="the user's open-upload quota, overriding --quota-uploads "
+                            "(optional)")
+    token.add_argument("--admin", action="store_true",
+                       help="the token may act on every user's uploads")
     fake = commands.add_parser(
         "fake-notion", add_help=False,
         help="run a fake Notion API server for trying the Notion sink locally "
@@ -228,10 +238,16 @@ def print_token(args: argparse.Namespace, environ: dict[str, str]) -> int:
         if ttl_s <= 0:
             raise ValueError("--ttl must be positive")
         max_size = None if args.max_size is None else parse_size(args.max_size)
-    except ValueError as exc:
+        quota_bytes = None if args.quota_bytes is None else parse_size(args.quota_bytes)
+        token = mint_token(secret, ttl_s, now=time.time(), sub=args.sub, max_size=max_size,
+                           db=args.db, quota_bytes=quota_bytes,
+                           quota_uploads=args.quota_uploads, admin=args.admin)
+        # What the gateway would refuse is refused here, not at the first request.
+        verify_token(secret, token, now=time.time())
+    except (ValueError, errors.AuthInvalid) as exc:
         print(f"tus-gateway: {exc}", file=sys.stderr)
         return 2
-    print(mint_token(secret, ttl_s, now=time.time(), sub=args.sub, max_size=max_size))
+    print(token)
     return 0
 
 

@@ -2,9 +2,9 @@
 
 Theory of operation
 -------------------
-- A client is the auth subject of its creation when ``--auth`` is on: an HMAC token's
-  ``sub``, or, for a token without one and for a bearer token, the token itself (a bearer
-  token names no user; one token is one client). Without auth it is the remote address:
+- A client is the auth subject of its creation when ``--auth`` is on: the user a bearer
+  token, an HMAC token's ``sub`` or a forward-auth answer names, or, for a token that names
+  nobody, the token itself (one token, one client). Without auth it is the remote address:
   the peer's, or behind a proxy (``--behind-proxy``) the one that proxy saw.
 - Behind a proxy the address is the *nearest* entry of ``Forwarded`` (the last element's
   ``for=``), else of ``X-Forwarded-For`` (the last entry of the last field line). A proxy
@@ -24,7 +24,7 @@ import hashlib
 
 from aiohttp import web
 
-from gateway.auth import Grant
+from gateway.auth import Principal
 from gateway.config import GatewayConfig
 from gateway.keys import CONFIG
 
@@ -32,11 +32,12 @@ from gateway.keys import CONFIG
 MAX_ADDRESS_CHARS = 100
 
 
-def client_key(request: web.Request, grant: Grant) -> str:
-    """The key that a creation's open uploads are counted under (see the module docstring):
-    the identity its checked credentials gave (``auth.authorize``), else its address."""
+def client_key(request: web.Request, principal: Principal) -> str:
+    """The key that a creation's open uploads are counted under and that owns them (see the
+    module docstring): the identity its checked credentials gave (``auth.principal_of``),
+    else its address."""
     config: GatewayConfig = request.app[CONFIG]
-    identity = grant.identity
+    identity = principal.identity
     if identity is None:
         identity = "addr:" + remote_address(request, behind_proxy=config.behind_proxy)
     raw = identity.encode("utf-8", "surrogateescape")

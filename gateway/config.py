@@ -33,14 +33,15 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 
 
-AUTH_MODES = ("none", "bearer", "hmac")
+AUTH_MODES = ("none", "bearer", "hmac", "forward")
 # 32 random hex characters are 128 bits; a shorter secret lets anyone holding one token
 # guess the key offline and mint their own.
 MIN_AUTH_SECRET_CHARS = 32
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("json", "text")
 # Settings that are credentials: masked wherever the configuration is shown or logged.
-SECRET_FIELDS = ("notion_token", "auth_tokens", "auth_secret")
+SECRET_FIELDS = ("notion_token", "auth_tokens", "auth_secret", "auth_admin_tokens",
+                 "link_secret")
 
 
 class FsyncPolicy(enum.StrEnum):
@@ -62,18 +63,35 @@ class FsyncPolicy(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class AuthSettings:
-    """Who may create uploads: ``--auth`` and the ``--auth-*`` settings."""
+    """Who is asking: ``--auth`` and the ``--auth-*`` settings (``gateway.auth``)."""
 
     mode: str = "none"
-    """Who may create uploads: 'none' (anyone who can reach the gateway), 'bearer' (one of
-    auth-tokens) or 'hmac' (a signed upload token, see `tus-gateway token`). Upload URLs stay
-    reachable without a token: their random id is the capability."""
+    """Who may use the gateway: 'none' (anyone who can reach it; upload URLs are the
+    capability), 'bearer' (one of auth-tokens), 'hmac' (a signed token, see `tus-gateway
+    token`) or 'forward' (the operator's endpoint at auth-url decides, from the request's
+    Authorization and Cookie headers). With any of the last three every request names a
+    subject, and an upload answers only its creator (or an admin)."""
     tokens: tuple[str, ...] = ()
-    """With auth bearer: the accepted tokens, comma-separated. Prefer the environment
-    variable, since flags show in the process list."""
+    """With auth bearer: the accepted tokens, comma-separated, each either subject=TOKEN (a
+    user) or a bare TOKEN (an anonymous subject of its own). Prefer the environment variable,
+    since flags show in the process list."""
+    admin_tokens: tuple[str, ...] = ()
+    """Bearer tokens that may act on every user's uploads (operators, support scripts), in
+    any auth mode; comma-separated. Prefer the environment variable."""
     secret: str = ""
     """With auth hmac: the shared secret that signs upload tokens (at least 32 characters).
     Prefer the environment variable, since flags show in the process list."""
+    url: str = ""
+    """With auth forward: the endpoint asked with the request's Authorization and Cookie
+    headers (GET, as nginx auth_request and Traefik forwardAuth do). 2xx with a JSON object
+    {"sub": ..., optional "admin", "db", "max_size", "quota_bytes", "quota_uploads"}: allowed;
+    401 or 403: refused; anything else: 503 to the client."""
+    cache_s: float = 10.0
+    """With auth forward: how long an answer is reused for the same credentials."""
+    cache_entries: int = 10_000
+    """With auth forward: most answers kept at once (the oldest go first)."""
+    timeout_s: float = 5.0
+    """With auth forward: how long the endpoint may take before the request gets 503."""
 
     def problems(self) -> list[str]:
         problems = []
@@ -81,16 +99,23 @@ class AuthSettings:
             problems.append(f"auth must be one of {', '.join(AUTH_MODES)}")
         if self.mode == "bearer" and not self.tokens:
             problems.append("auth bearer needs auth_tokens")
-        if any(not t or any(c.isspace() for c in t) for t in self.tokens):
+        if any(not t or any(c.isspace() for c in t)
+               for t in (*self.tokens, *self.admin_tokens)):
             problems.append("auth_tokens must be non-empty and without whitespace")
         if self.mode == "hmac" and len(self.secret) < MIN_AUTH_SECRET_CHARS:
             problems.append(f"auth hmac needs an auth_secret of at least "
                             f"{MIN_AUTH_SECRET_CHARS} characters")
+        if self.mode == "forward" and not _is_http_url(self.url):
+            problems.append("auth forward needs an http(s) auth_url")
+        if self.cache_s < 0 or self.cache_entries < 1 or self.timeout_s <= 0:
+            problems.append("auth_cache_s must not be negative, auth_cache_entries and "
+                            "auth_timeout_s must be positive")
         # A credential set without the mode that uses it would leave creation open while
         # the operator believes it is guarded.
-        if self.mode == "none" and (self.tokens or self.secret):
-            problems.append("auth_tokens or auth_secret is set but auth is 'none'; "
-                            "choose auth bearer or hmac")
+        if self.mode == "none" and (self.tokens or self.secret or self.url
+                                    or self.admin_tokens):
+            problems.append("auth_tokens, auth_admin_tokens, auth_secret or auth_url is set "
+                            "but auth is 'none'; choose auth bearer, hmac or forward")
         return problems
 
 
@@ -247,7 +272,30 @@ class GatewayConfig:
     """Log one line per request (method, path, status, duration, bytes, upload id); at the
     info level, so --log-level warning or --no-access-log silences them on a busy gateway."""
     auth: AuthSettings = field(default_factory=AuthSettings)
-    """Who may create uploads (the auth-* settings)."""
+    """Who is asking (the auth-* settings)."""
+    quota_bytes: int = 0
+    """Per user (auth subject): most bytes held at once, counting the declared length of
+    every upload not yet delivered (unfinished, or finished and waiting for the sink). A
+    token claim or forward-auth answer "quota_bytes" overrides it for its user. 0: no
+    limit."""
+    quota_uploads: int = 0
+    """Per user: most unfinished uploads at once; a "quota_uploads" claim or answer
+    overrides it. 0: only max-open-uploads-per-client."""
+    allowed_types: str = ""
+    """File types accepted, comma-separated, each a media type or type/* with an optional
+    size limit: 'video/*=5GiB,image/*=50MiB,application/pdf'. Checked at creation against
+    the filetype metadata and the file name, and at finish against the file's first bytes: a
+    file that is not what it claimed is rejected (never delivered, its bytes removed).
+    Empty: every type."""
+    link_secret: str = ""
+    """Key that signs download links handed out by the status endpoint (at least 32
+    characters; instances behind one balancer must share it). Empty: the auth secret with
+    auth hmac, else a random key per process. Prefer the environment variable."""
+    link_ttl_s: float = 3600.0
+    """How long a signed download link works."""
+    max_event_streams: int = 1000
+    """Most live event streams (GET /api/upload/events/{id}) open at once on this instance;
+    more get 429 with Retry-After."""
     log_level: str = "info"
     """Least severe log level written: debug, info, warning, error or critical."""
     log_format: str = "json"
@@ -355,6 +403,20 @@ class GatewayConfig:
 
     def _auth_and_log_problems(self) -> list[str]:
         problems = self.auth.problems()
+        if self.link_secret and len(self.link_secret) < MIN_AUTH_SECRET_CHARS:
+            problems.append(f"link_secret must have at least {MIN_AUTH_SECRET_CHARS} "
+                            "characters")
+        for name in ("quota_bytes", "quota_uploads"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must not be negative")
+        if self.link_ttl_s <= 0 or self.max_event_streams < 1:
+            problems.append("link_ttl_s and max_event_streams must be positive")
+        if self.allowed_types:
+            from protocol.filetypes import AllowedTypes
+            try:
+                AllowedTypes.parse(self.allowed_types)
+            except ValueError as exc:
+                problems.append(f"allowed_types: {exc}")
         if self.log_level.lower() not in LOG_LEVELS:
             problems.append(f"log_level must be one of {', '.join(LOG_LEVELS)}")
         if self.log_format not in LOG_FORMATS:
@@ -466,7 +528,8 @@ def setting_values(config: GatewayConfig) -> dict[str, Any]:
 def secret_values(config: GatewayConfig) -> list[str]:
     """Every secret the configuration holds, for the log filter to mask by value: the secret
     settings and the password of any URL setting (Redis, hook endpoints)."""
-    values = [config.notion.token, *config.auth.tokens, config.auth.secret]
+    values = [config.notion.token, *config.auth.tokens, config.auth.secret,
+              *config.auth.admin_tokens, config.link_secret]
     for value in setting_values(config).values():
         if isinstance(value, str) and "://" in value:
             try:

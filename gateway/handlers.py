@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.auth import authorize, check_plan
-from gateway.clients import client_key
+from gateway.access import admit_length, check_access, creator, owned, requester
+from gateway.auth import check_plan
 from gateway.download import Download
-from gateway.http import body_facts, location, send_continue, uploads_of
-from gateway.keys import CONFIG
+from gateway.http import body_facts, headers_of, location, send_continue, uploads_of
+from gateway.keys import CONFIG, LINKS
 from gateway.sink_api import ReportsProgress, Retrying
 from gateway.uploads import Uploads, checked_id
 from protocol import decisions, errors
 from protocol.effects import Terminate
+from protocol.filetypes import check_creation
 from protocol.headers import ConcatFinal, Headers
 from protocol.model import UploadState
 from protocol.state import UploadStatus
@@ -37,18 +38,24 @@ async def options(request: web.Request, headers: Headers) -> web.Response:
 
 async def post(request: web.Request, headers: Headers) -> web.Response:
     uploads = uploads_of(request)
-    grant = authorize(request.app[CONFIG], headers, now=uploads.clock.now())
+    principal = await requester(request, headers)
     uploads.admit("create")
     facts = body_facts(request)
     plan = decisions.plan_create(headers, facts, uploads.settings)
-    await check_plan(grant, plan.length, plan.concat, uploads)
+    if isinstance(plan.concat, ConcatFinal):
+        # Only the partials' owner may join them (anyone else: 404, as for unknown ids).
+        for partial_id in dict.fromkeys(plan.concat.upload_ids):
+            await owned(request, headers, partial_id)
+    else:
+        check_creation(uploads.allowed_types, plan.metadata, plan.length)
+    await check_plan(principal, plan.length, plan.concat, uploads)
     plan = await uploads.hooks.pre_create(plan, request)  # before anything is stored
-    client = client_key(request, grant)
+    made_by = await creator(request, headers)
     if isinstance(plan.concat, ConcatFinal):
         state = await uploads.create_final(plan.concat, plan.length, plan.metadata,
-                                           client=client)
+                                           creator=made_by)
     else:
-        state = await uploads.create(plan.length, plan.metadata, plan.concat, client=client)
+        state = await uploads.create(plan.length, plan.metadata, plan.concat, creator=made_by)
     upload_id = state.info.upload_id
     where = location(request, upload_id)
     reader = uploads.body_reader(request.content)
@@ -69,6 +76,7 @@ async def post(request: web.Request, headers: Headers) -> web.Response:
 async def head(request: web.Request, headers: Headers) -> web.Response:
     uploads = uploads_of(request)
     upload_id = checked_id(request.match_info["upload_id"])
+    await check_access(request, headers, upload_id)
     # A writer is asked to commit and let go, but the read needs no lock of its own: the
     # store reports committed offsets only.
     await uploads.settled(upload_id)
@@ -79,6 +87,7 @@ async def head(request: web.Request, headers: Headers) -> web.Response:
 async def patch(request: web.Request, headers: Headers) -> web.Response:
     uploads = uploads_of(request)
     upload_id = checked_id(request.match_info["upload_id"])
+    await check_access(request, headers, upload_id)
     facts = body_facts(request)
     if facts.present:
         uploads.admit("append")
@@ -90,6 +99,7 @@ async def patch(request: web.Request, headers: Headers) -> web.Response:
     async with uploads.locked(upload_id, reader):
         state = await uploads.live(upload_id)
         plan = decisions.plan_patch(headers, facts, state, uploads.settings)
+        await admit_length(request, headers, state, plan.effects)
         finishing = state.status is UploadStatus.COMPLETE
         state = await uploads.perform(state, plan.effects, reader,
                                       before_body=lambda: send_continue(request))
@@ -104,6 +114,7 @@ async def patch(request: web.Request, headers: Headers) -> web.Response:
 async def delete(request: web.Request, headers: Headers) -> web.Response:
     uploads = uploads_of(request)
     upload_id = checked_id(request.match_info["upload_id"])
+    await check_access(request, headers, upload_id)
     async with uploads.locked(upload_id):
         state = await uploads.live(upload_id)
         await uploads.perform(state, (Terminate("terminated"),))
@@ -114,7 +125,13 @@ async def get(request: web.Request, headers: Headers) -> web.StreamResponse:
     """Download a finished upload. Finished uploads never change, so no lock is taken."""
     uploads = uploads_of(request)
     upload_id = checked_id(request.match_info["upload_id"])
-    state = await uploads.live(upload_id)
+    if "sig" in request.query or "exp" in request.query:
+        # A signed link stands in for the owner's credentials (``gateway.links``).
+        request.app[LINKS].check(upload_id, request.query.get("exp", ""),
+                                 request.query.get("sig", ""), now=uploads.clock.now())
+        state = await uploads.live(upload_id)
+    else:
+        state = await owned(request, headers, upload_id)
     # Once a sink released the spool's copy, the file it delivered here stands in for it.
     path, state = await uploads.download(state)
     plan = decisions.plan_download(state)
@@ -129,9 +146,17 @@ async def get(request: web.Request, headers: Headers) -> web.StreamResponse:
 
 async def upload_status(request: web.Request) -> web.Response:
     """``GET /api/upload/status/{id}``: the upload's progress and its sink's, as JSON."""
-    uploads = uploads_of(request)
     upload_id = checked_id(request.match_info["upload_id"])
-    state = await uploads.live(upload_id)
+    body = await status_body(request, headers_of(request), upload_id)
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+async def status_body(request: web.Request, headers: Headers,
+                      upload_id: str) -> dict[str, object]:
+    """What the status endpoint (and each event of the event stream) says about an upload
+    the request may see."""
+    uploads = uploads_of(request)
+    state = await owned(request, headers, upload_id)
     sink = state.info.sink
     body: dict[str, object] = {
         "id": upload_id, "offset": state.offset, "length": state.info.length,
@@ -142,9 +167,28 @@ async def upload_status(request: web.Request) -> web.Response:
             "will_retry": sink.will_retry, "detail": dict(sink.detail)},
     }
     body["hooks"] = uploads.hooks.describe(state)
+    if sink is not None and sink.status is UploadStatus.REJECTED:
+        body["rejected"] = sink.error
+    body["links"] = links_of(request, state)
     if isinstance(uploads.sink, ReportsProgress):
         body["progress"] = await uploads.sink.progress(upload_id)
-    return web.json_response(body, headers={"Cache-Control": "no-store"})
+    return body
+
+
+def links_of(request: web.Request, state: UploadState) -> dict[str, str | None]:
+    """Where the upload lives: its tus URL, status and events, and while its bytes can be
+    downloaded here, an expiring signed download link."""
+    upload_id = state.info.upload_id
+    uploads = uploads_of(request)
+    download = None
+    if state.finished and state.status is not UploadStatus.REJECTED and (
+            # A sink that released the spool's copy serves its delivered file instead.
+            not state.info.data_removed or uploads.sink.releases_spool):
+        download = (location(request, upload_id) + "?"
+                    + request.app[LINKS].query(upload_id, now=uploads.clock.now()))
+    return {"upload": location(request, upload_id),
+            "status": f"/api/upload/status/{upload_id}",
+            "events": f"/api/upload/events/{upload_id}", "download": download}
 
 
 def live_progress(uploads: Uploads, state: UploadState) -> dict[str, object]:
@@ -187,7 +231,7 @@ async def sink_retry(request: web.Request) -> web.Response:
     """``POST /api/sink/retry/{id}``: deliver a failed upload again."""
     uploads = uploads_of(request)
     upload_id = checked_id(request.match_info["upload_id"])
-    await uploads.live(upload_id)
+    await owned(request, headers_of(request), upload_id)
     if not isinstance(uploads.sink, Retrying):
         raise errors.SinkCannotRetry()
     await uploads.sink.retry(upload_id)

@@ -18,13 +18,14 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway.auth import authorize, check_plan
-from gateway.clients import client_key
+from gateway.access import admit_length, check_access, creator, requester
+from gateway.auth import check_plan
 from gateway.http import body_facts, location, public_origin, send_continue, uploads_of
-from gateway.keys import CONFIG, DRAFT
+from gateway.keys import DRAFT
 from gateway.uploads import checked_id
 from protocol import decisions, errors, ietf
 from protocol.effects import Terminate
+from protocol.filetypes import check_creation
 from protocol.headers import Headers
 
 IetfHandler = Callable[[web.Request, Headers, ietf.Draft], Awaitable[web.StreamResponse]]
@@ -56,15 +57,16 @@ async def create(request: web.Request, headers: Headers, draft: ietf.Draft) -> w
     """Upload creation: the upload exists, and the client learns its URL from the 104,
     before a byte of the body is read, so a cut-off request can be resumed."""
     uploads = uploads_of(request)
-    grant = authorize(request.app[CONFIG], headers, now=uploads.clock.now())
+    principal = await requester(request, headers)
     uploads.admit("create")
     facts = body_facts(request)
     plan = ietf.plan_creation(draft, headers, facts, uploads.settings)
-    await check_plan(grant, plan.length, None, uploads)
+    check_creation(uploads.allowed_types, plan.metadata, plan.length)
+    await check_plan(principal, plan.length, None, uploads)
     tus_plan = decisions.CreatePlan(plan.length, plan.metadata, None, None)
     tus_plan = await uploads.hooks.pre_create(tus_plan, request)  # before anything is stored
     state = await uploads.create(tus_plan.length, tus_plan.metadata, None,
-                                 client=client_key(request, grant))
+                                 creator=await creator(request, headers))
     upload_id = state.info.upload_id
     where = location(request, upload_id)
     reader = uploads.body_reader(request.content)
@@ -85,6 +87,7 @@ async def head(request: web.Request, headers: Headers, draft: ietf.Draft) -> web
     ietf.check_head(draft, headers)
     uploads = uploads_of(request)
     upload_id = checked_id(request.match_info["upload_id"])
+    await check_access(request, headers, upload_id)
     # "The server MAY terminate any transfers for the same upload resource before sending
     # the response": the writer is asked to commit and let go, so the offset is current.
     await uploads.settled(upload_id)
@@ -96,6 +99,7 @@ async def head(request: web.Request, headers: Headers, draft: ietf.Draft) -> web
 async def append(request: web.Request, headers: Headers, draft: ietf.Draft) -> web.Response:
     uploads = uploads_of(request)
     upload_id = checked_id(request.match_info["upload_id"])
+    await check_access(request, headers, upload_id)
     facts = body_facts(request)
     if facts.present:
         uploads.admit("append")
@@ -103,6 +107,7 @@ async def append(request: web.Request, headers: Headers, draft: ietf.Draft) -> w
     async with uploads.locked(upload_id, reader):
         state = await uploads.live(upload_id)
         plan = ietf.plan_append(draft, headers, facts, state, uploads.settings)
+        await admit_length(request, headers, state, plan.effects)
         state = await uploads.perform(state, plan.effects, reader,
                                       before_body=lambda: send_continue(request))
     answer = ietf.append_headers(draft, state, uploads.settings, uploads.clock.now())
@@ -113,6 +118,7 @@ async def cancel(request: web.Request, headers: Headers, draft: ietf.Draft) -> w
     ietf.check_delete(draft, headers)
     uploads = uploads_of(request)
     upload_id = checked_id(request.match_info["upload_id"])
+    await check_access(request, headers, upload_id)
     async with uploads.locked(upload_id):
         state = await uploads.live(upload_id)
         await uploads.perform(state, (Terminate("terminated"),))

@@ -22,6 +22,7 @@ from gateway.health import health
 from gateway.http import defer_continue, expect_continue, headers_of, public_origin, unrouted
 from gateway.metrics import metrics_handler
 from gateway.page import setup_page
+from gateway.user_api import setup_user_routes
 from protocol import decisions, ietf
 from protocol.headers import Headers
 
@@ -120,6 +121,7 @@ def setup_routes(app: web.Application, config: GatewayConfig) -> list[web.Abstra
         app.router.add_post("/api/sink/retry/{upload_id}", sink_retry,
                             expect_handler=expect_continue),
     ]
+    routes += setup_user_routes(app)
     # Last, so it takes only what nothing else does (see ``unrouted``).
     app.router.add_route("*", "/{path:.*}", unrouted, expect_handler=expect_continue)
     return routes

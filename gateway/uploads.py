@@ -34,14 +34,16 @@ from gateway.hooks import Hooks
 from gateway.limits import EmptyPatches
 from gateway.logs import log_event
 from gateway.progress import Meters
+from gateway.quotas import Creator, Quotas, held_bytes, uploads_refusal
 from gateway.sinks import Sink
 from gateway.state.base import Indexing, Locker, ReleaseRequested, UploadStore
 from gateway.state.parts import StoreParts
 from protocol import errors
 from protocol.decisions import ProtocolSettings, expires_at, is_expired, plan_final_length
 from protocol.effects import Append, DeclareLength, Effect, EndUpload, Finish, Terminate
+from protocol.filetypes import AllowedTypes
 from protocol.headers import UPLOAD_ID, Checksum, Concat, ConcatFinal
-from protocol.model import UploadInfo, UploadState
+from protocol.model import SinkState, UploadInfo, UploadState
 from protocol.state import Input, UploadStatus, advance, stored
 
 if TYPE_CHECKING:
@@ -107,6 +109,15 @@ def checked_id(raw: str) -> str:
     return raw
 
 
+# Whether a finished upload's bytes are what it claimed (``gateway.screening``): None when
+# they are, else the reason it is rejected.
+Screener = Callable[[UploadState, Path], Awaitable[str | None]]
+
+
+async def _accept_all(state: UploadState, data: Path) -> str | None:
+    return None
+
+
 class Admission(Protocol):
     """Whether a new request may start now (``gateway.resources.ResourceMonitor``)."""
 
@@ -150,11 +161,17 @@ class Intake:
 class Uploads:
     def __init__(self, config: GatewayConfig, parts: StoreParts, locker: Locker,
                  sink: Sink, *, intake: Intake, admission: Admission, metrics: Metrics,
-                 clock: Clock) -> None:
+                 clock: Clock, screen: Screener = _accept_all) -> None:
         self.config = config
         # What the store cannot do is neither announced nor accepted.
         self.settings = config.protocol_settings(parts.offers)
         self.store: UploadStore = parts.store
+        self.quotas = Quotas(parts.store, parts.store.get)
+        self.screen = screen
+        # A sink may send bytes before the upload finishes; with --allowed-types nothing
+        # leaves before the content check at the finish has seen the file.
+        self.sends_early = not config.allowed_types
+        self.allowed_types = AllowedTypes.parse(config.allowed_types)
         self.locker = locker
         self.sink = sink
         self.clock = clock
@@ -261,29 +278,47 @@ class Uploads:
 
     # --- writing -----------------------------------------------------------------------------
     async def create(self, length: int | None, metadata: dict[str, bytes],
-                     concat: Concat | None, *, client: str) -> UploadState:
+                     concat: Concat | None, *, creator: Creator) -> UploadState:
         info = UploadInfo(upload_id=new_upload_id(), length=length, metadata=metadata,
-                          concat=concat, created_at=self.clock.now(), client=client)
-        async with self._open_slot(info):
+                          concat=concat, created_at=self.clock.now(), client=creator.client,
+                          subject=creator.subject, database=creator.database)
+        async with self._open_slot(info, creator):
             state = await self._create_record(info)
         self._event("created", info.upload_id, length=length, partial=info.is_partial)
         return state
 
     @asynccontextmanager
-    async def _open_slot(self, info: UploadInfo) -> AsyncIterator[None]:
-        """Count the new upload as open, in total and for its client, before anything of it
-        is stored: over a limit, 429 and nothing is made. Should making it fail, the slot is
-        given back. The upload stops being open when it finishes (``finish``) or is removed
-        (the store's ``terminate``, for deletions and expiry alike)."""
-        await self.store.claim_open_slot(
-            info.upload_id, info.client, max_total=self.config.max_open_uploads,
-            max_per_client=self.config.max_open_uploads_per_client)
+    async def _open_slot(self, info: UploadInfo, creator: Creator) -> AsyncIterator[None]:
+        """Count the new upload as open, in total and for its client, and its bytes against
+        the creator's quota (``gateway.quotas``), before anything of it is stored: over a
+        limit, 429 and nothing is made. Should making it fail, all is given back. The
+        upload stops being open when it finishes (``finish``) or is removed (the store's
+        ``terminate``, for deletions and expiry alike)."""
+        per_client = creator.quota_uploads or self.config.max_open_uploads_per_client
         try:
+            await self.store.claim_open_slot(
+                info.upload_id, info.client, max_total=self.config.max_open_uploads,
+                max_per_client=per_client)
+        except errors.ClientOpenUploadsLimit:
+            if not creator.quota_uploads:
+                raise
+            raise uploads_refusal(creator, await self.store.open_slots_taken(info.client)) \
+                from None
+        try:
+            await self.quotas.hold(creator, info.upload_id, info.length or 0)
+            await self.store.note_owned(info.client, info.upload_id, info.created_at)
             yield
         except BaseException:
             with suppress(Exception):  # a slot left behind is dropped by the sweeper
                 await run_to_completion(self.store.release_open_slot(info.upload_id))
+                await run_to_completion(self.store.forget_owned(info.client, info.upload_id))
             raise
+
+    async def admit_length(self, state: UploadState, length: int, creator: Creator) -> None:
+        """Before a deferred length is declared: hold the new length against the creator's
+        quota (``errors.QuotaExceeded`` and nothing changes if it does not fit)."""
+        if length != state.info.length:
+            await self.quotas.hold(creator, state.info.upload_id, length)
 
     def empty_patch(self, upload_id: str) -> None:
         """A PATCH that carries no bytes and declares no length: 429 if this upload had one
@@ -342,7 +377,7 @@ class Uploads:
                         state = await self.finish(state)
                 case Terminate(reason=reason):
                     advance(state.status, Input.TERMINATE)
-                    await self.terminate(state.info.upload_id, reason)
+                    await self.terminate(state.info, reason)
         return state
 
     @staticmethod
@@ -370,7 +405,8 @@ class Uploads:
         upload_id = state.info.upload_id
         if state.info.data_removed:
             return await self._append_nothing(state, reader, checksum)
-        self.sink.receiving(state)
+        if self.sends_early:
+            self.sink.receiving(state)
         feed = self.meters.feeder(upload_id)
         counter = self.metrics.bytes_received
 
@@ -396,7 +432,8 @@ class Uploads:
                         await run_to_completion(task)
                 raise
             finally:
-                self.sink.receiving(state)
+                if self.sends_early:
+                    self.sink.receiving(state)
                 if self.inflight.get(upload_id, (0, None))[1] is reader:
                     del self.inflight[upload_id]
         return UploadState(state.info, new_offset, self.clock.now())
@@ -430,7 +467,26 @@ class Uploads:
         if info.finished_at is None:
             info = info.replace(finished_at=self.clock.now())
             self._event("finished", upload_id, length=state.offset, partial=info.is_partial)
+        rejected = None
         if state.status is UploadStatus.COMPLETE and not info.is_partial:
+            try:
+                rejected = await self.screen(state, data)
+            except OSError as exc:
+                # As for a delivery that could not read the file: retried at the next start.
+                log.error("could not check the content of %s: %s", upload_id, exc)
+                if info is not state.info:
+                    await self.store.save_info(info)
+                return UploadState(info, state.offset, state.last_activity)
+        if rejected is not None:
+            # Not what it claimed: never delivered, its bytes go (``_settle_finish``).
+            advance(state.status, Input.REJECT)
+            self._event("rejected", upload_id, reason=rejected)
+            info = await self.hooks.owe_post_finish(info.replace(
+                sink=SinkState(UploadStatus.REJECTED, error=rejected), data_removed=True))
+            await self.store.save_info(info)
+            state = UploadState(info, state.offset, state.last_activity)
+            self.hooks.start_post_finish(state)
+        elif state.status is UploadStatus.COMPLETE and not info.is_partial:
             try:
                 sink_state = await self.sink.deliver(state, data)
             except OSError as exc:
@@ -465,31 +521,38 @@ class Uploads:
         upload_id = state.info.upload_id
         if state.info.data_removed:
             await self.store.discard_data(upload_id)
+        if held_bytes(state) == 0:
+            await self.quotas.release(state)
         await self.store.schedule_expiry(upload_id, self.forget_at(state))
         await self.store.owe_finish(upload_id, False)
 
     async def declare_length(self, state: UploadState, length: int) -> UploadState:
+        # The quota was asked before the plan was performed (``admit_length``); here the
+        # upload's own figure follows its length, which only grows from its offset.
         info = state.info.replace(length=length)
         await self.store.save_info(info)
         return UploadState(info, state.offset, state.last_activity)
 
-    async def terminate(self, upload_id: str, reason: str) -> None:
+    async def terminate(self, info: UploadInfo, reason: str) -> None:
+        upload_id = info.upload_id
         await self.store.terminate(upload_id, reason)
         await self.store.unregister_final(upload_id)
+        await self.store.forget_owned(info.client, upload_id)
         self._event("terminated", upload_id, reason=reason)
 
     # --- concatenation -----------------------------------------------------------------------
     async def create_final(self, concat: ConcatFinal, declared_length: int | None,
-                           metadata: dict[str, bytes], *, client: str) -> UploadState:
+                           metadata: dict[str, bytes], *, creator: Creator) -> UploadState:
         """A final concatenation: assembled now if its partials are finished, else when the
         last of them finishes. Its size is held to --max-size now, with the lengths known so
         far (a partial named twice counts twice), and again at assembly."""
         partials = await self._partials(concat.upload_ids, self.live)
         length = plan_final_length(concat, partials, declared_length, self.settings)
         info = UploadInfo(upload_id=new_upload_id(), length=length, metadata=metadata,
-                          concat=concat, created_at=self.clock.now(), client=client)
+                          concat=concat, created_at=self.clock.now(), client=creator.client,
+                          subject=creator.subject, database=creator.database)
         waits = not all(p.finished for p in partials)
-        async with self._open_slot(info):
+        async with self._open_slot(info, creator):
             if waits:
                 # Registered before the record exists, so that a partial with as many finals
                 # waiting as allowed (409) leaves nothing made. A partial that finishes
@@ -573,7 +636,7 @@ class Uploads:
         try:
             plan_final_length(info.concat, partials, None, self.settings)
         except errors.TooLarge as exc:
-            await self.terminate(info.upload_id, "too_large")
+            await self.terminate(info, "too_large")
             log.warning("final upload %s was removed instead of assembled: %s",
                         info.upload_id, exc.detail)
             raise
@@ -653,6 +716,7 @@ class Uploads:
             if not await self.store.terminate(upload_id, "expired", if_offset=state.offset):
                 return 0
         await self.store.unregister_final(upload_id)
+        await self.store.forget_owned(state.info.client, upload_id)
         self._event("expired", upload_id, offset=state.offset, finished=state.finished)
         return 1
 

@@ -28,22 +28,25 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def head(url: str) -> Message:
-    """HEAD an upload URL; returns the response headers."""
-    req = urllib.request.Request(url, method="HEAD", headers={"Tus-Resumable": "1.0.0"})
+def head(url: str, auth: dict[str, str] | None = None) -> Message:
+    """HEAD an upload URL (with ``auth`` headers when the gateway asks for credentials);
+    returns the response headers."""
+    req = urllib.request.Request(url, method="HEAD",
+                                 headers={"Tus-Resumable": "1.0.0", **(auth or {})})
     with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp:
         assert resp.status == 200, resp.status
         headers: Message = resp.headers
         return headers
 
 
-def head_offset(url: str) -> int:
-    return int(head(url)["Upload-Offset"])
+def head_offset(url: str, auth: dict[str, str] | None = None) -> int:
+    return int(head(url, auth)["Upload-Offset"])
 
 
-def download(url: str) -> tuple[bytes, Message]:
+def download(url: str, auth: dict[str, str] | None = None) -> tuple[bytes, Message]:
     """GET a finished upload: its bytes and the response headers."""
-    with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as resp:
+    req = urllib.request.Request(url, headers=auth or {})
+    with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp:
         assert resp.status == 200, resp.status
         return resp.read(), resp.headers
 
@@ -55,7 +58,8 @@ def url_of(uploader: Any) -> str:
     return url
 
 
-def assert_delivered(gw: GatewayProcess, url: str, source: Path, filename: str) -> None:
+def assert_delivered(gw: GatewayProcess, url: str, source: Path, filename: str,
+                     auth: dict[str, str] | None = None) -> None:
     """The finished upload is byte-exact both in complete/<filename> and over GET <url>."""
     expected = sha256_file(source)
     size = source.stat().st_size
@@ -66,7 +70,7 @@ def assert_delivered(gw: GatewayProcess, url: str, source: Path, filename: str) 
         f"\n{gw.log()}")
     assert delivered.stat().st_size == size
     assert sha256_file(delivered) == expected, "complete/ file differs from what was sent"
-    assert head_offset(url) == size
-    body, _headers = download(url)
+    assert head_offset(url, auth) == size
+    body, _headers = download(url, auth)
     assert len(body) == size
     assert hashlib.sha256(body).hexdigest() == expected, "GET body differs from what was sent"

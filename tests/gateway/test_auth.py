@@ -44,16 +44,27 @@ async def create(client: Client, length: int = 11, /, **headers: str) -> Any:
                                                  **headers})
 
 
-async def assert_reachable_without_token(client: Client, location: str) -> None:
-    """PATCH, HEAD and GET work on the upload URL alone, and DELETE ends it."""
+async def assert_reachable_with_the_token_only(client: Client, location: str,
+                                              token: str) -> None:
+    """With auth on, the upload URL alone is not enough: without credentials every method
+    answers 401 and changes nothing; with the creator's token PATCH, HEAD and GET work, and
+    DELETE ends it."""
     url = path_of(location)
     r = await client.patch(url, data=b"hello world", headers=patch_headers(0))
+    assert r.status == 401, await r.text()
+    for method in ("HEAD", "GET", "DELETE"):
+        r = await client.request(method, url, headers=TUS)
+        assert r.status == 401, method
+    auth = bearer(token)
+    r = await client.head(url, headers={**TUS, **auth})
+    assert r.status == 200 and r.headers["Upload-Offset"] == "0"
+    r = await client.patch(url, data=b"hello world", headers={**patch_headers(0), **auth})
     assert r.status == 204, await r.text()
-    r = await client.head(url, headers=TUS)
+    r = await client.head(url, headers={**TUS, **auth})
     assert r.status == 200 and r.headers["Upload-Offset"] == "11"
-    r = await client.get(url, headers=TUS)
+    r = await client.get(url, headers={**TUS, **auth})
     assert r.status == 200 and await r.read() == b"hello world"
-    r = await client.delete(url, headers=TUS)
+    r = await client.delete(url, headers={**TUS, **auth})
     assert r.status == 204
 
 
@@ -78,13 +89,13 @@ async def test_bearer_wrong_token_is_403(make_client: ClientFactory) -> None:
         assert "WWW-Authenticate" not in r.headers
 
 
-async def test_bearer_valid_token_creates_and_the_url_needs_none(
+async def test_bearer_valid_token_creates_and_the_url_needs_it_too(
         make_client: ClientFactory) -> None:
     client = await make_client(auth="bearer", auth_tokens=TOKENS)
     for token in TOKENS:
         r = await create(client, **bearer(token))
         assert r.status == 201, await r.text()
-        await assert_reachable_without_token(client, r.headers["Location"])
+        await assert_reachable_with_the_token_only(client, r.headers["Location"], token)
     # The scheme is case-insensitive (RFC 7235).
     r = await create(client, Authorization=f"bearer {TOKENS[0]}")
     assert r.status == 201
@@ -122,13 +133,13 @@ async def test_preflight_and_discovery_need_no_token(make_client: ClientFactory)
 
 
 # --- HMAC upload tokens ------------------------------------------------------------------------
-async def test_hmac_valid_token_creates_and_the_url_needs_none(
+async def test_hmac_valid_token_creates_and_the_url_needs_it_too(
         make_client: ClientFactory) -> None:
     client = await make_client(auth="hmac", auth_secret=SECRET)
     token = mint_token(SECRET, 600, now=time.time(), sub="user-42")
     r = await create(client, **bearer(token))
     assert r.status == 201, await r.text()
-    await assert_reachable_without_token(client, r.headers["Location"])
+    await assert_reachable_with_the_token_only(client, r.headers["Location"], token)
 
 
 async def test_hmac_missing_token_is_401(make_client: ClientFactory) -> None:
@@ -172,7 +183,7 @@ async def test_hmac_tampered_or_foreign_token_is_403(make_client: ClientFactory)
 
 async def test_hmac_max_size_is_honoured(make_client: ClientFactory) -> None:
     client = await make_client(auth="hmac", auth_secret=SECRET)
-    token = bearer(mint_token(SECRET, 600, now=time.time(), max_size=10))
+    token = bearer(mint_token(SECRET, 600, now=time.time(), sub="carol", max_size=10))
     r = await create(client, 11, **token)
     assert r.status == 413
     assert (await r.text()).startswith(f"{errors.TooLarge.code}:")
@@ -189,7 +200,8 @@ async def test_hmac_max_size_is_honoured(make_client: ClientFactory) -> None:
     r = await client.post("/files/", headers={**TUS, **token,
                                               "Upload-Concat": "final;" + " ".join(parts)})
     assert r.status == 413
-    unlimited = bearer(mint_token(SECRET, 600, now=time.time()))
+    # Another token of the same user, without the limit, may join them.
+    unlimited = bearer(mint_token(SECRET, 600, now=time.time(), sub="carol"))
     r = await client.post("/files/", headers={**TUS, **unlimited,
                                               "Upload-Concat": "final;" + " ".join(parts)})
     assert r.status == 201, await r.text()
@@ -242,7 +254,8 @@ def test_tus_js_client_sends_the_token_through_its_headers_option(
     posts = [r for r in result["requests"] if r["method"] == "POST"]
     assert len(posts) == 1 and posts[0]["status"] == 201
     assert posts[0]["headers"]["Authorization"] == f"Bearer {token}"
-    assert_delivered(gw, result["url"], source, "authed.bin")
+    assert_delivered(gw, result["url"], source, "authed.bin",
+                     {"Authorization": f"Bearer {token}"})
 
 
 def test_tus_js_client_without_token_is_refused(gateway_process: Gateways,

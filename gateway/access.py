@@ -1,0 +1,70 @@
+"""Who may act on an upload: the request's principal, checked against the upload's creator.
+
+Every handler that names an upload reads it through ``owned``, so that a principal other
+than the creator (and not an admin) meets the same 404 as an unknown id (``gateway.auth``
+says why). Without auth nothing is checked and nothing extra is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from gateway.auth import Principal, check_owner, principal_of
+from gateway.clients import client_key
+from gateway.http import uploads_of
+from gateway.keys import CONFIG
+from gateway.quotas import Creator, creator_of
+from protocol import errors
+from protocol.effects import DeclareLength, Effect
+from protocol.filetypes import check_length
+from protocol.headers import Headers
+from protocol.model import UploadState
+
+
+async def requester(request: web.Request, headers: Headers) -> Principal:
+    """The request's principal (``errors`` auth refusals when auth is on and it has none)."""
+    return await principal_of(request, headers, now=uploads_of(request).clock.now())
+
+
+async def creator(request: web.Request, headers: Headers) -> Creator:
+    """What a creation is made under: the principal's key, name, database and limits."""
+    principal = await requester(request, headers)
+    return creator_of(request.app[CONFIG], principal, client_key(request, principal))
+
+
+def auth_on(request: web.Request) -> bool:
+    return bool(request.app[CONFIG].auth.mode != "none")
+
+
+async def owned(request: web.Request, headers: Headers, upload_id: str) -> UploadState:
+    """The upload's live state when the request may act on it, else 404 (410 for a removed
+    one only without auth: its tombstone names no owner)."""
+    uploads = uploads_of(request)
+    if not auth_on(request):
+        return await uploads.live(upload_id)
+    principal = await requester(request, headers)
+    try:
+        state = await uploads.live(upload_id)
+    except errors.Gone:
+        raise errors.NotFound() from None
+    check_owner(request.app[CONFIG], principal, state.info, client_key(request, principal))
+    return state
+
+
+async def check_access(request: web.Request, headers: Headers, upload_id: str) -> None:
+    """``owned``, when auth is on; without auth nothing is read (the caller reads anyway)."""
+    if auth_on(request):
+        await owned(request, headers, upload_id)
+
+
+async def admit_length(request: web.Request, headers: Headers, state: UploadState,
+                       effects: Sequence[Effect]) -> None:
+    """Before a plan declares a deferred length: the per-type size limit and the quota."""
+    for effect in effects:
+        if isinstance(effect, DeclareLength):
+            uploads = uploads_of(request)
+            check_length(uploads.allowed_types, state.info.metadata, effect.length)
+            await uploads.admit_length(state, effect.length, await creator(request, headers))
+
