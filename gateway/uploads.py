@@ -30,6 +30,7 @@ from gateway.aio import run_to_completion
 from gateway.body import BodyReader
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
+from gateway.events import EventBus, LocalBus, progress_event, status_event
 from gateway.hooks import Hooks
 from gateway.limits import EmptyPatches
 from gateway.logs import log_event
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
     from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
+# Live progress goes to the event streams at most this often per upload.
+PROGRESS_EVERY_S = 0.25
 # A data file without a record younger than this may be a create in progress.
 ORPHAN_GRACE_S = 3600.0
 # Due uploads read per index query, and at most per sweep (the rest wait for the next one,
@@ -161,13 +164,15 @@ class Intake:
 class Uploads:
     def __init__(self, config: GatewayConfig, parts: StoreParts, locker: Locker,
                  sink: Sink, *, intake: Intake, admission: Admission, metrics: Metrics,
-                 clock: Clock, screen: Screener = _accept_all) -> None:
+                 clock: Clock, screen: Screener = _accept_all,
+                 events: EventBus | None = None) -> None:
         self.config = config
         # What the store cannot do is neither announced nor accepted.
         self.settings = config.protocol_settings(parts.offers)
         self.store: UploadStore = parts.store
         self.quotas = Quotas(parts.store, parts.store.get)
         self.screen = screen
+        self.events: EventBus = events or LocalBus()
         # A sink may send bytes before the upload finishes; with --allowed-types nothing
         # leaves before the content check at the finish has seen the file.
         self.sends_early = not config.allowed_types
@@ -189,6 +194,11 @@ class Uploads:
         """An upload's life event: one log line, one count."""
         log_event(event, upload_id, **fields)
         self.metrics.uploads.labels(event).inc()
+
+    def announce(self, state: UploadState) -> None:
+        """Tell the upload's event streams (on every instance) that it changed."""
+        self.events.publish(state.info.upload_id,
+                            status_event(state.info.upload_id, str(state.status)))
 
     def admit(self, kind: str) -> None:
         """Refuse a new creation (``"create"``) or PATCH (``"append"``) with 503 while the
@@ -378,6 +388,7 @@ class Uploads:
                 case Terminate(reason=reason):
                     advance(state.status, Input.TERMINATE)
                     await self.terminate(state.info, reason)
+        self.announce(state)
         return state
 
     @staticmethod
@@ -409,10 +420,24 @@ class Uploads:
             self.sink.receiving(state)
         feed = self.meters.feeder(upload_id)
         counter = self.metrics.bytes_received
+        meter, clock, events = self.meters.get(upload_id), self.clock, self.events
+        length = state.info.length
+        last_told = -PROGRESS_EVERY_S
 
         def on_chunk(n: int) -> None:
+            nonlocal last_told
             feed(n)
             counter.inc(n)
+            now = clock.monotonic()
+            if now - last_told >= PROGRESS_EVERY_S:
+                # Live progress for the event streams, a few times a second at most.
+                last_told = now
+                received = offset + reader.received
+                events.publish(upload_id, progress_event(
+                    upload_id, offset=offset, bytes_received=received, length=length,
+                    speed_bytes_per_s=None if meter is None else meter.speed(now),
+                    eta_s=None if meter is None or length is None
+                    else meter.eta(length - received, now)))
         reader.on_chunk = on_chunk
         self.inflight[upload_id] = (offset, reader)
         async with self.receiving(reader):
@@ -539,6 +564,7 @@ class Uploads:
         await self.store.unregister_final(upload_id)
         await self.store.forget_owned(info.client, upload_id)
         self._event("terminated", upload_id, reason=reason)
+        self.events.publish(upload_id, status_event(upload_id, "terminated"))
 
     # --- concatenation -----------------------------------------------------------------------
     async def create_final(self, concat: ConcatFinal, declared_length: int | None,
@@ -718,6 +744,7 @@ class Uploads:
         await self.store.unregister_final(upload_id)
         await self.store.forget_owned(state.info.client, upload_id)
         self._event("expired", upload_id, offset=state.offset, finished=state.finished)
+        self.events.publish(upload_id, status_event(upload_id, "terminated"))
         return 1
 
     async def _due_now(self, state: UploadState, now: float) -> bool:

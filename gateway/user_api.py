@@ -36,7 +36,8 @@ from aiohttp import web
 from gateway.access import creator, owned, requester
 from gateway.auth import check_plan
 from gateway.clients import client_key
-from gateway.handlers import links_of, live_progress
+from gateway.events import stream_events
+from gateway.handlers import links_of, live_progress, status_body
 from gateway.http import (
     defer_continue,
     expect_continue,
@@ -44,7 +45,7 @@ from gateway.http import (
     send_continue,
     uploads_of,
 )
-from gateway.keys import CONFIG
+from gateway.keys import CONFIG, EVENTS
 from gateway.uploads import checked_id
 from protocol import decisions, errors
 from protocol.effects import Append, Effect, Finish, Terminate
@@ -129,6 +130,19 @@ def _cursor(raw: str | None) -> tuple[float, str] | None:
         return float(created_at), checked_id(upload_id)
     except (ValueError, TypeError, UnicodeError, binascii.Error, errors.NotFound):
         raise errors.InvalidQuery("cursor is not one this gateway gave out") from None
+
+
+# --- live events -------------------------------------------------------------------------------
+async def upload_events(request: web.Request) -> web.StreamResponse:
+    """``GET /api/upload/events/{id}``: the upload's progress, phase and sink state as
+    server-sent events (``gateway.events``), from whichever instance holds it."""
+    upload_id = checked_id(request.match_info["upload_id"])
+    headers = headers_of(request)
+    await owned(request, headers, upload_id)  # before anything is subscribed
+
+    async def snapshot() -> dict[str, object]:
+        return await status_body(request, headers, upload_id)
+    return await stream_events(request, upload_id, snapshot, request.app[EVENTS])
 
 
 # --- the session API ---------------------------------------------------------------------------
@@ -263,6 +277,8 @@ async def abort(request: web.Request) -> web.Response:
 def setup_user_routes(app: web.Application) -> list[web.AbstractRoute]:
     return [
         app.router.add_get("/api/uploads", list_uploads, expect_handler=expect_continue),
+        app.router.add_get("/api/upload/events/{upload_id}", upload_events,
+                           expect_handler=expect_continue),
         app.router.add_post("/api/upload/create-session", create_session,
                             expect_handler=expect_continue),
         # 100 Continue only once the stream is accepted and about to be read.
