@@ -30,6 +30,13 @@ Enforced:
   back; an unattached upload then turns ``expired`` and refuses send, complete and attach;
   the first attach clears ``expiry_time`` for good.
 - Retrieve and list (rules 21-22), ``GET /v1/users/me`` with the workspace limit (rule 14).
+- Databases and capabilities (§7.4): any number of databases, each with its own schema and
+  the tokens it is shared with (:meth:`FakeNotion.add_database`, ``--database``;
+  :meth:`FakeNotion.share_database` shares or unshares one later); one that does not exist
+  or is not shared is 404 ``object_not_found`` for pages and queries alike. Each token has
+  content capabilities (:meth:`FakeNotion.set_capabilities`, ``--capabilities``): creating
+  a page needs insert content, queries and reading a page need read content, else 403
+  ``restricted_resource``.
 - Pages (rule 23): the parent database exists and is shared with the token (else 404);
   property names or IDs exist; values have the schema's type (title, rich_text, number,
   checkbox, date, files, url, select, multi_select, email, phone_number); read-only types

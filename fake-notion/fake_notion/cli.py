@@ -12,15 +12,16 @@ from pathlib import Path
 from aiohttp import web
 
 from fake_notion.app import create_fake_app
-from fake_notion.rules import PAID_WORKSPACE_LIMIT, SCHEMA_TYPES
-from fake_notion.state import DEFAULT_VERSION, FakeConfig, FakeNotion
+from fake_notion.rules import PAID_WORKSPACE_LIMIT, SCHEMA_TYPES, NotionError
+from fake_notion.state import CAPABILITIES, DEFAULT_VERSION, FakeConfig, FakeNotion
 
 
-def _database_arg(raw: str) -> tuple[str, dict[str, str]]:
-    """``NAME:prop=type,prop=type`` -> (name, schema)."""
-    name, sep, spec = raw.partition(":")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME:prop=type,...; got {raw!r}")
+def _database_arg(raw: str) -> tuple[str, str | None, dict[str, str]]:
+    """``NAME[@ID]:prop=type,prop=type`` -> (name, id or None, schema)."""
+    head, sep, spec = raw.partition(":")
+    name, at, db_id = head.partition("@")
+    if not sep or not name or (at and not db_id):
+        raise argparse.ArgumentTypeError(f"expected NAME[@ID]:prop=type,...; got {raw!r}")
     schema: dict[str, str] = {}
     for item in filter(None, spec.split(",")):
         prop, eq, kind = item.partition("=")
@@ -28,7 +29,7 @@ def _database_arg(raw: str) -> tuple[str, dict[str, str]]:
             raise argparse.ArgumentTypeError(f"bad property {item!r} (types: "
                                              f"{', '.join(sorted(SCHEMA_TYPES))})")
         schema[prop] = kind
-    return name, schema
+    return name, db_id or None, schema
 
 
 def main(argv: list[str] | None = None, prog: str = "fake-notion") -> int:
@@ -53,7 +54,17 @@ def main(argv: list[str] | None = None, prog: str = "fake-notion") -> int:
     parser.add_argument("--storage-dir", type=Path, default=None,
                         help="where part bytes go (default: a temporary directory)")
     parser.add_argument("--database", action="append", default=[], type=_database_arg,
-                        metavar="NAME:prop=type,...", help="create a database (repeatable)")
+                        metavar="NAME[@ID]:prop=type,...",
+                        help="create a database shared with the token, with this id if "
+                             "given (repeatable: one per user database, say)")
+    parser.add_argument("--unshared-database", action="append", default=[],
+                        type=_database_arg, metavar="NAME[@ID]:prop=type,...",
+                        help="create a database nobody shared with the token: requests "
+                             "for it answer 404 object_not_found (repeatable)")
+    parser.add_argument("--capabilities", default=",".join(sorted(CAPABILITIES)),
+                        help="the token's content capabilities, comma-separated (default "
+                             "all: %(default)s); an endpoint needing a missing one answers "
+                             "403 restricted_resource")
     args = parser.parse_args(argv)
     temp = args.storage_dir is None
     storage = Path(tempfile.mkdtemp(prefix="fake-notion-")) if temp else args.storage_dir
@@ -62,7 +73,13 @@ def main(argv: list[str] | None = None, prog: str = "fake-notion") -> int:
                         accepted_versions=frozenset(args.versions or [DEFAULT_VERSION]))
     fake = FakeNotion(storage, config=config, token=args.token)
     try:
-        ids = {name: fake.add_database(name, schema) for name, schema in args.database}
+        fake.set_capabilities(args.token, filter(None, args.capabilities.split(",")))
+        ids = {name: fake.add_database(name, schema, database_id=db_id)
+               for name, db_id, schema in args.database}
+        ids.update({name: fake.add_database(name, schema, database_id=db_id, shared_with=())
+                    for name, db_id, schema in args.unshared_database})
+    except NotionError as exc:  # an id that is not one
+        parser.error(exc.message)
     except ValueError as exc:
         parser.error(str(exc))
     # Bind and listen before printing, so a client that reads the line can connect at once

@@ -1,15 +1,18 @@
 """Pages, database queries and hosted files of the fake Notion server
 (docs/notion-contract.md §6-§7).
 
-- ``POST /v1/pages`` (rule 23): the parent database must exist and be shared with the
-  token; property keys must exist (by name or ID); values must have the schema's type;
+- ``POST /v1/pages`` (rule 23): the integration needs the insert-content capability (403
+  ``restricted_resource``, §7.4); the parent database must exist and be shared with the
+  token (404 ``object_not_found``, the same answer for both); property keys must exist (by
+  name or ID); values must have the schema's type;
   ``files`` items and media children of type ``file_upload`` must refer to the caller's
   uploaded, unexpired uploads, and attaching them clears their expiry (rule 20), but only
   once the whole page is accepted.
 - ``POST /v1/databases/{id}/query`` (rules 24-25): 2022-06-28 semantics; gone (400
-  ``invalid_request_url``) under 2025-09-03 and later.
-- ``GET /v1/pages/{id}`` and the hosted-file URLs it hands out (rule 26), which serve the
-  assembled bytes for one hour.
+  ``invalid_request_url``) under 2025-09-03 and later; read-content capability (else 403),
+  then a database that exists and is shared (else 404), as for pages (§7.2).
+- ``GET /v1/pages/{id}`` (read content) and the hosted-file URLs it hands out (rule 26),
+  which serve the assembled bytes for one hour.
 """
 
 from __future__ import annotations
@@ -51,7 +54,9 @@ from fake_notion.rules import (
 from fake_notion.state import (
     DATA_SOURCES_VERSION,
     IN_TRASH_VERSION,
+    INSERT_CONTENT,
     READ_CHUNK,
+    READ_CONTENT,
     FakeDatabase,
     FakeNotion,
     FakePage,
@@ -110,6 +115,7 @@ def _read_at(path: Path, offset: int, size: int) -> bytes:
 async def create_page(request: web.Request) -> web.StreamResponse:
     """Rule 23."""
     fake, ctx = request.app[FAKE], request[CTX]
+    fake.require(ctx.token, INSERT_CONTENT)
     body = body_object(await json_body(request, empty_ok=False))
     parent = body.get("parent")
     if not isinstance(parent, dict) or not isinstance(parent.get("database_id"), str):
@@ -152,6 +158,7 @@ async def create_page(request: web.Request) -> web.StreamResponse:
 
 async def retrieve_page(request: web.Request) -> web.StreamResponse:
     fake, ctx = request.app[FAKE], request[CTX]
+    fake.require(ctx.token, READ_CONTENT)
     page_id = normalize_id(request.match_info["id"], "page_id")
     page = fake.pages.get(page_id)
     if page is None:
@@ -169,6 +176,7 @@ async def query_database(request: web.Request) -> web.StreamResponse:
     if ctx.version >= DATA_SOURCES_VERSION:
         # §7.3: the path is gone from 2025-09-03 (queries go to data sources).
         raise NotionError(400, "invalid_request_url", "Invalid request URL.")
+    fake.require(ctx.token, READ_CONTENT)
     db = fake.visible_database(normalize_id(request.match_info["id"], "database_id"),
                                 ctx.token)
     body = body_object(await json_body(request))

@@ -7,6 +7,7 @@ refer to docs/notion-contract.md (the contract); "rule N" is an item of its §12
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ JSON_BODY_MAX = 500_000  # "500KB"; decimal kilobytes chosen (see the notes)
 PAGE_SIZE_MAX = 100
 UPLOAD_TTL_S = 3600.0  # attach within one hour of create (§2)
 
+# A Notion id: 32 hex digits, bare or dashed 8-4-4-4-12 (§1).
+_ID = re.compile(r"[0-9a-fA-F]{32}|[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+
 UNSUPPORTED_EXTENSION = (
     "Provided `filename` has an extension that is not supported for the File Upload API.")
 
@@ -56,6 +60,12 @@ def not_found(kind: str, object_id: str) -> NotionError:
     return NotionError(404, "object_not_found",
                        f"Could not find {kind} with ID: {object_id}. Make sure the relevant "
                        "pages and databases are shared with your integration.")
+
+
+def restricted() -> NotionError:
+    """§7.4: the integration lacks the capability the endpoint needs (the message is the one
+    third parties report; the docs give only the status and code)."""
+    return NotionError(403, "restricted_resource", "Insufficient permissions for this endpoint.")
 
 
 def bare_mime(content_type: str) -> str:
@@ -110,12 +120,12 @@ def resolve_name_and_type(types: FileTypes, filename: str | None,
 
 
 def normalize_id(raw: str, what: str) -> str:
-    """IDs are accepted with or without dashes; answers use the dashed form (§1, rule 3)."""
-    try:
-        return str(uuid.UUID(hex=raw))
-    except ValueError:
+    """IDs are accepted with or without dashes; answers use the dashed form (§1, rule 3).
+    Only those two forms: ``uuid.UUID`` alone would also take braces and ``urn:uuid:``."""
+    if not _ID.fullmatch(raw):
         raise validation(f"path failed validation: {what} should be a valid uuid, "
-                         f"instead was `{raw[:64]}`.") from None
+                         f"instead was `{raw[:64]}`.")
+    return str(uuid.UUID(hex=raw))
 
 
 # --- database schemas and property values (§7.1, rule 23) --------------------------------------

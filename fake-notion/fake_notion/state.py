@@ -31,10 +31,14 @@ from fake_notion.rules import (
     normalize_id,
     not_found,
     plain_text,
+    restricted,
     validation,
 )
 
 DEFAULT_VERSION = "2022-06-28"
+# An integration's content capabilities (docs/notion-contract.md §7.4); a new token has all.
+READ_CONTENT, UPDATE_CONTENT, INSERT_CONTENT = "read_content", "update_content", "insert_content"
+CAPABILITIES = frozenset({READ_CONTENT, UPDATE_CONTENT, INSERT_CONTENT})
 # From 2025-09-03 the query path moved to data sources (docs/notion-contract.md §7.3);
 # versions before it keep ``/v1/databases/{id}/query``. Dated strings compare correctly as text.
 DATA_SOURCES_VERSION = "2025-09-03"
@@ -119,7 +123,7 @@ class FakeDatabase:
     id: str
     name: str
     properties: dict[str, Property]  # by name
-    shared_with: frozenset[str] | None  # None: every token
+    shared_with: frozenset[str] | None  # None: every token; changed by ``share_database``
 
     def resolve(self, key: str) -> Property | None:
         """Property keys may be names or IDs (rule 23)."""
@@ -159,16 +163,30 @@ class FakeNotion:
         self.databases: dict[str, FakeDatabase] = {}
         self.pages: dict[str, FakePage] = {}
         self.bots: dict[str, str] = {}  # token -> bot user id
+        self.capabilities: dict[str, frozenset[str]] = {}  # token -> its content capabilities
         self.blocked: set[str] = set()
         self._seq = 0
         self.default_token = self.add_token(token)
 
     # --- harness API ------------------------------------------------------------------------
-    def add_token(self, token: str | None = None) -> str:
-        """Register an integration token (each has its own bot user and rate budget)."""
+    def add_token(self, token: str | None = None, *,
+                  capabilities: Iterable[str] = CAPABILITIES) -> str:
+        """Register an integration token (each has its own bot user and rate budget) with
+        its content ``capabilities`` (§7.4: all three by default)."""
         token = token or f"ntn_fake_{uuid.uuid4().hex}"
         self.bots.setdefault(token, str(uuid.uuid4()))
+        self.set_capabilities(token, capabilities)
         return token
+
+    def set_capabilities(self, token: str, capabilities: Iterable[str]) -> None:
+        """What the integration ``token`` may do with content (§7.4): ``read_content``
+        (queries, reading pages), ``insert_content`` (creating pages), ``update_content``.
+        An endpoint that needs one it lacks answers 403 ``restricted_resource``."""
+        wanted = frozenset(capabilities)
+        if not wanted <= CAPABILITIES:
+            raise ValueError(f"unknown capabilities {sorted(wanted - CAPABILITIES)} (known: "
+                             f"{', '.join(sorted(CAPABILITIES))})")
+        self.capabilities[token] = wanted
 
     def block_token(self, token: str) -> None:
         """Rule 27: answer 429 ``public_api_request_blocked`` (never to be retried)."""
@@ -180,8 +198,14 @@ class FakeNotion:
         self.limiter = RateLimiter(rate_per_s, burst)
 
     def add_database(self, name: str, schema: Mapping[str, str], *,
-                     shared_with: Iterable[str] | None = None) -> str:
-        """A database with ``schema`` (property name -> type); exactly one ``title``."""
+                     shared_with: Iterable[str] | None = None,
+                     database_id: str | None = None) -> str:
+        """A database with ``schema`` (property name -> type); exactly one ``title``.
+
+        Call it once per database a test needs (one per user, say); each gets its own id
+        (``database_id``: this one, dashed or not, when a test must know it in advance).
+        ``shared_with``: the tokens it is shared with (None: every token; ``[]``: none, so
+        it exists but every request for it is 404, as for a database nobody shared)."""
         unknown = {t for t in schema.values() if t not in SCHEMA_TYPES}
         if unknown:
             raise ValueError(f"unknown property types {sorted(unknown)}")
@@ -192,10 +216,19 @@ class FakeNotion:
             # Notion's property IDs are short opaque strings; the title's is always "title".
             pid = "title" if kind == "title" else f"p{i:03d}"
             props[prop_name] = Property(pid, prop_name, kind)
-        db_id = str(uuid.uuid4())
+        db_id = str(uuid.uuid4()) if database_id is None else normalize_id(database_id,
+                                                                             "database_id")
+        if db_id in self.databases:
+            raise ValueError(f"database {db_id} exists already")
         self.databases[db_id] = FakeDatabase(
             db_id, name, props, None if shared_with is None else frozenset(shared_with))
         return db_id
+
+    def share_database(self, database_id: str, shared_with: Iterable[str] | None) -> None:
+        """Share a database with these tokens only (None: every token; ``[]``: nobody), as
+        a user does by adding or removing the integration's connection."""
+        db = self.databases[normalize_id(database_id, "database_id")]
+        db.shared_with = None if shared_with is None else frozenset(shared_with)
 
     def upload(self, upload_id: str) -> FakeUpload:
         """The live state of an upload (expiry applied), for assertions."""
@@ -271,7 +304,15 @@ class FakeNotion:
         self.refresh(upload)
         return upload
 
+    def require(self, token: str, capability: str) -> None:
+        """§7.4: an endpoint that needs a capability the integration lacks is 403, whatever
+        the object (checked before the object is looked up)."""
+        if capability not in self.capabilities.get(token, CAPABILITIES):
+            raise restricted()
+
     def visible_database(self, db_id: str, token: str) -> FakeDatabase:
+        """Rule 23: a database that does not exist, or is not shared with ``token``, is
+        404 ``object_not_found``, the same answer for both (§8)."""
         db = self.databases.get(db_id)
         if db is None or (db.shared_with is not None and token not in db.shared_with):
             raise not_found("database", db_id)
