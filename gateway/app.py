@@ -1,13 +1,13 @@
 """The one composition root: ``create_app(config)``.
 
 Each resource has a ``cleanup_ctx`` of its own, in this order: the I/O threads, the Redis
-backend (with ``--redis-url``), the store and its locker, the sink (with what it holds, such
-as the Notion sink's HTTP session), the resource monitor, the upload service (which
-recovers interrupted work before serving), the hooks (post-finish notices a stop
-interrupted), the expiry sweeper. Each closes only what it opened, and hands what it made to
-the later ones through a typed key (``gateway.keys``) once it works, so a failure to start
-one closes those before it (aiohttp's cleanup runs the contexts already entered) and nothing
-else. Objects are complete when made: nothing is set on them afterwards.
+backend (with ``--redis-url``), the live events bus, the store and its locker, the sink
+(with what it holds, such as the Notion sink's HTTP session), the resource monitor, the
+upload service (which recovers interrupted work before serving), the hooks (post-finish
+notices a stop interrupted), the expiry sweeper. Each closes only what it opened, and hands
+what it made to the later ones through a typed key (``gateway.keys``) once it works, so a
+failure to start one closes those before it (aiohttp's cleanup runs the contexts already
+entered) and nothing else. Objects are complete when made: nothing is set on them afterwards.
 
 Time comes from one ``Clock`` (``gateway.clock``), given to ``create_app``. Nothing is
 created at import time.
@@ -29,9 +29,11 @@ from gateway.aio import IoPool, stop_tasks
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import GatewayConfig
 from gateway.cors import setup_cors
+from gateway.events import EventBus, LocalBus, RedisBus
 from gateway.keys import (
     CLOCK,
     CONFIG,
+    EVENTS,
     INTAKE,
     LOCKER,
     MONITOR,
@@ -71,6 +73,7 @@ def create_app(config: GatewayConfig, *, clock: Clock = SYSTEM_CLOCK) -> web.App
     app.cleanup_ctx.append(_pool)
     if config.redis.url:
         app.cleanup_ctx.append(_redis)
+    app.cleanup_ctx.append(_events)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_sink)
     app.cleanup_ctx.append(_monitor)
@@ -78,6 +81,7 @@ def create_app(config: GatewayConfig, *, clock: Clock = SYSTEM_CLOCK) -> web.App
     app.cleanup_ctx.append(_hooks)
     app.cleanup_ctx.append(_sweeper)
     app.on_shutdown.append(_interrupt_receivers)
+    app.on_shutdown.append(_end_event_streams)
     setup_cors(app, config, setup_routes(app, config))
     return app
 
@@ -127,6 +131,25 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await backend.close()  # also after a failed open: it made a connection pool
+
+
+async def _events(app: web.Application) -> AsyncIterator[None]:
+    """The live events bus: through Redis when instances share the work, else in-process."""
+    config = app[CONFIG]
+    bus: EventBus
+    if config.redis.url:
+        backend = app[REDIS]
+        redis_bus = RedisBus(backend.client, backend.keys,
+                             max_subscriptions=config.max_event_streams)
+        redis_bus.start()
+        bus = redis_bus
+    else:
+        bus = LocalBus(max_subscriptions=config.max_event_streams)
+    try:
+        app[EVENTS] = bus
+        yield
+    finally:
+        await bus.close()
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
@@ -243,3 +266,10 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
 
 async def _interrupt_receivers(app: web.Application) -> None:
     app[INTAKE].stop_all()
+
+
+async def _end_event_streams(app: web.Application) -> None:
+    # Event streams last up to an hour: ended here, they do not hold up the stop.
+    bus = app.get(EVENTS)
+    if bus is not None:
+        bus.stop_all()

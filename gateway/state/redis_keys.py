@@ -21,6 +21,8 @@ all of an upload's keys in one slot, which multi-key scripts require)::
                          a claim whose record was never written can be found and dropped
     <p>:{open}:client:<c>  set: one client's open uploads (<c>: a hash, so 32 hex digits)
     <p>:release          pub/sub channel: "please let go of <id>", heard by every instance
+    <p>:{<id>}:events    pub/sub channel: the upload's live events (JSON, gateway.events),
+                         subscribed by the instances that stream them to a browser
     <p>:sink_owed        set: uploads a background sink still owes work on, for its scans
     <p>:hooks_owed       set: uploads whose post-finish hook has not succeeded yet
     <p>:expiry           sorted set: uploads by the time they are next due for the sweeper
@@ -109,6 +111,9 @@ class Keys:
     @property
     def release_channel(self) -> str:
         return f"{self.prefix}:release"
+
+    def events(self, upload_id: str) -> str:
+        return f"{self.prefix}:{{{upload_id}}}:events"
 
     def sink_owed(self) -> str:
         return f"{self.prefix}:sink_owed"
