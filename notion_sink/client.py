@@ -180,6 +180,14 @@ class NotionClient:
         return await self._call("POST", "/v1/pages", json_body={
             "parent": {"database_id": database_id}, "properties": properties})
 
+    async def probe_database(self, database_id: str, prop: str, kind: str = "rich_text"
+                             ) -> None:
+        """One query of at most one page that fails unless the database exists, is shared
+        with the integration, may be read and has ``prop`` of type ``kind``
+        (docs/notion-contract.md §7.2: 404, 403, or 400 for an unknown property)."""
+        await self._call("POST", f"/v1/databases/{database_id}/query", json_body={
+            "filter": {"property": prop, kind: {"is_empty": True}}, "page_size": 1})
+
     async def query_equals(self, database_id: str, prop: str, value: str,
                            kind: str = "rich_text") -> list[dict[str, Any]]:
         """Pages whose ``prop`` (rich_text or title) is exactly ``value``; every page."""

@@ -8,10 +8,21 @@ imports it without loading the sink.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 KiB = 1024
 MiB = 1024 * KiB
+
+# Notion ids are UUIDs, given with or without their dashes (docs/notion-contract.md §1).
+# Nothing else is one: an id from a token lands in a request path, so "../" or a query
+# string must never get that far.
+_NOTION_ID = re.compile(r"[0-9a-fA-F]{32}"
+                        r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}"
+                        r"-[0-9a-fA-F]{12}")
+# Entries of notion_user_databases: the map is held in memory and checked at every start.
+MAX_USER_DATABASES = 10_000
 
 # What each record property holds (see notion_sink.records.RecordSettings).
 NOTION_PROPERTY_ROLES = ("title", "size", "hash", "salt", "created", "file", "index_title",
@@ -27,7 +38,14 @@ class NotionSettings:
     version: str = "2022-06-28"
     """The Notion-Version every request sends (the database query endpoint needs this one)."""
     user_database: str = ""
-    """Id of the database that gets one page per file (title, size, salted hash, the file)."""
+    """Id of the database that gets one page per file (title, size, salted hash, the file):
+    the default user database, for uploads whose creator has no database of their own."""
+    user_databases: tuple[str, ...] = ()
+    """Each user's own database, as subject=ID pairs (comma-separated, at most 10,000): the
+    files of that auth subject get their pages there. A database named by the creator's
+    credentials (an HMAC token's db claim, a forward-auth answer's db) comes first; a
+    subject with neither uses user-database. Every database must be shared with the
+    integration and have the user database's properties."""
     index_database: str = ""
     """Id of the global index database (salted hash -> user database and page)."""
     window_bytes: int = 5 * MiB
@@ -72,9 +90,57 @@ class NotionSettings:
         if self.concurrency < 1 or self.rate <= 0 or self.scan_s <= 0:
             problems.append("notion_concurrency, notion_rate and notion_scan_s must be "
                             "positive")
+        problems += user_database_problems(self.user_databases)
         for pair in self.properties:
             role, sep, name = pair.partition("=")
             if not sep or role.strip() not in NOTION_PROPERTY_ROLES or not name.strip():
                 problems.append(f"notion_properties: {pair!r} is not role=Name with a role "
                                 f"among {', '.join(NOTION_PROPERTY_ROLES)}")
         return problems
+
+
+def notion_id(raw: str) -> str | None:
+    """``raw`` in the dashed lower-case form Notion answers with, or None when it is not a
+    Notion id (32 hex digits, bare or in the 8-4-4-4-12 dashed form)."""
+    if not _NOTION_ID.fullmatch(raw):
+        return None
+    digits = raw.replace("-", "").lower()
+    return "-".join((digits[:8], digits[8:12], digits[12:16], digits[16:20], digits[20:]))
+
+
+def parse_user_databases(entries: Iterable[str]) -> dict[str, str]:
+    """``subject=ID`` entries as {subject: dashed id}; ``ValueError`` for the first entry
+    that is not one (``user_database_problems`` names them all)."""
+    mapping: dict[str, str] = {}
+    for entry in entries:
+        subject, sep, raw = entry.partition("=")
+        database = notion_id(raw.strip())
+        subject = subject.strip()
+        if not sep or not subject or any(c.isspace() for c in subject) or database is None:
+            raise ValueError(f"{entry[:80]!r} is not subject=ID with a Notion database id "
+                             "(32 hex digits, dashes allowed)")
+        if subject in mapping:
+            raise ValueError(f"subject {subject[:80]!r} is given more than once")
+        mapping[subject] = database
+    return mapping
+
+
+def user_database_problems(entries: tuple[str, ...]) -> list[str]:
+    """What is wrong with ``notion_user_databases``, one line per entry at fault."""
+    if len(entries) > MAX_USER_DATABASES:
+        return [f"notion_user_databases: at most {MAX_USER_DATABASES} entries, "
+                f"not {len(entries)}"]
+    problems = []
+    seen: set[str] = set()
+    for entry in entries:
+        subject = entry.partition("=")[0].strip()
+        try:
+            parse_user_databases((entry,))
+        except ValueError as exc:
+            problems.append(f"notion_user_databases: {exc}")
+            continue
+        if subject in seen:
+            problems.append(f"notion_user_databases: subject {subject[:80]!r} is given more "
+                            "than once")
+        seen.add(subject)
+    return problems

@@ -14,11 +14,18 @@ balancer spreads its requests:
    its first part is ready, and only if the upload looks set to finish within Notion's hour
    at its pace so far; otherwise its parts wait for the end. A task whose upload goes quiet
    lets its lease go and ends; the next PATCH starts another.
-2. Once the upload is complete and handed over (``draining``), the same task salts and
-   hashes the file (once: both go in the record, so a restart looks for the same key),
-   sends what is missing (``Drain.run``: parts, checkpoints, resume, expiry), records it
-   (``Recorder``: both pages exactly once), saves ``drained`` with the page ids and only then
-   deletes the spool copy. A permanent failure saves ``failed`` with the error.
+2. Once the upload is complete and handed over (``draining``), the same task chooses the
+   file's user database (``UserDatabases``: the one the creator's credentials named, else
+   the creator's subject's entry in ``notion_user_databases``, else the default) and saves
+   the choice in the sink state's detail before anything else, so a restarted or retried
+   delivery records the file where it was going to, whatever the configuration says by
+   then. It makes sure Notion lets it write there (``Recorder.check``, once per database and
+   process), salts and hashes the file (once: both go in the record, so a restart looks for
+   the same key), sends what is missing (``Drain.run``: parts, checkpoints, resume, expiry),
+   records it (``Recorder``: both pages exactly once), saves ``drained`` with the page ids
+   and only then deletes the spool copy. A permanent failure saves ``failed`` with the
+   error: among them a database id that is not one, and a database Notion does not know or
+   has not shared with the integration.
 
 Every instance also scans the store now and then (``_at_scan``): an upload left ``draining``
 whose lease nobody extends (its instance died) is taken over, and a failure that may pass is
@@ -31,8 +38,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 
@@ -58,7 +66,16 @@ from notion_sink.drain import (
     notion_name,
 )
 from notion_sink.ratelimit import Limiter, RateLimiter
-from notion_sink.records import FileKey, Recorder, RecordSettings, new_salt, salted_sha512
+from notion_sink.records import (
+    DatabaseChoice,
+    FileKey,
+    Recorder,
+    RecordRefused,
+    RecordSettings,
+    UserDatabases,
+    new_salt,
+    salted_sha512,
+)
 from notion_sink.retry import Permanent, RetryPolicy, SinkError
 from notion_sink.settings import NotionSettings
 from notion_sink.windows import SINGLE_PART_MAX, PartPlan, ready_parts
@@ -68,6 +85,7 @@ from protocol.names import metadata_filename, safe_filename
 from protocol.state import Input, UploadStatus, advance
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # While an upload receives bytes, its drain looks at the committed offset this often (and
 # at once when a PATCH on this instance starts or ends).
@@ -113,6 +131,7 @@ class NotionSink(ReportsProgress, Retrying, HasBreaker, SendsEarly, NeedsCheckpo
                                  RecordSettings(settings.user_database,
                                                 settings.index_database
                                                 ).named(settings.properties))
+        self.databases = UserDatabases(settings.user_database, settings.user_databases)
         # Hashing is CPU and disk bound: a few at a time finish as fast as all at once, and
         # keep memory and worker threads free for uploads.
         self._hashing = asyncio.Semaphore(2)
@@ -210,6 +229,10 @@ class NotionSink(ReportsProgress, Retrying, HasBreaker, SendsEarly, NeedsCheckpo
             return
         if progress.remote_id is None and not self._finishes_in_time(state, plan):
             return
+        try:
+            self.databases.choose(state.info.subject, state.info.database)
+        except Permanent:
+            return  # its delivery fails at completion: sending its parts would be waste
         upload_id = state.info.upload_id
         name = notion_name(self._filename(state), upload_id)
         await self.drain.send_ready(upload_id, self._data_path(upload_id), plan, name,
@@ -238,12 +261,16 @@ class NotionSink(ReportsProgress, Retrying, HasBreaker, SendsEarly, NeedsCheckpo
 
     async def _deliver(self, upload_id: str, progress: DrainProgress) -> None:
         state = await self.store.get(upload_id)
+        detail = dict(state.info.sink.detail) if state.info.sink else {}
+        choice = await self._user_database(upload_id, state, detail)
+        # Before a byte goes out for it: a database Notion refuses fails the delivery now.
+        await self._for(choice, state, self.recorder.check(choice.database))
         data = self._data_path(upload_id)
         filename = self._filename(state)
         name = notion_name(filename, upload_id)
         length = state.offset
         # The hash is needed only for the records: it runs beside the last sends.
-        keying = asyncio.ensure_future(self._key(upload_id, state, data))
+        keying = asyncio.ensure_future(self._key(upload_id, detail, data))
         try:
             remote_id = await self.drain.run(upload_id, data, length, name, progress)
         except BaseException:
@@ -252,10 +279,10 @@ class NotionSink(ReportsProgress, Retrying, HasBreaker, SendsEarly, NeedsCheckpo
                 await keying
             raise
         detail, fresh = await keying
-        page_id, index_id = await self.recorder.record(
+        page_id, index_id = await self._for(choice, state, self.recorder.record(
             filename=filename, sent_as=name.filename, size=length,
             key=FileKey(detail["salt"], detail["sha512"]), created_at=state.info.created_at,
-            remote_id=remote_id, fresh=fresh)
+            remote_id=remote_id, fresh=fresh, database=choice.database))
         await self._save(upload_id, Input.SINK_DONE, ref=page_id, data_removed=True,
                          detail={**detail, "file_upload": remote_id, "page": page_id,
                                  "index_page": index_id, "sent_as": name.filename})
@@ -263,17 +290,39 @@ class NotionSink(ReportsProgress, Retrying, HasBreaker, SendsEarly, NeedsCheckpo
         await self.store.discard_data(upload_id)
         await self.store.owe_sink(upload_id, False)
 
-    async def _key(self, upload_id: str, state: UploadState,
+    async def _user_database(self, upload_id: str, state: UploadState,
+                             detail: dict[str, str]) -> DatabaseChoice:
+        """The upload's user database: the one chosen before (kept in ``detail``), or
+        chosen now and saved before any page is looked up or made. A retry after a restart
+        or a change of ``notion_user_databases`` thus goes where the first try went."""
+        if "database" in detail:
+            return DatabaseChoice(detail["database"], detail.get("database_source", "default"))
+        choice = self.databases.choose(state.info.subject, state.info.database)
+        detail.update(database=choice.database, database_source=choice.source)
+        await self._save(upload_id, None, detail=detail)
+        return choice
+
+    @staticmethod
+    async def _for(choice: DatabaseChoice, state: UploadState, work: Awaitable[T]) -> T:
+        """``work``, its refusals in the user database saying which database that is."""
+        try:
+            return await work
+        except RecordRefused as exc:
+            if exc.database != choice.database:
+                raise  # the index database: configured, not chosen
+            raise Permanent(f"the upload's user database ({choice.describe(state.info.subject)})"
+                            f": {exc}", status=exc.status, code=exc.code) from exc
+
+    async def _key(self, upload_id: str, detail: dict[str, str],
                    data: Path) -> tuple[dict[str, str], bool]:
         """The record's salt and salted hash, and whether they are new: chosen once and
         saved before any page is made, so a restart looks for the same key."""
-        detail = dict(state.info.sink.detail) if state.info.sink else {}
         if "salt" in detail:
             return detail, False
         salt = new_salt()
         async with self._hashing:
             digest = await self.pool.run(salted_sha512, data, salt)
-        detail = {"salt": salt, "sha512": digest}
+        detail = {**detail, "salt": salt, "sha512": digest}
         await self._save(upload_id, None, detail=detail)
         return detail, True
 
