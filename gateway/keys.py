@@ -17,8 +17,11 @@ from protocol.ietf import Draft
 
 if TYPE_CHECKING:
     from gateway.aio import IoPool
+    from gateway.auth import Principal
     from gateway.clock import Clock
     from gateway.events import EventBus
+    from gateway.forward_auth import ForwardAuth
+    from gateway.links import Links
     from gateway.resources import ResourceMonitor
     from gateway.sinks import Sink
     from gateway.state.base import Locker
@@ -84,3 +87,9 @@ RUNTIME = web.AppKey("runtime", Runtime)
 # Set on a request that speaks the IETF draft (None until its version is known): its errors
 # answer as problem details (``gateway.middleware``).
 DRAFT: web.RequestKey[Draft | None] = web.RequestKey("ietf_draft")
+# Only with --auth forward: the client that asks the operator's endpoint.
+FORWARD_AUTH: web.AppKey[ForwardAuth] = web.AppKey("forward_auth")
+# Signs and checks download links (``gateway.links``).
+LINKS: web.AppKey[Links] = web.AppKey("links")
+# Who the request comes from, once checked (``gateway.auth.principal_of``).
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")
