@@ -20,21 +20,27 @@ import dataclasses
 import importlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 from aiohttp import web
 
+from gateway import screening
 from gateway.aio import IoPool, stop_tasks
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import GatewayConfig
 from gateway.cors import setup_cors
 from gateway.events import EventBus, LocalBus, RedisBus
+from gateway.forward_auth import ForwardAuth
 from gateway.keys import (
     CLOCK,
     CONFIG,
     EVENTS,
+    FORWARD_AUTH,
     INTAKE,
+    LINKS,
     LOCKER,
     MONITOR,
     POOL,
@@ -44,6 +50,7 @@ from gateway.keys import (
     STORE,
     Runtime,
 )
+from gateway.links import Links
 from gateway.metrics import METRICS, Metrics, measured
 from gateway.middleware import tus_errors
 from gateway.resources import ResourceMonitor
@@ -56,6 +63,8 @@ from gateway.state.memlock import MemoryLocker
 from gateway.state.parts import StoreParts
 from gateway.uploads import Intake, Uploads, indexing
 from protocol import errors
+from protocol.filetypes import AllowedTypes
+from protocol.model import UploadState
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +77,12 @@ def create_app(config: GatewayConfig, *, clock: Clock = SYSTEM_CLOCK) -> web.App
     app[CONFIG] = config
     app[CLOCK] = clock
     app[METRICS] = metrics
+    app[LINKS] = Links(config)
     intake = app[INTAKE] = Intake()
     metrics.watch_active(intake.count)
     app.cleanup_ctx.append(_pool)
+    if config.auth.mode == "forward":
+        app.cleanup_ctx.append(_forward_auth)
     if config.redis.url:
         app.cleanup_ctx.append(_redis)
     app.cleanup_ctx.append(_events)
@@ -114,6 +126,13 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
     finally:
         # Waiting for the threads blocks: a thread of the loop's own pool does it.
         await asyncio.get_running_loop().run_in_executor(None, pool.close)
+
+
+async def _forward_auth(app: web.Application) -> AsyncIterator[None]:
+    # No cookie jar: each question carries exactly the request's own credentials.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        app[FORWARD_AUTH] = ForwardAuth(app[CONFIG].auth, session)
+        yield
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
@@ -224,8 +243,15 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
     """The upload service; it recovers what a stop interrupted before the first request.
     It holds nothing of its own to close: its parts close in their own contexts."""
     clock, monitor = app[CLOCK], app[MONITOR]
-    uploads = Uploads(app[CONFIG], app[STORE], app[LOCKER], app[SINK], intake=app[INTAKE],
-                      admission=monitor, metrics=app[METRICS], clock=clock)
+    config, pool = app[CONFIG], app[POOL]
+    allowed = AllowedTypes.parse(config.allowed_types)
+
+    async def screen(state: UploadState, data: Path) -> str | None:
+        return await screening.screen(pool, allowed, state.info.metadata, data)
+
+    uploads = Uploads(config, app[STORE], app[LOCKER], app[SINK], intake=app[INTAKE],
+                      admission=monitor, metrics=app[METRICS], clock=clock, events=app[EVENTS],
+                      **({} if allowed.allows_all else {"screen": screen}))
     await uploads.recover()
     app[RUNTIME] = Runtime(uploads, monitor, started_at=clock.now())
     yield
