@@ -53,3 +53,23 @@ def gateway_logging(level: str, log_format: str,
             root.addHandler(handler)
         root.setLevel(saved_level)
         logging.captureWarnings(False)
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The Authorization header of a bearer token."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+def error_code(method: str, status: int, content_type: str, body: bytes) -> str | None:
+    """The stable error code of a gateway answer, whichever form it took: JSON on the API
+    (``error``), problem details on the IETF draft (``code``), ``CODE: message`` text on
+    tus; None for a success and for HEAD (no body)."""
+    if status < 400 or method == "HEAD":
+        return None
+    if content_type.endswith("json"):
+        import json
+
+        answer = json.loads(body)
+        code = answer.get("error") or answer.get("code")
+        return str(code) if code is not None else None
+    return body.decode(errors="replace").partition(":")[0]
