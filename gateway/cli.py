@@ -142,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="largest upload the token may create (512MiB, 5GiB; optional)")
     token.add_argument("--db", default=None,
                        help="the user's own Notion database id (optional)")
-    token.add_argument("--quota-bytes", default=None, metavar="SIZE",
-                       help="the user's byte quota, overriding --quota-bytes (optional)")
+    token.add_argument("--quota-size", default=None, metavar="SIZE",
+                       help="the user's byte quota, overriding --quota-size (optional)")
     token.add_argument("--quota-uploads", default=None, type=int, metavar="N",
                        help="the user's open-upload quota, overriding --quota-uploads "
                             "(optional)")
@@ -238,7 +238,7 @@ def print_token(args: argparse.Namespace, environ: dict[str, str]) -> int:
         if ttl_s <= 0:
             raise ValueError("--ttl must be positive")
         max_size = None if args.max_size is None else parse_size(args.max_size)
-        quota_bytes = None if args.quota_bytes is None else parse_size(args.quota_bytes)
+        quota_bytes = None if args.quota_size is None else parse_size(args.quota_size)
         token = mint_token(secret, ttl_s, now=time.time(), sub=args.sub, max_size=max_size,
                            db=args.db, quota_bytes=quota_bytes,
                            quota_uploads=args.quota_uploads, admin=args.admin)

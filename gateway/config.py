@@ -607,6 +607,8 @@ ENV_PREFIX = "TUS_"
 def option_name(field_name: str) -> str:
     """``max_size_bytes`` → ``max-size``: units live in the field name, not in the flag,
     because the flag takes a unit of its own (``--max-size 5GiB``)."""
+    if field_name in _OPTION_NAMES:
+        return _OPTION_NAMES[field_name]
     for unit in ("_bytes", "_s"):
         if field_name.endswith(unit):
             field_name = field_name.removesuffix(unit)
@@ -614,6 +616,9 @@ def option_name(field_name: str) -> str:
     return field_name.replace("_", "-")
 
 
+# Settings whose flag is not their field's name without its unit: ``--quota`` alone would
+# not say which of the two quotas it sets.
+_OPTION_NAMES = {"quota_bytes": "quota-size"}
 # Settings whose environment variable is a name other tools already use.
 _ENV_NAMES = {"redis_url": "REDIS_URL", "notion_token": "NOTION_TOKEN"}
 
