@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 RECONCILE_MAX = 1000
 RECONCILE_PAGE = 100
 RETRY_AFTER_S = 60
+# A creation holds its bytes and lists the upload before its record is written, so a listed
+# upload without a record may be one being made right now; only one listed longer ago than
+# this is what a creation that never finished left behind.
+CREATION_GRACE_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +81,11 @@ def held_bytes(state: UploadState) -> int:
 
 
 class Quotas:
-    def __init__(self, owners: Owners, read: Callable[[str], Awaitable[UploadState]]) -> None:
+    def __init__(self, owners: Owners, read: Callable[[str], Awaitable[UploadState]],
+                 now: Callable[[], float]) -> None:
         self._owners = owners
         self._read = read
+        self._now = now
 
     async def hold(self, creator: Creator, upload_id: str, nbytes: int) -> None:
         """Count ``nbytes`` for the upload against the creator's byte quota, or raise
@@ -102,19 +108,29 @@ class Quotas:
                   "retry_after": RETRY_AFTER_S})
 
     async def reconcile(self, client: str) -> None:
-        """Release the figures of the client's uploads that no longer hold bytes."""
+        """Release the figures of the client's uploads that no longer hold bytes.
+
+        Only what is settled is released: a figure held by a request still under way (a
+        creation before its record is written, a deferred length before it is saved) must
+        stay, or two creations at once could both pass the quota."""
         cursor: tuple[float, str] | None = None
         seen = 0
         while seen < RECONCILE_MAX:
             page = await self._owners.owned(client, before=cursor, limit=RECONCILE_PAGE)
             if not page:
                 return
-            for upload_id, _created in page:
+            for upload_id, created in page:
                 try:
                     state = await self._read(upload_id)
-                except (errors.NotFound, errors.Gone):
+                except errors.Gone:
                     await self._owners.forget_owned(client, upload_id)
                     continue
+                except errors.NotFound:
+                    if self._now() - created >= CREATION_GRACE_S:
+                        await self._owners.forget_owned(client, upload_id)
+                    continue
+                if state.info.length is None and not state.finished:
+                    continue  # its figure is the length being declared, not yet on record
                 if held_bytes(state) == 0:
                     await self._owners.release_bytes(client, upload_id)
             seen += len(page)

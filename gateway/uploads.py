@@ -170,7 +170,7 @@ class Uploads:
         # What the store cannot do is neither announced nor accepted.
         self.settings = config.protocol_settings(parts.offers)
         self.store: UploadStore = parts.store
-        self.quotas = Quotas(parts.store, parts.store.get)
+        self.quotas = Quotas(parts.store, parts.store.get, clock.now)
         self.screen = screen
         self.events: EventBus = events or LocalBus()
         # A sink may send bytes before the upload finishes; with --allowed-types nothing

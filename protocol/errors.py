@@ -130,6 +130,7 @@ TypeNotAllowed = _error("ERR_TYPE_NOT_ALLOWED", 415, "this file type is not acce
 QuotaExceeded = _error("ERR_QUOTA_EXCEEDED", 429,
                        "your quota is used up; finish, deliver or delete uploads first",
                        Retry_After="60")
+QuotaExceeded.json_body = True  # which limit, what is used, when to retry: read by machine
 # Live event streams (gateway/events.py) are bounded in total (--max-event-streams).
 TooManyEventStreams = _error("ERR_TOO_MANY_EVENT_STREAMS", 429,
                              "too many event streams are open; retry later", Retry_After="5")
