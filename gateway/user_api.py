@@ -47,6 +47,7 @@ from gateway.http import (
 )
 from gateway.keys import CONFIG, EVENTS
 from gateway.uploads import checked_id
+from notion_sink.windows import MAX_PARTS
 from protocol import decisions, errors
 from protocol.effects import Append, Effect, Finish, Terminate
 from protocol.filetypes import check_creation, parse_media_type
@@ -182,7 +183,9 @@ async def create_session(request: web.Request) -> web.Response:
         async with uploads.locked(state.info.upload_id):
             state = await uploads.perform(state, (Finish(),))
     upload_id = state.info.upload_id
-    part = request.app[CONFIG].notion.window_bytes
+    # As the Notion sink will send it (notion_sink.windows.plan_parts): the window, grown
+    # so that no file needs more than MAX_PARTS parts.
+    part = max(request.app[CONFIG].notion.window_bytes, -(-size // MAX_PARTS))
     single = size <= SINGLE_PART_MAX
     links = links_of(request, state)
     answer = {
@@ -217,12 +220,16 @@ async def stream(request: web.Request) -> web.Response:
     headers = headers_of(request)
     upload_id = checked_id(request.match_info["upload_id"])
     await owned(request, headers, upload_id)
-    start = _stream_start(headers)
+    start, total = _stream_start(headers)
     uploads.admit("append")
     reader = uploads.body_reader(request.content)
     async with uploads.locked(upload_id, reader):
         state = await uploads.live(upload_id)
         length = state.info.length
+        if total is not None and length is not None and total != length:
+            # Another file's bytes, or the wrong upload: nothing of it may land here.
+            raise errors.InconsistentLength(
+                f"Content-Range says the file has {total} bytes; the upload has {length}")
         if start > state.offset:
             raise errors.MismatchedOffset(
                 f"the upload has {state.offset} bytes; the body must start at or before it",
@@ -247,20 +254,29 @@ async def stream(request: web.Request) -> web.Response:
         "links": links_of(request, state)}, headers={"Cache-Control": "no-store"})
 
 
-def _stream_start(headers: Headers) -> int:
-    """Where the body starts in the file: ``Upload-Offset``, ``Content-Range``, else 0."""
+def _stream_start(headers: Headers) -> tuple[int, int | None]:
+    """Where the body starts in the file (``Upload-Offset``, ``Content-Range``, else 0),
+    and the file's size if Content-Range states it."""
     offset = headers.one("Upload-Offset", errors.InvalidOffset)
     if offset is not None:
         if not (offset.isascii() and offset.isdigit() and len(offset) <= 19):
             raise errors.InvalidOffset()
-        return int(offset)
+        return int(offset), None
     content_range = headers.one("Content-Range", errors.InvalidHeader)
     if content_range is not None:
         match = CONTENT_RANGE.fullmatch(content_range.strip())
         if match is None:
             raise errors.InvalidHeader("Content-Range must be 'bytes <first>-<last>/<size>'")
-        return int(match.group(1))
-    return 0
+        first, last, size = match.groups()
+        total = None if size == "*" else int(size)
+        # RFC 9110 section 14.4: a range whose last byte precedes its first, or lies past
+        # the complete length, is invalid.
+        if last != "*" and (int(last) < int(first) or (total is not None and
+                                                       int(last) >= total)):
+            raise errors.InvalidHeader("Content-Range's last byte must be at or after its "
+                                       "first and before the file's size")
+        return int(first), total
+    return 0, None
 
 
 async def abort(request: web.Request) -> web.Response:
