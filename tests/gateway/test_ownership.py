@@ -211,9 +211,22 @@ async def events(client: Client, up: Upload, auth: dict[str, str]) -> Answer:
     async with client.get(f"/api/upload/events/{up.upload_id}", headers=auth) as r:
         if r.status != 200:
             return await answer_of(r)
-        first = await asyncio.wait_for(r.content.readuntil(b"\n\n"), 10)
         assert r.content_type == "text/event-stream", r.content_type
+        first = await asyncio.wait_for(first_event(r.content), 10)
+        assert b"event: status" in first and up.upload_id.encode() in first, first
         return Answer(r.status, None, first)
+
+
+async def first_event(stream: Any) -> bytes:
+    """The lines of the first server-sent event (up to the blank line that ends it, CRLF or
+    LF as the server writes them)."""
+    lines: list[bytes] = []
+    while line := await stream.readline():  # b"" only at the end of the stream
+        if line.strip():
+            lines.append(line)
+        elif lines:
+            break
+    return b"".join(lines)
 
 
 async def session_stream(client: Client, up: Upload, auth: dict[str, str]) -> Answer:
