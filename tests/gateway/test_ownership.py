@@ -388,6 +388,22 @@ async def test_without_auth_the_url_is_the_capability(make_client: ClientFactory
     assert (await tus_delete(client, upload, bearer(ALICE))).status == 204
 
 
+async def test_bare_bearer_tokens_are_subjects_of_their_own(make_client: ClientFactory) -> None:
+    """A token listed without a name is an anonymous user of its own; two such tokens do not
+    see each other's uploads, nor does a named user see theirs."""
+    first, second = "tok-bare-1e0b7c55", "tok-bare-93fa2d08"
+    client: Client = await make_client(auth="bearer",
+                                       auth_tokens=(first, f"={second}", f"alice={ALICE}"))
+    upload = await open_upload(client, bearer(first))
+    for stranger in (second, ALICE):
+        for probe in (tus_head, tus_patch, api_status, tus_delete):
+            got = await probe(client, upload, bearer(stranger))
+            assert got.status == 404, (stranger, probe.__name__, got)
+        assert await listing(client, stranger) == []
+    await offset_is(client, upload, bearer(first), 5)
+    assert await listing(client, first) == [upload.upload_id]
+
+
 # --- HMAC subjects ------------------------------------------------------------------------------
 def hmac_token(ttl_s: float = 600, **claims: Any) -> dict[str, str]:
     return bearer(mint_token(SECRET, ttl_s, now=time.time(), **claims))
