@@ -21,23 +21,35 @@
 //   maxPatches          give up as soon as the page has started more PATCHes than this, so
 //                       a page that loops on PATCH fails at once, not at the timeout
 //                       (absent: no limit)
+//   waitForList         before adding files, wait until "Your uploads" has loaded and
+//                       report what it shows then (openList)
+//   clickMore           before adding files, press "More" and wait for the next page of the
+//                       list (afterMore)
+//   downloadDir         once done, press each listed row's Download link and save what the
+//                       browser downloads here (downloads: uploadId, path)
 //   screenshot          where to save the finished Dashboard (PNG)
 //   timeoutMs           give up after this long
 //
 // The report: status ("ok" or "error"), error, requests (every request to uploadOrigin with
 // the phase it started in: "first" before the reload, "second" after it, "paused" while
-// paused, "retried" after the retry button), statusBarText (the Dashboard's progress line),
-// liveText and speeds (the page's speed line), results (the page's list of finished
-// uploads), fingerprints (tus keys in localStorage), consoleErrors, visits (for each page of
-// thenVisit: pageUrl and results).
+// paused, "retried" after the retry button), network (every request the page made, to any
+// origin: phase, method, url, status, authorization, at: ms since the start),
+// statusBarText (the Dashboard's progress line), liveText and speeds (the page's speed
+// line), results (the rows of "Your uploads" for files this page sent, once all are done),
+// listed (every row then), rowSamples (the rows this page sent, as seen while waiting:
+// uploadId, status, percent, statusEvents, progressEvents, each distinct state once),
+// openList, afterMore, downloads, fingerprints (tus keys in localStorage), consoleErrors,
+// visits (for each page of thenVisit: pageUrl and results).
 
 import { readFile } from 'node:fs/promises'
 import path from 'node:path'
 import { chromium } from 'playwright-core'
 
 const config = JSON.parse(await readFile(process.argv[2], 'utf8'))
-const report = { status: 'error', error: null, requests: [], statusBarText: [], liveText: [],
-  speeds: [], results: [], fingerprints: [], consoleErrors: [], visits: [] }
+const report = { status: 'error', error: null, requests: [], network: [], statusBarText: [],
+  liveText: [], speeds: [], results: [], listed: [], rowSamples: [], openList: null,
+  afterMore: null, downloads: [], fingerprints: [], consoleErrors: [], visits: [] }
+const startedAt = Date.now()
 const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms) })
 const deadline = Date.now() + config.timeoutMs
 let phase = 'first'
@@ -86,10 +98,49 @@ async function addFilesAndStart(page, files = config.files) {
   await page.locator('.uppy-StatusBar-actionBtn--upload').click()
 }
 
-const finishedResults = async (page) => page.locator('#results li').evaluateAll((items) => (
-  items.map((li) => ({ text: li.textContent, uploadUrl: li.dataset.uploadUrl,
-    status: li.dataset.status, sinkStatus: li.dataset.sinkStatus ?? null,
-    done: li.dataset.done === 'true' }))))
+// The rows of "Your uploads", as the page shows them.
+const listedRows = async (page) => page.locator('#results li').evaluateAll((items) => (
+  items.map((li) => ({ text: li.textContent, uploadId: li.dataset.uploadId ?? null,
+    uploadUrl: li.dataset.uploadUrl ?? null, status: li.dataset.status ?? null,
+    sinkStatus: li.dataset.sinkStatus ?? null, percent: li.dataset.percent ?? null,
+    sent: li.dataset.sent === 'true', done: li.dataset.done === 'true',
+    statusEvents: Number(li.dataset.statusEvents ?? 0),
+    progressEvents: Number(li.dataset.progressEvents ?? 0),
+    download: li.querySelector('a.download')?.href ?? null,
+    rejected: li.querySelector('.rejected')?.textContent ?? null }))))
+// Those of the files this page sent.
+const finishedResults = async (page) => (await listedRows(page)).filter((row) => row.sent)
+const sentDone = '#results li[data-sent="true"][data-done="true"]'
+
+// Each distinct state a sent row went through, to show it changed while it was watched.
+const seenStates = new Set()
+async function sampleRows(page) {
+  for (const row of await finishedResults(page).catch(() => [])) {
+    const sample = { uploadId: row.uploadId, status: row.status, percent: row.percent,
+      statusEvents: row.statusEvents, progressEvents: row.progressEvents }
+    const key = JSON.stringify(sample)
+    if (!seenStates.has(key)) {
+      seenStates.add(key)
+      report.rowSamples.push(sample)
+    }
+  }
+}
+
+const listLoaded = async (page) => (await page.locator('#results').getAttribute('data-loaded')) !== null
+
+// Press each Download link and keep what the browser saved.
+async function downloadAll(page) {
+  const links = page.locator('#results li a.download')
+  const total = await links.count()
+  for (let i = 0; i < total; i += 1) {
+    const item = links.nth(i)
+    const uploadId = await item.evaluate((a) => a.closest('li').dataset.uploadId)
+    const [download] = await Promise.all([page.waitForEvent('download'), item.click()])
+    const saved = path.join(config.downloadDir, `${uploadId}.bin`)
+    await download.saveAs(saved)
+    report.downloads.push({ uploadId, path: saved, suggested: download.suggestedFilename() })
+  }
+}
 
 async function visit(page, { pageUrl, files }) {
   // By way of a blank page, so an address that differs only in its fragment loads afresh.
@@ -97,7 +148,7 @@ async function visit(page, { pageUrl, files }) {
   await page.goto(pageUrl)
   await addFilesAndStart(page, files)
   await waitFor(`the files of ${pageUrl} to be reported finished`, async () => (
-    await page.locator('#results li[data-done="true"]').count()) >= files.length)
+    await page.locator(sentDone).count()) >= files.length)
   report.visits.push({ pageUrl, results: await finishedResults(page) })
 }
 
@@ -148,6 +199,14 @@ try {
   page.on('pageerror', (error) => { report.consoleErrors.push(String(error)) })
 
   const fromUploadGateway = (url) => url.origin === config.uploadOrigin
+  page.on('request', (request) => {
+    const entry = { phase, method: request.method(), url: request.url(), status: null,
+      authorization: request.headers().authorization ?? null, at: Date.now() - startedAt }
+    report.network.push(entry)
+    request.response().then((response) => {
+      if (response) entry.status = response.status()
+    }).catch(() => {})
+  })
   await page.route(fromUploadGateway, async (route) => {
     if (route.request().method() === 'PATCH' && failing) {
       await route.abort('connectionreset')
@@ -186,6 +245,17 @@ try {
   })
 
   await page.goto(config.pageUrl)
+  if (config.waitForList) {
+    await waitFor('the list of uploads', () => listLoaded(page))
+    report.openList = await listedRows(page)
+  }
+  if (config.clickMore) {
+    const before = await page.locator('#results li').count()
+    await page.locator('#more').click()
+    await waitFor('the next page of the list', async () => (
+      await page.locator('#results li').count()) > before)
+    report.afterMore = await listedRows(page)
+  }
   await addFilesAndStart(page)
   if (failing) {
     const retry = page.locator('.uppy-StatusBar-actionBtn--retry')
@@ -200,18 +270,28 @@ try {
       await sampleStatusBar(page)
       return answeredPatches() >= config.reloadAfterPatches
     })
-    phase = 'second'
+    // The old document runs on until the new one commits, and a request it starts in that
+    // gap is still the first page's: the phase changes with the commit.
+    const committed = (frame) => {
+      if (frame !== page.mainFrame()) return
+      phase = 'second'
+      page.off('framenavigated', committed)
+    }
+    page.on('framenavigated', committed)
     await page.reload()
     await addFilesAndStart(page)
     if (config.pauseMs > 0) await pauseAndResume(page)
   }
   await waitFor('every file to be reported finished', async () => {
     await sampleStatusBar(page)
-    const done = await page.locator('#results li[data-done="true"]').count()
+    await sampleRows(page)
+    const done = await page.locator(sentDone).count()
     return done >= config.files.length
   })
   await page.screenshot({ path: config.screenshot, fullPage: true })
   report.results = await finishedResults(page)
+  report.listed = await listedRows(page)
+  if (config.downloadDir) await downloadAll(page)
   report.fingerprints = await page.evaluate(
     () => Object.keys(window.localStorage).filter((key) => key.startsWith('tus::')))
   for (const next of config.thenVisit ?? []) await visit(page, next)

@@ -15,10 +15,15 @@ without them the browser test fails rather than skips.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
 import shutil
 import subprocess
+import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -231,16 +236,75 @@ def test_dashboard_uploads_two_files_cross_origin_and_resumes_after_reload(
         assert_delivered(upload_gw, url, source, name)
 
 
+def tus_send(collection: str, data: bytes, name: str, *, upto: int | None = None,
+             token: str | None = None) -> str:
+    """Another client's upload, made with plain tus requests: create, then PATCH the first
+    ``upto`` bytes (all by default). Returns the upload URL."""
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    created = urllib.request.Request(collection, method="POST", headers={
+        "Tus-Resumable": "1.0.0", "Upload-Length": str(len(data)),
+        "Upload-Metadata": f"filename {base64.b64encode(name.encode()).decode()}", **auth})
+    with urllib.request.urlopen(created, timeout=10) as answer:
+        assert answer.status == 201, answer.status
+        url = urllib.parse.urljoin(collection, str(answer.headers["Location"]))
+    body = data[:len(data) if upto is None else upto]
+    patch = urllib.request.Request(url, data=body, method="PATCH", headers={
+        "Tus-Resumable": "1.0.0", "Upload-Offset": "0",
+        "Content-Type": "application/offset+octet-stream", **auth})
+    with urllib.request.urlopen(patch, timeout=10) as answer:
+        assert answer.status == 204, answer.status
+    return url
+
+
+def status_of(gw: GatewayProcess, upload_id: str, token: str | None = None) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{gw.port}/api/upload/status/{upload_id}", headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        status: dict[str, Any] = json.loads(answer.read())
+        return status
+
+
+def wait_drained(gw: GatewayProcess, upload_id: str, token: str | None = None) -> None:
+    """The test's own wait (not the browser's) for the sink to deliver an upload."""
+    deadline = time.monotonic() + 10
+    while status_of(gw, upload_id, token)["status"] != "drained":
+        assert time.monotonic() < deadline, status_of(gw, upload_id, token)
+        time.sleep(0.05)
+
+
+def upload_id_of(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[1]
+
+
+def api_requests(report: Report, kind: str) -> list[dict[str, Any]]:
+    """The page's requests to one of the gateway's /api/ paths, from the browser's log."""
+    return [r for r in report["network"]
+            if urllib.parse.urlsplit(r["url"]).path.startswith(f"/api/{kind}")]
+
+
 @disk_only
 @pytest.mark.slow
-def test_page_as_shipped_uploads_to_its_own_gateway(gateway_process: Gateways,
-                                                    tmp_path: Path) -> None:
+def test_page_as_shipped_uploads_to_its_own_gateway(
+        gateway_process: Gateways, relays: Callable[[], Proxy], tmp_path: Path) -> None:
     """What a new user gets: a gateway with its defaults, the page at / with nothing in the
     address, two files chosen through the Dashboard. Every other browser test sets options in
-    the address, so this is the one that sees the page's own defaults at work."""
+    the address, so this is the one that sees the page's own defaults at work.
+
+    The page is reached through a loopback relay that paces what the browser sends (3 MiB/s),
+    so an upload lasts long enough for the gateway's progress events to show in its row.
+    Two uploads another client made before the page opened, one finished and one half sent,
+    are in "Your uploads" from the start: the list is the gateway's, not this browser's."""
     chromium = tool("chromium", "run `make install-test`, which installs Debian's chromium")
     gw = gateway_process()
-    origin = f"http://127.0.0.1:{gw.port}"
+    relay = relays()
+    relay.target_port = gw.port
+    relay.rate_bytes_per_s = 3 * MiB
+    origin = relay.url("")
+    earlier = random_file(tmp_path / "earlier.bin", 300_000)
+    earlier_id = upload_id_of(tus_send(gw.url, earlier.read_bytes(), "earlier.bin"))
+    half_id = upload_id_of(tus_send(gw.url, os.urandom(200_000), "half.bin", upto=50_000))
+    wait_drained(gw, earlier_id)
     # Not multiples of any chunk size, so a chunked send would end with a short PATCH.
     files = {"three.bin": 3 * MiB + 12_345, "small.bin": 760 * 1024 + 321}
     sources = [random_file(tmp_path / name, size) for name, size in files.items()]
@@ -255,23 +319,121 @@ def test_page_as_shipped_uploads_to_its_own_gateway(gateway_process: Gateways,
         "pauseMs": 0,
         # A page that loops on PATCH fails here within moments, not at the timeout.
         "maxPatches": 20,
+        "waitForList": True,
+        "downloadDir": str(tmp_path / "downloads"),
         "screenshot": str(screenshot),
         "timeoutMs": 25_000,
     }, tmp_path, gw)
     keep_artifact(screenshot, "upload-page-as-shipped.png")
     assert not report["consoleErrors"], report["consoleErrors"]
     assert len(report["results"]) == len(files), report["results"]
+    sent_ids = []
     for name, source in zip(files, sources, strict=True):
         result = next(r for r in report["results"] if r["text"].startswith(name))
-        assert result["uploadUrl"].startswith(gw.url), result
+        assert result["uploadUrl"].startswith(relay.url()), result
         assert result["done"] and result["status"] == "drained", result
+        assert result["sinkStatus"] == "drained" and result["download"], result
         assert_delivered(gw, result["uploadUrl"], source, name)
+        sent_ids.append(result["uploadId"])
+
+    # On open, before anything was added: the other client's uploads, as the gateway says.
+    opened = {row["uploadId"]: row for row in report["openList"]}
+    assert set(opened) == {earlier_id, half_id}, report["openList"]
+    assert opened[earlier_id]["status"] == "drained" and opened[earlier_id]["download"]
+    assert opened[half_id]["status"] == "receiving", opened[half_id]
+    assert float(opened[half_id]["percent"]) == 25.0 and not opened[half_id]["download"]
+    # Afterwards, newest first: this page's two above the earlier ones.
+    assert [row["uploadId"] for row in report["listed"]][2:] == [half_id, earlier_id], (
+        report["listed"])
+
+    # Each Download link gives the file's bytes.
+    downloaded = {d["uploadId"]: Path(d["path"]).read_bytes() for d in report["downloads"]}
+    assert set(downloaded) == {*sent_ids, earlier_id}, report["downloads"]
+    assert downloaded[earlier_id] == earlier.read_bytes()
+    for upload_id, source in zip(sent_ids, sources, strict=True):
+        assert downloaded[upload_id] == source.read_bytes(), upload_id
+
+    # Live from the event streams, never by asking again: no status request at all, one
+    # list request, and one stream per upload that was not final (the earlier, finished
+    # one gets none).
+    assert not api_requests(report, "upload/status/"), api_requests(report, "upload/status/")
+    assert len(api_requests(report, "uploads")) == 1, api_requests(report, "uploads")
+    streams = [upload_id_of(r["url"]) for r in api_requests(report, "upload/events/")]
+    assert sorted(streams) == sorted([*sent_ids, half_id]), streams
+    # The rows changed with the events: the first status, then more as the upload
+    # finished and drained; progress while the bytes arrived, shown as a percent between.
+    for result in report["results"]:
+        assert result["statusEvents"] >= 2, result
+    big = sent_ids[0]
+    assert any(s["progressEvents"] > 0 for s in report["rowSamples"] if s["uploadId"] == big)
+    # (An upload sent in one PATCH stays "created" until that PATCH commits its bytes.)
+    assert any(s["status"] in ("created", "receiving") and 0 < float(s["percent"]) < 100
+               for s in report["rowSamples"] if s["uploadId"] == big), report["rowSamples"]
 
     # The gateway's own account: each file in a PATCH or two, none sent empty over and over.
-    patches = [line for line in access_log(gw) if line["method"] == "PATCH"]
+    patches = [line for line in access_log(gw)
+               if line["method"] == "PATCH" and line.get("upload_id") in sent_ids]
     assert len(patches) <= 2 * len(files), [(p["status"], p["bytes_in"]) for p in patches]
     assert len([p for p in patches if p["bytes_in"] == 0]) <= 1, patches
     assert sum(p["bytes_in"] for p in patches) == sum(files.values()), patches
+
+
+@disk_only
+@pytest.mark.slow
+def test_page_lists_only_the_uploads_of_the_tokens_user(gateway_process: Gateways,
+                                                       tmp_path: Path) -> None:
+    """With --auth bearer the list is the token's user's: alice's page shows her uploads, a
+    page at a time ("More"), and none of bob's; her own upload from the page joins them,
+    followed live over a stream that carries her token too."""
+    chromium = tool("chromium", "run `make install-test`, which installs Debian's chromium")
+    gw = gateway_process("--auth", "bearer", "--auth-tokens", "alice=TOKEN_A,bob=TOKEN_B")
+    origin = f"http://127.0.0.1:{gw.port}"
+    # One more than a page of the list.
+    alices = [upload_id_of(tus_send(gw.url, os.urandom(1000 + i), f"alice-{i:02}.bin",
+                                    token="TOKEN_A")) for i in range(21)]
+    bobs = [upload_id_of(tus_send(gw.url, os.urandom(500), "bob.bin", token="TOKEN_B")),
+            upload_id_of(tus_send(gw.url, os.urandom(500), "bob-half.bin", upto=10,
+                                  token="TOKEN_B"))]
+    for upload_id in alices:
+        wait_drained(gw, upload_id, "TOKEN_A")
+    source = random_file(tmp_path / "from-page.bin", 400_000)
+    report = run_driver({
+        "chromium": chromium,
+        "pageUrl": f"{origin}/#token=TOKEN_A",
+        "uploadOrigin": origin,
+        "files": [str(source)],
+        "patchDelayMs": 0,
+        "reloadAfterPatches": 0,
+        "pauseMs": 0,
+        "maxPatches": 5,
+        "waitForList": True,
+        "clickMore": True,
+        "screenshot": str(tmp_path / "alice.png"),
+        "timeoutMs": 25_000,
+    }, tmp_path, gw)
+    assert not report["consoleErrors"], report["consoleErrors"]
+    newest_first = alices[::-1]
+    assert [row["uploadId"] for row in report["openList"]] == newest_first[:20]
+    assert [row["uploadId"] for row in report["afterMore"]] == newest_first
+    assert all(row["status"] == "drained" for row in report["afterMore"])
+    [mine] = report["results"]
+    assert mine["text"].startswith("from-page.bin") and mine["status"] == "drained", mine
+    assert_delivered_with(gw, mine["uploadUrl"], source, "TOKEN_A")
+    shown = [row["uploadId"] for row in report["listed"]]
+    assert shown == [mine["uploadId"], *newest_first], report["listed"]
+    assert not set(shown) & set(bobs)
+    # Every request of the list and of the stream carried alice's token.
+    api = api_requests(report, "uploads") + api_requests(report, "upload/events/")
+    assert len(api_requests(report, "uploads")) == 2 and api, report["network"]
+    assert all(r["authorization"] == "Bearer TOKEN_A" for r in api), api
+    assert not api_requests(report, "upload/status/")
+
+
+def assert_delivered_with(gw: GatewayProcess, url: str, source: Path, token: str) -> None:
+    """An upload of a user: its bytes over GET with the user's token."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.read() == source.read_bytes()
 
 
 @disk_only
@@ -455,6 +617,56 @@ async def test_page_steps_aside_when_the_uploads_live_at_the_root(
     assert answer.content_type != "text/html"
     created = await client.post("/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "1"})
     assert created.status == 201
+
+
+# Feeds web/src/sse.js what a server might send, cut anywhere: every split of one text into
+# two chunks, then one character per chunk, and a body of one byte per chunk (UTF-8 split,
+# after a byte order mark).
+SSE_CHECK = r"""
+import { pathToFileURL } from 'node:url'
+const { SseParser, readEvents } = await import(pathToFileURL(process.argv[1]).href)
+const parse = (chunks) => {
+  const events = []
+  const retries = []
+  const parser = new SseParser((e) => events.push(e), (ms) => retries.push(ms))
+  for (const chunk of chunks) parser.push(chunk)
+  parser.end()
+  return { events, retries }
+}
+const text = process.argv[2]
+const whole = parse([text])
+const splits = []
+for (let i = 0; i <= text.length; i++) splits.push(parse([text.slice(0, i), text.slice(i)]))
+splits.push(parse([...text]))
+// The body starts with a byte order mark, which the decoder drops (as it must).
+const bytes = new TextEncoder().encode(`\ufeff${text}`)
+const body = new ReadableStream({ start(c) {
+  for (const b of bytes) c.enqueue(Uint8Array.of(b))
+  c.close()
+} })
+const read = { events: [], retries: [] }
+await readEvents(body, (e) => read.events.push(e), { onRetry: (ms) => read.retries.push(ms) })
+console.log(JSON.stringify({ whole, splits, read }))
+"""
+
+
+def test_event_stream_parser_reads_events_cut_anywhere() -> None:
+    node = tool("node", "the parser check needs Node 18 or later (CI uses Node 20)")
+    stream = ("retry: 3000\r\n: ping\r\n\r\nevent: status\r\ndata: {\"a\":\"é€\"}\r\n\r\n"
+              "event: progress\rdata:x\r\rdata: two\ndata:  lines\nid: 7\n\n"
+              "event: nothing\n\nretry: 2s\nunknown: field\ndata\n\n"
+              "event: gone\ndata: {}\n")  # the last event never ends: dropped
+    proc = subprocess.run([node, "--input-type=module", "-e", SSE_CHECK,
+                           str(WEB_DIR / "src" / "sse.js"), stream],
+                          capture_output=True, text=True, timeout=30, check=True)
+    found = json.loads(proc.stdout)
+    assert found["whole"] == {"retries": [3000], "events": [
+        {"event": "status", "data": '{"a":"é€"}', "id": ""},
+        {"event": "progress", "data": "x", "id": ""},
+        {"event": "message", "data": "two\n lines", "id": "7"},
+        {"event": "message", "data": "", "id": "7"}]}
+    assert all(split == found["whole"] for split in found["splits"])
+    assert found["read"] == found["whole"]
 
 
 def test_shipped_bundle_is_built_from_the_sources(tmp_path: Path) -> None:
