@@ -32,13 +32,14 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from fake_notion.faults import CREATE, DB_QUERY, PAGE_CREATE, SEND, Fault
 from fake_notion.state import READ_CONTENT
+from gateway.auth import mint_token
 from gateway.config import GatewayConfig
 from gateway.keys import RUNTIME
 from notion_sink.records import UserDatabases
 from notion_sink.retry import Permanent
 from notion_sink.settings import MAX_USER_DATABASES, NotionSettings, notion_id
 from tests.conftest import ClientFactory
-from tests.helpers import TUS, metadata, patch_headers, path_of
+from tests.helpers import TUS, bearer, metadata, patch_headers, path_of
 from tests.notion.conftest import FakeNotionServer
 from tests.notion.test_fake import call
 from tests.notion.test_gateway_sink import drained, failed
@@ -345,6 +346,62 @@ async def test_a_restart_mid_delivery_keeps_the_chosen_database(
     _assert_recorded(setup, status, setup.alice, "movie.mp4", data)
     assert setup.pages(setup.bob) == []
     assert fake.count(CREATE, 200) == 1, "the Notion upload was resumed, not made again"
+
+
+async def _status(client: TestClient[Any, Any], upload_id: str, token: str,
+                  until: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = await client.get(f"/api/upload/status/{upload_id}", headers=bearer(token))
+        assert r.status == 200, await r.text()
+        status: dict[str, Any] = await r.json()
+        sink = status["sink"]
+        if sink is not None and sink["status"] == until:
+            return status
+        assert sink is None or sink["status"] in ("draining", until), status
+        assert time.monotonic() < deadline, status
+        await asyncio.sleep(0.05)
+
+
+async def test_users_of_a_gateway_with_auth_get_their_own_databases(
+        make_client: ClientFactory, fake_notion: FakeNotionServer) -> None:
+    """End to end: the gateway's auth names the creator (an HMAC token's sub) and their
+    database (its db claim) on the record; the sink routes by them."""
+    setup = Setup(fake_notion)
+    secret = "s" * 40
+    client = await setup.gateway(make_client, f"alice={setup.alice}", auth="hmac",
+                                 auth_secret=secret)
+    now = time.time()
+    users = {  # subject: (token, where its file must land)
+        "alice": (mint_token(secret, 600, now=now, sub="alice"), setup.alice),
+        "bob": (mint_token(secret, 600, now=now, sub="bob", db=setup.bob.replace("-", "")),
+                setup.bob),
+        "carol": (mint_token(secret, 600, now=now, sub="carol"), setup.default),
+    }
+    for user, (token, database) in users.items():
+        data = os.urandom(3000)
+        r = await client.post("/files/", headers={
+            **TUS, **bearer(token), "Upload-Length": str(len(data)),
+            "Upload-Metadata": metadata(filename=f"{user}.txt")})
+        assert r.status == 201, await r.text()
+        path = path_of(r.headers["Location"])
+        r = await client.patch(path, data=data, headers={**patch_headers(0), **bearer(token)})
+        assert r.status == 204, await r.text()
+        status = await _status(client, path.rsplit("/", 1)[1], token, "drained")
+        _assert_recorded(setup, status, database, f"{user}.txt", data)
+    # A db claim the token's shape check lets through but that is no Notion id: refused at
+    # creation, or the delivery fails cleanly; never a request naming it.
+    token = mint_token(secret, 600, now=now, sub="mallory", db="-" * 32)
+    r = await client.post("/files/", headers={**TUS, **bearer(token), "Upload-Length": "3"})
+    if r.status == 201:
+        path = path_of(r.headers["Location"])
+        r = await client.patch(path, data=b"abc", headers={**patch_headers(0), **bearer(token)})
+        assert r.status == 204, await r.text()
+        status = await _status(client, path.rsplit("/", 1)[1], token, "failed")
+        assert "not a Notion database id" in status["sink"]["error"]
+    else:
+        assert 400 <= r.status < 500, await r.text()
+    assert not any("-" * 32 in record.path for record in setup.fake.log)
 
 
 # --- the fake enforces what Notion does with databases (§7.4) --------------------------------
