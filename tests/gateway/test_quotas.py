@@ -26,11 +26,11 @@ from gateway.keys import CONFIG, RUNTIME
 from gateway.uploads import Uploads
 from tests.conftest import ClientFactory
 from tests.gateway.test_ietf import complete, interop, send
+from tests.gateway.test_screening import ELF_HEADER
 from tests.helpers import TUS, bearer, metadata, patch_headers, path_of
 
 Client = TestClient[Any, Any]
 SECRET = "4f9a1c7e2b8d3f6a0e5c9b1d7a2f8e4c"
-ELF = b"\x7fELF\x02\x01\x01\x00" + b"\x00" * 8 + b"\x02\x00\x3e\x00\x01\x00\x00\x00"
 
 
 def uploads_of(client: Client) -> Uploads:
@@ -197,7 +197,7 @@ async def test_a_rejected_upload_frees_its_bytes(make_client: ClientFactory) -> 
     fake = await create(client, 600, **claim)
     await refusal(await post(client, 600, **claim), "bytes", used=600, quota=1000,
                   requested=600)
-    r = await client.patch(fake, data=ELF + b"\x00" * (600 - len(ELF)),
+    r = await client.patch(fake, data=ELF_HEADER + bytes(600 - len(ELF_HEADER)),
                            headers=patch_headers(0))
     assert r.status == 204, await r.text()
     r = await client.get(f"/api/upload/status/{fake.rsplit('/', 1)[1]}")
