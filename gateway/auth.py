@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 # that could be confused in logs or keys, and short.
 SUBJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+:-]{0,127}")
 # A user database id (a Notion id: 32 hex digits, dashes allowed). Checked again by the sink.
-DATABASE = re.compile(r"[0-9a-fA-F-]{32,36}")
+DATABASE = re.compile(r"[0-9a-fA-F]{32}|[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
 @dataclass(frozen=True, slots=True)

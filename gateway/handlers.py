@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.access import admit_length, check_access, creator, owned, requester
+from gateway.access import admit_length, auth_on, check_access, creator, owned, requester
 from gateway.auth import check_plan
 from gateway.download import Download
 from gateway.http import body_facts, headers_of, location, send_continue, uploads_of
@@ -129,7 +129,12 @@ async def get(request: web.Request, headers: Headers) -> web.StreamResponse:
         # A signed link stands in for the owner's credentials (``gateway.links``).
         request.app[LINKS].check(upload_id, request.query.get("exp", ""),
                                  request.query.get("sig", ""), now=uploads.clock.now())
-        state = await uploads.live(upload_id)
+        try:
+            state = await uploads.live(upload_id)
+        except errors.Gone:
+            if auth_on(request):
+                raise errors.NotFound() from None  # as for its owner (``gateway.access``)
+            raise
     else:
         state = await owned(request, headers, upload_id)
     # Once a sink released the spool's copy, the file it delivered here stands in for it.

@@ -46,7 +46,7 @@ def test_config_shows_defaults_env_and_flags_with_the_token_masked() -> None:
     assert shown["port"] == 3000  # the flag wins over TUS_PORT
     assert shown["base_path"] == "/files/" and shown["fsync"] == "ack"  # defaults
     assert shown["notion_token"] == "***"
-    assert "secret" not in proc.stdout.replace('"auth_secret"', "")
+    assert "secret" not in proc.stdout.replace('"auth_secret"', "").replace('"link_secret"', "")
 
 
 def test_config_masks_every_secret() -> None:
