@@ -224,10 +224,12 @@ def parse_tokens(entries: tuple[str, ...]) -> tuple[tuple[str | None, str], ...]
             parsed.append((None, entry))
         elif not name:
             parsed.append((None, token))
-        elif SUBJECT.fullmatch(name) and token:
+        elif SUBJECT.fullmatch(name) and token.strip("="):
             parsed.append((name, token))
         else:
-            parsed.append((None, entry))  # base64 padding, not a subject
+            # Base64 padding ("c29tZQ=="), not a subject: read as one, the user's token
+            # would be the padding's rest, "=", which anyone can guess.
+            parsed.append((None, entry))
     return tuple(parsed)
 
 
