@@ -9,10 +9,11 @@ are optional, each a Protocol of its own that a backend provides or not:
 - ``OwedWork``: indexes of uploads whose finish, sink work or post-finish hook may be owed;
 - ``Leases``: background work that one process at a time does;
 - ``OpenSlots``: unfinished uploads counted in total and per client;
-- ``ExpiryIndex``: when each upload is next due for the sweeper.
+- ``ExpiryIndex``: when each upload is next due for the sweeper;
+- ``Owners``: each owner's uploads, and the bytes they hold against the owner's quota.
 
 What a backend lacks, ``gateway.state.parts`` supplies in this process where one process
-can (the indexes, leases and slots), and the gateway does without where it cannot
+can (the indexes, leases, slots and owners), and the gateway does without where it cannot
 (concatenation needs the bytes, checkpoints the backend's durability): ``UploadStore``, all
 of them together, is what the rest of the gateway works with. ``Locker`` hands out
 per-upload locks that a newcomer can ask to let go. The Redis implementation provides every
@@ -87,8 +88,9 @@ class CoreStore(Protocol):
 
         With ``if_offset``, only if the offset is still that (a sweeper's decision made on a
         snapshot); returns whether the upload was removed. A backend that provides
-        ``OpenSlots``, ``ExpiryIndex`` or ``OwedWork`` also takes the upload out of them
-        (its slot, its expiry, its owed finish)."""
+        ``OpenSlots``, ``ExpiryIndex``, ``OwedWork`` or ``Owners`` also takes the upload
+        out of them (its slot, its expiry, its owed finish, its owner's listing and held
+        bytes)."""
 
     def data_path(self, upload_id: str) -> Path:
         """Where the bytes of an upload live (for downloads and sinks)."""
@@ -233,6 +235,61 @@ class ExpiryIndex(Protocol):
         again or removed; after a restart it may come due sooner than noted, never later."""
 
 
+# An owner names a few keys and index entries: its size is bounded (``gateway.clients``
+# makes 32 hex digits; the bound leaves room for another kind of key, never for a name or
+# an address in the clear).
+MAX_OWNER_CHARS = 64
+
+
+def check_owner(owner: str) -> str:
+    """The owner, if its size is within the bound; else ``ValueError``."""
+    if len(owner) > MAX_OWNER_CHARS:
+        raise ValueError(f"an owner is at most {MAX_OWNER_CHARS} characters")
+    return owner
+
+
+@runtime_checkable
+class Owners(Protocol):
+    """Each owner's uploads (for listing them) and the bytes each upload holds against its
+    owner's quota.
+
+    An owner is the record's ``client`` (``gateway.clients``), opaque here and at most
+    ``MAX_OWNER_CHARS`` characters: a longer one raises ``ValueError`` and changes nothing,
+    as a negative byte count or ``max_total`` and a time that is not finite do. The
+    listing is an index, like ``ExpiryIndex``: an entry may outlive its record (a removal
+    that lost the store half-way), so its reader looks at the record. ``terminate``
+    forgets the upload under its owner, and ``forget_owned`` does so again at no cost."""
+
+    async def note_owned(self, owner: str, upload_id: str, created_at: float) -> None:
+        """List the upload under its owner, created at ``created_at``. Idempotent; noting
+        it again with another time moves it."""
+
+    async def owned(self, owner: str, *, before: tuple[float, str] | None,
+                    limit: int) -> list[tuple[str, float]]:
+        """The owner's uploads as ``(upload_id, created_at)``, newest first (``created_at``
+        descending, then ``upload_id`` descending), strictly after the cursor ``before``:
+        the ``(created_at, upload_id)`` of the last item of the previous page, None for
+        the first page; at most ``limit`` of them (the caller bounds it; below 1: none).
+        A cursor whose upload was forgotten meanwhile still pages on from where it was."""
+
+    async def hold_bytes(self, owner: str, upload_id: str, nbytes: int, *,
+                         max_total: int) -> int | None:
+        """Atomically across every process of the store: when ``max_total`` is 0 (no
+        limit), or the bytes held by the owner's *other* uploads plus ``nbytes`` are at
+        most ``max_total``, record ``nbytes`` for this upload (replacing its figure) and
+        return None. Otherwise change nothing and return what the owner holds now (every
+        upload, this one's current figure included)."""
+
+    async def release_bytes(self, owner: str, upload_id: str) -> None:
+        """The upload holds no bytes against its owner any more. Idempotent."""
+
+    async def bytes_held(self, owner: str) -> int:
+        """The bytes held by all the owner's uploads."""
+
+    async def forget_owned(self, owner: str, upload_id: str) -> None:
+        """Take the upload out of its owner's listing and release its bytes. Idempotent."""
+
+
 @runtime_checkable
 class ShowsRecordsAtOpen(Protocol):
     """A core whose ``open`` reads every record anyway (the disk store checks each one and
@@ -251,7 +308,7 @@ class ShowsRecordsAtOpen(Protocol):
 
 @runtime_checkable
 class UploadStore(CoreStore, Concatenation, SinkCheckpoints, OwedWork, Leases, OpenSlots,
-                  ExpiryIndex, Protocol):
+                  ExpiryIndex, Owners, Protocol):
     """Every part: what the Redis store provides, and what the gateway's upload
     service, hooks and sinks work with (``gateway.state.parts.StoreParts.store``)."""
 
@@ -280,11 +337,17 @@ class Locker(Protocol):
 class Indexing:
     """How the indexes ``gateway.state.parts`` keeps in this process for a backend without
     them (the disk store: one process owns its directory) are rebuilt from the records read
-    when the store opens. The defaults are the safe answers
-    without a policy: every upload due at once, every complete upload owed."""
+    when the store opens. The defaults are the answers without a policy: every upload due
+    at once, every complete upload owed (the safe answers), every upload listed under its
+    creator's key and holding nothing against a quota (none is configured)."""
 
     # When an upload is due for expiry (see ``ExpiryIndex.schedule_expiry``).
     expires_at: Callable[[UploadState], float | None] = lambda state: 0.0
     # Whether an upload's finish is owed (see ``OwedWork.owe_finish``).
     owes_finish: Callable[[UploadState], bool] = lambda state: state.status is \
         UploadStatus.COMPLETE
+    # Whose listing an upload is in (see ``Owners.note_owned``); '': nobody's (a record
+    # from before its creator was kept), and an owner past ``MAX_OWNER_CHARS`` is nobody's.
+    owner: Callable[[UploadState], str] = lambda state: state.info.client
+    # The bytes an upload holds against its owner's quota (see ``Owners.hold_bytes``).
+    held: Callable[[UploadState], int] = lambda state: 0

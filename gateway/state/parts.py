@@ -4,11 +4,12 @@ Theory of operation
 -------------------
 A backend provides the core (``base.CoreStore``: records and bytes) and any of the optional
 parts (``base.Concatenation``, ``SinkCheckpoints``, ``OwedWork``, ``Leases``,
-``OpenSlots``, ``ExpiryIndex``). ``StoreParts.of(store)`` looks once at which parts the
+``OpenSlots``, ``ExpiryIndex``, ``Owners``). ``StoreParts.of(store)`` looks once at which parts the
 store provides (``isinstance`` against the runtime-checkable Protocols) and fills the gaps:
 
 - what one process can keep, it keeps in memory (``gateway.state.local``): the owed-work
-  indexes, the leases, the open-upload counts and the expiry index. These are right only
+  indexes, the leases, the open-upload counts, the expiry index and each owner's uploads
+  and held bytes (how those are found in a record: ``base.Indexing``). These are right only
   while one gateway process uses the store, as with the disk store; after a restart they
   are rebuilt from the records when the store opens (every record is read once: from the
   store's own reading at open where it shows it, ``base.ShowsRecordsAtOpen``, as the
@@ -27,7 +28,8 @@ store provides (``isinstance`` against the runtime-checkable Protocols) and fill
 itself when it provides every part (the Redis store), else a composition that sends each
 call to the store or to what is kept here (the disk store, a core-only store). In the
 composition, ``terminate`` also takes the upload out of what is kept here (its slot, its
-expiry, its owed finish), as a store providing those parts does itself.
+expiry, its owed finish, its owner's listing and held bytes), as a store providing those
+parts does itself.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.state.base import (
+    MAX_OWNER_CHARS,
     Concatenation,
     CoreStore,
     ExpiryIndex,
@@ -45,11 +48,18 @@ from gateway.state.base import (
     Leases,
     OpenSlots,
     OwedWork,
+    Owners,
     ShowsRecordsAtOpen,
     SinkCheckpoints,
     UploadStore,
 )
-from gateway.state.local import LocalExpiryIndex, LocalLeases, LocalOpenSlots, LocalOwedWork
+from gateway.state.local import (
+    LocalExpiryIndex,
+    LocalLeases,
+    LocalOpenSlots,
+    LocalOwedWork,
+    LocalOwners,
+)
 from protocol import errors
 from protocol.decisions import ALL_EXTENSIONS
 from protocol.headers import Checksum
@@ -79,6 +89,7 @@ class StoreParts:
     leases: Leases
     open_slots: OpenSlots
     expiry: ExpiryIndex
+    owners: Owners
     # The object every user of the store calls: every part, supplied or stood in for.
     store: UploadStore
     # Names of the parts kept in this process (the start-up log says which).
@@ -89,18 +100,19 @@ class StoreParts:
         """The parts of ``store``; ``indexing`` says how the indexes kept here are rebuilt
         from the records when the store opens."""
         if isinstance(store, UploadStore):
-            return cls(store, store, store, store, store, store, store, store)
+            return cls(store, store, store, store, store, store, store, store, store)
         owed = store if isinstance(store, OwedWork) else LocalOwedWork()
         leases = store if isinstance(store, Leases) else LocalLeases()
         open_slots = store if isinstance(store, OpenSlots) else LocalOpenSlots()
         expiry = store if isinstance(store, ExpiryIndex) else LocalExpiryIndex()
+        owners = store if isinstance(store, Owners) else LocalOwners()
         concatenation = store if isinstance(store, Concatenation) else None
         checkpoints = store if isinstance(store, SinkCheckpoints) else None
         kept = {"owed work": owed, "leases": leases, "open slots": open_slots,
-                "expiry index": expiry}
+                "expiry index": expiry, "owners": owners}
         composed = _Composed(store, concatenation or _NoConcatenation(),
                              checkpoints or _NoCheckpoints(), owed, leases, open_slots, expiry,
-                             indexing or Indexing())
+                             owners, indexing or Indexing())
         kept_here = tuple(name for name, part in kept.items() if part is not store)
         log.info("the store keeps %s; kept in this process: %s",
                  ", ".join(name for name, part in [*kept.items(),
@@ -109,7 +121,7 @@ class StoreParts:
                            if part is store) or "records and bytes only",
                  ", ".join(kept_here) or "nothing")
         return cls(store, concatenation, checkpoints, owed, leases, open_slots, expiry,
-                   composed, kept_here)
+                   owners, composed, kept_here)
 
     @property
     def offers(self) -> frozenset[str]:
@@ -161,7 +173,8 @@ class _Composed:
 
     def __init__(self, core: CoreStore, concatenation: Concatenation,
                  checkpoints: SinkCheckpoints, owed: OwedWork, leases: Leases,
-                 open_slots: OpenSlots, expiry: ExpiryIndex, indexing: Indexing) -> None:
+                 open_slots: OpenSlots, expiry: ExpiryIndex, owners: Owners,
+                 indexing: Indexing) -> None:
         self._core = core
         self._concatenation = concatenation
         self._checkpoints = checkpoints
@@ -169,15 +182,18 @@ class _Composed:
         self._leases = leases
         self._open_slots = open_slots
         self._expiry = expiry
+        self._owners = owners
         self._indexing = indexing
 
     # --- the core ----------------------------------------------------------------------------
     async def open(self) -> None:
         """Open the store and fill the indexes and counts kept here from its records: when
-        each upload is due, which owe their finish, which are open."""
+        each upload is due, which owe their finish, which are open, whose they are and
+        what they hold."""
         if not isinstance(self._owed, LocalOwedWork) and \
                 not isinstance(self._open_slots, LocalOpenSlots) and \
-                not isinstance(self._expiry, LocalExpiryIndex):
+                not isinstance(self._expiry, LocalExpiryIndex) and \
+                not isinstance(self._owners, LocalOwners):
             await self._core.open()
             return
         if isinstance(self._core, ShowsRecordsAtOpen):
@@ -208,6 +224,11 @@ class _Composed:
         if isinstance(self._open_slots, LocalOpenSlots) and state.info.sink is None \
                 and not state.info.data_removed and not state.finished:
             self._open_slots.take(upload_id, state.info.client)
+        if isinstance(self._owners, LocalOwners):
+            owner = self._indexing.owner(state)
+            if owner and len(owner) <= MAX_OWNER_CHARS:
+                self._owners.take(owner, upload_id, state.info.created_at,
+                                  self._indexing.held(state))
 
     async def close(self) -> None:
         await self._core.close()
@@ -240,6 +261,8 @@ class _Composed:
             self._expiry.schedule(upload_id, None)
         if isinstance(self._owed, LocalOwedWork):
             self._owed.finishes.discard(upload_id)
+        if isinstance(self._owners, LocalOwners):
+            self._owners.forget(upload_id)
         return True
 
     def data_path(self, upload_id: str) -> Path:
@@ -336,3 +359,24 @@ class _Composed:
 
     async def due_for_expiry(self, now: float, limit: int) -> list[str]:
         return await self._expiry.due_for_expiry(now, limit)
+
+    # --- owners ------------------------------------------------------------------------------
+    async def note_owned(self, owner: str, upload_id: str, created_at: float) -> None:
+        await self._owners.note_owned(owner, upload_id, created_at)
+
+    async def owned(self, owner: str, *, before: tuple[float, str] | None,
+                    limit: int) -> list[tuple[str, float]]:
+        return await self._owners.owned(owner, before=before, limit=limit)
+
+    async def hold_bytes(self, owner: str, upload_id: str, nbytes: int, *,
+                         max_total: int) -> int | None:
+        return await self._owners.hold_bytes(owner, upload_id, nbytes, max_total=max_total)
+
+    async def release_bytes(self, owner: str, upload_id: str) -> None:
+        await self._owners.release_bytes(owner, upload_id)
+
+    async def bytes_held(self, owner: str) -> int:
+        return await self._owners.bytes_held(owner)
+
+    async def forget_owned(self, owner: str, upload_id: str) -> None:
+        await self._owners.forget_owned(owner, upload_id)

@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import secrets
 import time
@@ -56,6 +57,7 @@ from redis.backoff import NoBackoff
 from gateway.aio import IoPool, run_to_completion, stop_tasks
 from gateway.config import FsyncPolicy
 from gateway.files import fsync_dir
+from gateway.state.base import MAX_OWNER_CHARS
 from gateway.state.redis_keys import ALL_SCRIPTS, RELEASE_FLAG_TTL_MS, Keys
 from gateway.state.spool import OVERLAP_UP_TO, SpoolWriter, concatenate, pump
 from protocol import errors
@@ -597,11 +599,12 @@ class RedisStore:
                         if_offset: int | None = None) -> bool:
         keys = self.keys
         tomb = json.dumps({"reason": reason, "at": time.time()})
-        answer = _text(await self.backend.script(
+        reply = await self.backend.script(
             "terminate", [keys.upload(upload_id), keys.lock(upload_id), keys.tomb(upload_id),
                           keys.ckpt(upload_id), keys.parts(upload_id)],
             [self.backend.token(upload_id), tomb, self._tomb_ttl_ms,
-             "" if if_offset is None else if_offset]))
+             "" if if_offset is None else if_offset])
+        answer = _text(reply[0])
         held = self.backend.held.get(upload_id)
         if held is not None:
             held.offset = None
@@ -617,6 +620,10 @@ class RedisStore:
                 pipe.srem(keys.finish_owed, upload_id)
                 await pipe.execute()
         await self.release_open_slot(upload_id)
+        # The record's client is its owner (a longer one was never noted: nothing to forget).
+        owner = _text(reply[1])
+        if len(owner) <= MAX_OWNER_CHARS:
+            await self.forget_owned(owner, upload_id)
         return True
 
     async def purge_tombstones(self, older_than: float) -> int:
@@ -749,6 +756,56 @@ class RedisStore:
                 self.keys.open_since, "-inf", older_than)]
         for upload_id in await self._without_record(old):
             await self.release_open_slot(upload_id)
+
+    # --- owners: a listing and the held bytes per owner, in the owner's own slot; a hold is
+    # checked and recorded in one script, so instances racing for an owner's last bytes
+    # cannot both win --------------------------------------------------------------------
+    async def note_owned(self, owner: str, upload_id: str, created_at: float) -> None:
+        key = self.keys.owned(owner)
+        if not math.isfinite(created_at):
+            raise ValueError("an upload's creation time is a finite number")
+        with mapped_errors():
+            await self.backend.client.zadd(key, {upload_id: created_at})
+
+    async def owned(self, owner: str, *, before: tuple[float, str] | None,
+                    limit: int) -> list[tuple[str, float]]:
+        key = self.keys.owned(owner)
+        if before is not None and not math.isfinite(before[0]):
+            raise ValueError("a cursor's creation time is a finite number")
+        if limit < 1:
+            return []
+        cursor = ["", ""] if before is None else [repr(float(before[0])), before[1]]
+        flat = await self.backend.script("owned", [key], [limit, *cursor])
+        return [(_text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def hold_bytes(self, owner: str, upload_id: str, nbytes: int, *,
+                         max_total: int) -> int | None:
+        key = self.keys.held(owner)
+        if nbytes < 0 or max_total < 0:
+            raise ValueError("bytes held and their limit are not negative")
+        answer = int(await self.backend.script("hold_bytes", [key],
+                                               [upload_id, nbytes, max_total]))
+        return None if answer < 0 else answer
+
+    async def release_bytes(self, owner: str, upload_id: str) -> None:
+        key = self.keys.held(owner)
+        with mapped_errors():
+            await self.backend.client.hdel(key, upload_id)
+
+    async def bytes_held(self, owner: str) -> int:
+        key = self.keys.held(owner)
+        with mapped_errors():
+            return sum(int(held) for held in await self.backend.client.hvals(key))
+
+    async def forget_owned(self, owner: str, upload_id: str) -> None:
+        keys = self.keys
+        listing, held = keys.owned(owner), keys.held(owner)
+        with mapped_errors():
+            # One slot (the owner's hash tag): both go, or neither.
+            async with self.backend.client.pipeline(transaction=True) as pipe:
+                pipe.zrem(listing, upload_id)
+                pipe.hdel(held, upload_id)
+                await pipe.execute()
 
     async def waiting_finals(self) -> dict[str, tuple[str, ...]]:
         with mapped_errors():

@@ -20,6 +20,11 @@ all of an upload's keys in one slot, which multi-key scripts require)::
     <p>:{open}:since     sorted set: the same ids (score: when the slot was claimed), so that
                          a claim whose record was never written can be found and dropped
     <p>:{open}:client:<c>  set: one client's open uploads (<c>: a hash, so 32 hex digits)
+    <p>:{owner:<o>}:uploads  sorted set: one owner's uploads (score: creation time), for
+                         listing them newest first (<o>: the record's client key, at most
+                         64 characters)
+    <p>:{owner:<o>}:held     hash: the owner's uploads -> the bytes each holds against the
+                         owner's quota (an upload holding none has no field)
     <p>:release          pub/sub channel: "please let go of <id>", heard by every instance
     <p>:{<id>}:events    pub/sub channel: the upload's live events (JSON, gateway.events),
                          subscribed by the instances that stream them to a browser
@@ -40,6 +45,10 @@ all of an upload's keys in one slot, which multi-key scripts require)::
 The global keys live in other slots than the uploads, so no script touches them together
 with an upload's keys; they are indexes that the sweeper repairs, never the truth. The open
 upload keys share the hash tag ``{open}``, so one script checks and changes them together.
+An owner's keys share a hash tag of their own, ``{owner:<o>}``: a script or transaction
+on one owner's keys needs them in one slot, and owners spread over the cluster. Whatever
+``<o>`` holds (even a brace), both keys of one owner have the same text up to their first
+``}``, so they keep one slot.
 
 Every script starts with its KEYS/ARGV contract, receives every key through KEYS, and is
 registered once per client. Mutating scripts are fenced: given a lock token (ARGV[1]; ''
@@ -51,6 +60,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from gateway.state.base import check_owner
 
 # How long a "please let go" flag lives: longer than any holder takes to notice it.
 RELEASE_FLAG_TTL_MS = 10_000
@@ -95,6 +106,12 @@ class Keys:
         if not CLIENT_KEY.fullmatch(client):
             raise ValueError("a client key is 32 hex digits")
         return f"{self.prefix}:{{open}}:client:{client}"
+
+    def owned(self, owner: str) -> str:
+        return f"{self.prefix}:{{owner:{check_owner(owner)}}}:uploads"
+
+    def held(self, owner: str) -> str:
+        return f"{self.prefix}:{{owner:{check_owner(owner)}}}:held"
 
     @property
     def index(self) -> str:
@@ -214,14 +231,21 @@ TERMINATE = """
 -- KEYS[1] = upload, KEYS[2] = lock, KEYS[3] = tomb, KEYS[4] = ckpt, KEYS[5] = parts
 -- ARGV[1] = lock token or '', ARGV[2] = tombstone (JSON), ARGV[3] = tombstone TTL in ms,
 -- ARGV[4] = offset the caller decided on, or '' (remove whatever the offset)
--- Returns 'ok' | 'lost' | 'missing' | 'changed' (bytes arrived since the decision).
-if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'lost' end
-local offset = redis.call('HGET', KEYS[1], 'offset')
-if not offset then return 'missing' end
-if ARGV[4] ~= '' and offset ~= ARGV[4] then return 'changed' end
+-- Returns {'ok', the record's client or ''} (its owner's keys are in another slot: the
+-- caller forgets the upload there) | {'lost'} | {'missing'} | {'changed'} (bytes arrived
+-- since the decision).
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lost'} end
+local v = redis.call('HMGET', KEYS[1], 'offset', 'info')
+if not v[1] then return {'missing'} end
+if ARGV[4] ~= '' and v[1] ~= ARGV[4] then return {'changed'} end
+local client = ''
+local readable, record = pcall(cjson.decode, v[2] or '')
+if readable and type(record) == 'table' and type(record['client']) == 'string' then
+  client = record['client']
+end
 redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[1], KEYS[4], KEYS[5])
-return 'ok'
+return {'ok', client}
 """
 
 START_REMOTE = """
@@ -377,10 +401,73 @@ redis.call('SREM', KEYS[3], ARGV[1])
 return 1
 """
 
+OWNED = """
+-- KEYS[1] = an owner's uploads (sorted set: upload id, score: creation time)
+-- ARGV[1] = most to return, ARGV[2] = the cursor's creation time, or '' for the first
+-- page, ARGV[3] = the cursor's upload id
+-- Returns {id, score, id, score, ...}: newest first (score, then id, descending), strictly
+-- after the cursor. Members of equal score come in reverse byte order, as ZREVRANGE keeps
+-- them; so the cursor's place is its rank while it is listed with that score, and else
+-- the members tied with it that sort at or above it are skipped.
+local n = tonumber(ARGV[1])
+if ARGV[2] == '' then
+  return redis.call('ZREVRANGE', KEYS[1], 0, n - 1, 'WITHSCORES')
+end
+local at, id = tonumber(ARGV[2]), ARGV[3]
+local score = redis.call('ZSCORE', KEYS[1], id)
+if score and tonumber(score) == at then
+  local rank = redis.call('ZREVRANK', KEYS[1], id)
+  return redis.call('ZREVRANGE', KEYS[1], rank + 1, rank + n, 'WITHSCORES')
+end
+-- Byte order, as Redis orders members (Lua's < follows the server's collation locale).
+local function below(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+local skip = 0
+while true do
+  local tied = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[2], ARGV[2], 'LIMIT', skip, 100)
+  local above = 0
+  for _, member in ipairs(tied) do
+    if below(member, id) then break end
+    above = above + 1
+  end
+  skip = skip + above
+  if above < #tied or #tied < 100 then break end
+end
+return redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[2], '-inf', 'WITHSCORES',
+                  'LIMIT', skip, n)
+"""
+
+HOLD_BYTES = """
+-- KEYS[1] = an owner's held bytes (hash: upload id -> bytes)
+-- ARGV[1] = upload id, ARGV[2] = its bytes, ARGV[3] = most bytes the owner may hold
+-- (0: no limit)
+-- Records the upload's bytes in place of its figure, unless the owner's other uploads and
+-- these would pass the limit. Returns -1 when recorded, else the bytes the owner holds
+-- now (nothing changes).
+local most = tonumber(ARGV[3])
+if most > 0 then
+  local total = 0
+  for _, held in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(held) end
+  local mine = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+  if total - mine + tonumber(ARGV[2]) > most then return total end
+end
+if tonumber(ARGV[2]) == 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return -1
+"""
+
 ALL_SCRIPTS = {"create": CREATE, "get": GET, "commit": COMMIT, "save_info": SAVE_INFO,
                "save_hook": SAVE_HOOK,
                "terminate": TERMINATE, "start_remote": START_REMOTE, "add_parts": ADD_PARTS,
                "acquire": ACQUIRE, "release": RELEASE, "extend": EXTEND,
                "hold_lease": HOLD_LEASE, "drop_lease": DROP_LEASE, "rate": RATE,
                "wait_for_partial": WAIT_FOR_PARTIAL, "claim_open": CLAIM_OPEN,
-               "release_open": RELEASE_OPEN}
+               "release_open": RELEASE_OPEN, "owned": OWNED, "hold_bytes": HOLD_BYTES}

@@ -3,12 +3,12 @@
 The core contract (``test_contract.py``) runs on every backend: disk, Redis, and the
 in-memory store that provides only the core (``tests.state.memory``). Each optional part has
 a module of its own (``test_concatenation.py``, ``test_checkpoints.py``, ``test_owed_work.py``,
-``test_leases.py``, ``test_open_slots.py``, ``test_expiry_index.py``), run on every backend
-that provides the part, and, for the parts that the gateway keeps in its own process when a
-backend lacks them (``gateway.state.parts``), on the backends that get them that way: the
-disk store and the in-memory store (``memory+kept``). The disk store always runs as the
-gateway uses it, through ``StoreParts``, so its kept parts are rebuilt from its own reading
-of the records at open.
+``test_leases.py``, ``test_open_slots.py``, ``test_expiry_index.py``, ``test_owners.py``), run
+on every backend that provides the part, and, for the parts that the gateway keeps in its
+own process when a backend lacks them (``gateway.state.parts``), on the backends that get
+them that way: the disk store and the in-memory store (``memory+kept``). The disk store
+always runs as the gateway uses it, through ``StoreParts``, so its kept parts are rebuilt
+from its own reading of the records at open.
 
 A factory opens a store on the same backing state each time it is called, like a restarted
 gateway. Real files in a temporary directory, a real redis-server, no mocks.
@@ -27,7 +27,7 @@ import pytest
 
 from gateway.aio import IoPool
 from gateway.config import FsyncPolicy
-from gateway.state.base import CoreStore, ExpiryIndex, Leases, OpenSlots, OwedWork
+from gateway.state.base import CoreStore, ExpiryIndex, Leases, OpenSlots, OwedWork, Owners
 from gateway.state.disk import DiskStore
 from gateway.state.parts import StoreParts
 from gateway.state.redis import RedisBackend, RedisStore
@@ -40,7 +40,7 @@ BACKENDS: dict[str, type] = {"disk": DiskStore, "redis": RedisStore, "memory": M
 # The in-memory store seen through the parts the gateway keeps for it.
 KEPT = "memory+kept"
 # The parts ``StoreParts`` keeps in the gateway's process for a store without them.
-KEPT_PARTS: tuple[type, ...] = (OwedWork, Leases, OpenSlots, ExpiryIndex)
+KEPT_PARTS: tuple[type, ...] = (OwedWork, Leases, OpenSlots, ExpiryIndex, Owners)
 # The stores seen through ``StoreParts``, which keeps the parts they lack.
 THROUGH_PARTS = ("disk", KEPT)
 

@@ -21,7 +21,7 @@ from protocol.decisions import ALL_EXTENSIONS
 from tests.state.memory import MemoryBacking, MemoryStore
 from tests.state.stores import chunks, new_info
 
-KEPT_HERE = ("owed work", "leases", "open slots", "expiry index")
+KEPT_HERE = ("owed work", "leases", "open slots", "expiry index", "owners")
 
 
 @pytest.fixture
