@@ -15,10 +15,10 @@ from gateway.auth import Principal, check_owner, principal_of
 from gateway.clients import client_key
 from gateway.http import uploads_of
 from gateway.keys import CONFIG
-from gateway.quotas import Creator, creator_of
+from gateway.quotas import RETRY_AFTER_S, Creator, creator_of
 from protocol import errors
-from protocol.effects import DeclareLength, Effect
-from protocol.filetypes import check_length
+from protocol.effects import Append, DeclareLength, Effect
+from protocol.filetypes import check_length, size_limit
 from protocol.headers import Headers
 from protocol.model import UploadState
 
@@ -68,3 +68,46 @@ async def admit_length(request: web.Request, headers: Headers, state: UploadStat
             check_length(uploads.allowed_types, state.info.metadata, effect.length)
             await uploads.admit_length(state, effect.length, await creator(request, headers))
 
+
+
+async def bound_deferred(request: web.Request, headers: Headers, state: UploadState,
+                         effects: Sequence[Effect]) -> tuple[tuple[Effect, ...], bool]:
+    """While an upload's length is deferred, no length check has seen its bytes: hold its
+    body to its type's size limit and to the creator's byte quota instead. Returns the
+    effects to perform, and whether the quota set the bound (so that passing it answers
+    as a quota, not as a length)."""
+    if state.info.length is not None or any(isinstance(e, DeclareLength) for e in effects):
+        return tuple(effects), False
+    uploads = uploads_of(request)
+    bounds: list[tuple[int, bool]] = []
+    limit = size_limit(uploads.allowed_types, state.info.metadata)
+    if limit is not None:
+        bounds.append((max(limit - state.offset, 0), False))
+    made_by = await creator(request, headers)
+    room = await uploads.quota_room(state, made_by)
+    if room is not None:
+        bounds.append((room, True))
+    if not bounds:
+        return tuple(effects), False
+    bound, by_quota = min(bounds)
+    bounded: list[Effect] = []
+    for effect in effects:
+        if isinstance(effect, Append) and (effect.max_bytes is None
+                                           or effect.max_bytes > bound):
+            effect = Append(effect.offset, bound, effect.checksum)
+        elif isinstance(effect, Append):
+            by_quota = False  # the plan's own bound is the smaller
+        bounded.append(effect)
+    return tuple(bounded), by_quota
+
+
+def deferred_refusal(error: errors.TusError, by_quota: bool) -> errors.TusError:
+    """The answer for a body that passed the bound ``bound_deferred`` set: a quota refusal
+    when the quota set it, else the length error as it is."""
+    if not by_quota or not isinstance(error, errors.SizeExceeded):
+        return error
+    return errors.QuotaExceeded(
+        "the upload's length is not declared yet and its bytes would pass your byte "
+        "quota; the bytes before that point are kept",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+        data={"limit": "bytes", "retry_after": RETRY_AFTER_S})

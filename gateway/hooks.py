@@ -65,6 +65,7 @@ from protocol.decisions import CreatePlan, ProtocolSettings
 from protocol.headers import ConcatFinal, ConcatPartial, format_metadata, parse_metadata
 from protocol.model import HookState, HookStatus, UploadInfo, UploadState
 from protocol.retry import backoff, backoff_ceiling
+from protocol.state import UploadStatus
 
 log = logging.getLogger(__name__)
 
@@ -362,9 +363,16 @@ class Hooks:
     @staticmethod
     def _post_finish_payload(state: UploadState, hook: HookState) -> dict[str, Any]:
         info = state.info
+        sink = info.sink
+        rejected = sink.error if sink is not None and sink.status is UploadStatus.REJECTED \
+            else None
+        # ``status`` and ``rejected`` tell a finished file from one the content check
+        # refused (``gateway.screening``); ``subject`` is its creator's user, if named.
         return {"type": "post-finish", "upload": {
             "id": info.upload_id, "length": state.offset, **metadata_json(info.metadata),
-            "created_at": info.created_at, "finished_at": hook.finished_at}}
+            "created_at": info.created_at, "finished_at": hook.finished_at,
+            "status": "rejected" if rejected is not None else "finished",
+            "rejected": rejected, "subject": info.subject}}
 
     # --- scanning ----------------------------------------------------------------------------
     async def _at_scan(self, upload_id: str, scanned: Scanned) -> Verdict:

@@ -18,7 +18,14 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway.access import admit_length, check_access, creator, requester
+from gateway.access import (
+    admit_length,
+    bound_deferred,
+    check_access,
+    creator,
+    deferred_refusal,
+    requester,
+)
 from gateway.auth import check_plan
 from gateway.http import body_facts, location, public_origin, send_continue, uploads_of
 from gateway.keys import DRAFT
@@ -73,8 +80,12 @@ async def create(request: web.Request, headers: Headers, draft: ietf.Draft) -> w
     try:
         async with uploads.locked(upload_id, reader):
             await send_interim(request, ietf.interim_headers(draft, where, uploads.settings))
-            state = await uploads.perform(state, plan.effects, reader,
-                                          before_body=lambda: send_continue(request))
+            effects, by_quota = await bound_deferred(request, headers, state, plan.effects)
+            try:
+                state = await uploads.perform(state, effects, reader,
+                                              before_body=lambda: send_continue(request))
+            except errors.SizeExceeded as exc:
+                raise deferred_refusal(exc, by_quota) from None
     except errors.TusError as exc:
         # The upload exists; whatever went wrong with its first bytes, say where it is.
         exc.extra_headers["Location"] = where
@@ -108,8 +119,12 @@ async def append(request: web.Request, headers: Headers, draft: ietf.Draft) -> w
         state = await uploads.live(upload_id)
         plan = ietf.plan_append(draft, headers, facts, state, uploads.settings)
         await admit_length(request, headers, state, plan.effects)
-        state = await uploads.perform(state, plan.effects, reader,
-                                      before_body=lambda: send_continue(request))
+        effects, by_quota = await bound_deferred(request, headers, state, plan.effects)
+        try:
+            state = await uploads.perform(state, effects, reader,
+                                          before_body=lambda: send_continue(request))
+        except errors.SizeExceeded as exc:
+            raise deferred_refusal(exc, by_quota) from None
     answer = ietf.append_headers(draft, state, uploads.settings, uploads.clock.now())
     return web.Response(status=draft.append_status, headers=answer)
 

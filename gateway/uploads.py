@@ -277,6 +277,9 @@ class Uploads:
         copy, or, once a sink released it, the file the sink delivered here
         (``errors.DataDelivered`` if it keeps none here, ``errors.DeliveredFileRemoved`` if
         that file was taken away)."""
+        if state.status is UploadStatus.REJECTED:
+            raise errors.UploadRejected(f"the upload was rejected: {state.info.sink.error}"
+                                        if state.info.sink is not None else None)
         if not state.info.data_removed:
             return self.store.data_path(state.info.upload_id), state
         delivered = await self.sink.delivered_file(state)
@@ -323,6 +326,16 @@ class Uploads:
                 await run_to_completion(self.store.release_open_slot(info.upload_id))
                 await run_to_completion(self.store.forget_owned(info.client, info.upload_id))
             raise
+
+    async def quota_room(self, state: UploadState, creator: Creator) -> int | None:
+        """For an upload whose length is deferred: how many more bytes it may take within
+        the creator's byte quota (None: no quota). Its own figure is first brought to the
+        bytes it has (a request cut off may have left it behind)."""
+        if not creator.quota_bytes:
+            return None
+        upload_id = state.info.upload_id
+        await self.quotas.hold(creator, upload_id, state.offset)
+        return max(creator.quota_bytes - await self.store.bytes_held(creator.client), 0)
 
     async def admit_length(self, state: UploadState, length: int, creator: Creator) -> None:
         """Before a deferred length is declared: hold the new length against the creator's
@@ -377,6 +390,10 @@ class Uploads:
                         await before_body()
                     after = await self.append(state, effect.offset, reader, effect.max_bytes,
                                               effect.checksum)
+                    if after.info.length is None and after.offset != state.offset:
+                        # A deferred upload holds the bytes it has (``gateway.quotas``).
+                        await self.store.hold_bytes(after.info.client, after.info.upload_id,
+                                                    after.offset, max_total=0)
                     expected = stored(state.status, after.offset > state.offset,
                                       after.info.length, after.offset)
                     state = self._moved(after, expected)

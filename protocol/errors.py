@@ -169,6 +169,11 @@ Gone = _error("ERR_UPLOAD_GONE", 410, "the upload was terminated or has expired"
 DataDelivered = _error("ERR_DATA_DELIVERED", 410,
                        "the file was delivered to the sink and is no longer kept here; "
                        "its status endpoint says where it went")
+# --allowed-types: the finished file was not what it claimed, so it was never delivered and
+# its bytes were removed (its status endpoint says why).
+UploadRejected = _error("ERR_UPLOAD_REJECTED", 410,
+                        "the upload was rejected: its bytes are not what it claimed to be, "
+                        "and they were removed")
 # A directory delivery keeps one copy of the bytes, the delivered file; GET serves it from
 # the output folder until the operator moves, removes or replaces it.
 DeliveredFileRemoved = _error("ERR_DELIVERED_FILE_REMOVED", 410,

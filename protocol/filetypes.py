@@ -612,6 +612,17 @@ def check_length(allowed: AllowedTypes, metadata: Mapping[str, bytes], length: i
     _check_size(allowed, (effective_type(metadata), name_type(metadata)), length)
 
 
+def size_limit(allowed: AllowedTypes, metadata: Mapping[str, bytes]) -> int | None:
+    """The most bytes the upload's type may have here (its claim's and its name's limits,
+    the smaller); None: no per-type limit. Bounds the bytes of an upload whose length is
+    still deferred, which no length check has seen yet."""
+    if allowed.allows_all:
+        return None
+    limits = [limit for kind in (effective_type(metadata), name_type(metadata))
+              if kind is not None and (limit := allowed.limit_for(kind)) is not None]
+    return min(limits, default=None)
+
+
 def _check_size(allowed: AllowedTypes, kinds: Iterable[str | None], length: int) -> None:
     limits = [(limit, kind) for kind in kinds if kind is not None
               if (limit := allowed.limit_for(kind)) is not None]

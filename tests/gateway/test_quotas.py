@@ -146,9 +146,6 @@ async def test_a_late_length_declaration_is_held_to_the_quota(
 
 
 @pytest.mark.both_stores
-@pytest.mark.xfail(strict=True, reason="an upload's figure is set only at creation and when "
-                   "a deferred length is declared (gateway/uploads.py): the bytes a deferred "
-                   "upload receives are not counted")
 async def test_bytes_sent_to_a_deferred_upload_count_against_the_quota(
         make_client: ClientFactory) -> None:
     """While its length is deferred an upload holds the bytes it has so far: they cannot
