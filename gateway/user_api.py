@@ -61,7 +61,8 @@ MAX_PAGE = 100
 DEFAULT_PAGE = 20
 # Notion's File Upload API: a file up to 20 MiB goes in one request, larger ones in parts.
 SINGLE_PART_MAX = 20 * 1024 * 1024
-CONTENT_RANGE = re.compile(r"bytes (\d{1,19})-(\d{1,19}|\*)/(\d{1,19}|\*)")
+# ASCII digits only: \d would also take other scripts' digits ("\u0661"), which int() reads.
+CONTENT_RANGE = re.compile(r"bytes (\d{1,19})-(\d{1,19}|\*)/(\d{1,19}|\*)", re.ASCII)
 
 
 # --- the user's uploads ------------------------------------------------------------------------
@@ -264,7 +265,7 @@ def _stream_start(headers: Headers) -> tuple[int, int | None]:
         return int(offset), None
     content_range = headers.one("Content-Range", errors.InvalidHeader)
     if content_range is not None:
-        match = CONTENT_RANGE.fullmatch(content_range.strip())
+        match = CONTENT_RANGE.fullmatch(content_range.strip(" \t"))
         if match is None:
             raise errors.InvalidHeader("Content-Range must be 'bytes <first>-<last>/<size>'")
         first, last, size = match.groups()
