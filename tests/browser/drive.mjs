@@ -25,6 +25,9 @@
 //                       report what it shows then (openList)
 //   clickMore           before adding files, press "More" and wait for the next page of the
 //                       list (afterMore)
+//   dropFirstStream     answer the first event stream request of each upload with a stream
+//                       that ends at once after `retry: 200`, as a dropped connection
+//                       would, so the page has to connect again
 //   downloadDir         once done, press each listed row's Download link and save what the
 //                       browser downloads here (downloads: uploadId, path)
 //   screenshot          where to save the finished Dashboard (PNG)
@@ -207,7 +210,16 @@ try {
       if (response) entry.status = response.status()
     }).catch(() => {})
   })
+  const dropped = new Set()
   await page.route(fromUploadGateway, async (route) => {
+    const url = route.request().url()
+    if (config.dropFirstStream && new URL(url).pathname.startsWith('/api/upload/events/') &&
+        !dropped.has(url)) {
+      dropped.add(url)
+      await route.fulfill({ status: 200, contentType: 'text/event-stream',
+        body: 'retry: 200\n: dropped by the test\n\n' })
+      return
+    }
     if (route.request().method() === 'PATCH' && failing) {
       await route.abort('connectionreset')
       return

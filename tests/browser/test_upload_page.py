@@ -241,9 +241,11 @@ def tus_send(collection: str, data: bytes, name: str, *, upto: int | None = None
     """Another client's upload, made with plain tus requests: create, then PATCH the first
     ``upto`` bytes (all by default). Returns the upload URL."""
     auth = {"Authorization": f"Bearer {token}"} if token else {}
+    metadata = ",".join(f"{key} {base64.b64encode(value.encode()).decode()}" for key, value in
+                        {"filename": name, "filetype": "application/octet-stream"}.items())
     created = urllib.request.Request(collection, method="POST", headers={
         "Tus-Resumable": "1.0.0", "Upload-Length": str(len(data)),
-        "Upload-Metadata": f"filename {base64.b64encode(name.encode()).decode()}", **auth})
+        "Upload-Metadata": metadata, **auth})
     with urllib.request.urlopen(created, timeout=10) as answer:
         assert answer.status == 201, answer.status
         url = urllib.parse.urljoin(collection, str(answer.headers["Location"]))
@@ -383,46 +385,71 @@ def test_page_as_shipped_uploads_to_its_own_gateway(
 def test_page_lists_only_the_uploads_of_the_tokens_user(gateway_process: Gateways,
                                                        tmp_path: Path) -> None:
     """With --auth bearer the list is the token's user's: alice's page shows her uploads, a
-    page at a time ("More"), and none of bob's; her own upload from the page joins them,
-    followed live over a stream that carries her token too."""
+    page at a time ("More"), and none of bob's; her own uploads from the page join them,
+    followed live over streams that carry her token too, and connected again when cut.
+    With --allowed-types, a file whose bytes are not what it claims is rejected after it
+    arrived, and its row says why."""
     chromium = tool("chromium", "run `make install-test`, which installs Debian's chromium")
-    gw = gateway_process("--auth", "bearer", "--auth-tokens", "alice=TOKEN_A,bob=TOKEN_B")
+    gw = gateway_process("--auth", "bearer", "--auth-tokens", "alice=TOKEN_A,bob=TOKEN_B",
+                         "--allowed-types", "image/png,application/octet-stream")
     origin = f"http://127.0.0.1:{gw.port}"
+
+    # Text, which no sniffer takes for a binary format, so a .bin (octet-stream) is kept.
+    def text(label: str, size: int) -> bytes:
+        return (label.encode() * (size // len(label) + 1))[:size]
+
     # One more than a page of the list.
-    alices = [upload_id_of(tus_send(gw.url, os.urandom(1000 + i), f"alice-{i:02}.bin",
+    alices = [upload_id_of(tus_send(gw.url, text(f"alice {i} ", 1000 + i), f"alice-{i:02}.bin",
                                     token="TOKEN_A")) for i in range(21)]
-    bobs = [upload_id_of(tus_send(gw.url, os.urandom(500), "bob.bin", token="TOKEN_B")),
-            upload_id_of(tus_send(gw.url, os.urandom(500), "bob-half.bin", upto=10,
+    bobs = [upload_id_of(tus_send(gw.url, text("bob ", 500), "bob.bin", token="TOKEN_B")),
+            upload_id_of(tus_send(gw.url, text("bob ", 500), "bob-half.bin", upto=10,
                                   token="TOKEN_B"))]
     for upload_id in alices:
         wait_drained(gw, upload_id, "TOKEN_A")
-    source = random_file(tmp_path / "from-page.bin", 400_000)
+    kept = tmp_path / "from-page.bin"
+    kept.write_bytes(text("from the page ", 400_000))
+    # The browser claims image/png for it (by its name); the bytes are no PNG.
+    fake = random_file(tmp_path / "fake.png", 300_000)
     report = run_driver({
         "chromium": chromium,
         "pageUrl": f"{origin}/#token=TOKEN_A",
         "uploadOrigin": origin,
-        "files": [str(source)],
+        "files": [str(kept), str(fake)],
         "patchDelayMs": 0,
         "reloadAfterPatches": 0,
         "pauseMs": 0,
-        "maxPatches": 5,
+        "maxPatches": 6,
         "waitForList": True,
         "clickMore": True,
+        "dropFirstStream": True,
         "screenshot": str(tmp_path / "alice.png"),
         "timeoutMs": 25_000,
     }, tmp_path, gw)
+    keep_artifact(tmp_path / "alice.png", "upload-page-user-list.png")
     assert not report["consoleErrors"], report["consoleErrors"]
     newest_first = alices[::-1]
     assert [row["uploadId"] for row in report["openList"]] == newest_first[:20]
     assert [row["uploadId"] for row in report["afterMore"]] == newest_first
     assert all(row["status"] == "drained" for row in report["afterMore"])
-    [mine] = report["results"]
-    assert mine["text"].startswith("from-page.bin") and mine["status"] == "drained", mine
-    assert_delivered_with(gw, mine["uploadUrl"], source, "TOKEN_A")
+    assert len(report["results"]) == 2, report["results"]
+    good = next(r for r in report["results"] if r["text"].startswith("from-page.bin"))
+    bad = next(r for r in report["results"] if r["text"].startswith("fake.png"))
+    assert good["status"] == "drained" and good["download"], good
+    assert_delivered_with(gw, good["uploadUrl"], kept, "TOKEN_A")
+    assert bad["status"] == "rejected" and bad["done"] and not bad["download"], bad
+    # The gateway's reason, not the page's fallback for a rejection without one.
+    assert bad["rejected"].startswith("Rejected: the ") and "no reason" not in bad["rejected"]
     shown = [row["uploadId"] for row in report["listed"]]
-    assert shown == [mine["uploadId"], *newest_first], report["listed"]
+    assert sorted(shown[:2]) == sorted([good["uploadId"], bad["uploadId"]]), shown
+    assert shown[2:] == newest_first, report["listed"]
     assert not set(shown) & set(bobs)
-    # Every request of the list and of the stream carried alice's token.
+    # Each stream was cut at once the first time (the driver's doing); the page connected
+    # again after a pause, once, and not again after the final status.
+    streams = api_requests(report, "upload/events/")
+    for row in (good, bad):
+        tries = [r["at"] for r in streams if upload_id_of(r["url"]) == row["uploadId"]]
+        assert len(tries) == 2 and tries[1] - tries[0] >= 150, (row, streams)
+    # Every request of the list and of the streams carried alice's token.
     api = api_requests(report, "uploads") + api_requests(report, "upload/events/")
     assert len(api_requests(report, "uploads")) == 2 and api, report["network"]
     assert all(r["authorization"] == "Bearer TOKEN_A" for r in api), api

@@ -159,14 +159,14 @@ function tone(status, willRetry = false) {
 
 // Whether nothing more will happen to the upload by itself: the gateway ends its event
 // stream then (gateway/events.py, is_final).
-function isFinal(status, sink) {
+function isFinal(status, willRetry) {
   if (FINAL_STATUSES.has(status)) return true
-  return status === 'failed' && !(sink && sink.will_retry)
+  return status === 'failed' && !willRetry
 }
 
 // Values from a server are taken only with the type they should have.
-const text = (value) => (typeof value === 'string' ? value : null)
-const count = (value) => (typeof value === 'number' && Number.isFinite(value) ? value : null)
+const asText = (value) => (typeof value === 'string' ? value : null)
+const asNumber = (value) => (typeof value === 'number' && Number.isFinite(value) ? value : null)
 
 // The upload id: the last segment of its tus URL, as the gateway's list names it.
 function idOf(uploadUrl) {
@@ -190,9 +190,15 @@ function link(value, base) {
   return url.protocol === 'http:' || url.protocol === 'https:' ? url.href : null
 }
 
+// Resolves after ms, or at once when signal aborts.
 const sleep = (ms, signal) => new Promise((done) => {
-  const timer = setTimeout(done, ms)
-  signal?.addEventListener('abort', () => { clearTimeout(timer); done() }, { once: true })
+  const wake = () => {
+    clearTimeout(timer)
+    signal?.removeEventListener('abort', wake)
+    done()
+  }
+  const timer = setTimeout(wake, ms)
+  signal?.addEventListener('abort', wake, { once: true })
 })
 
 function delayFrom(retryAfter) {
@@ -250,8 +256,13 @@ function newRow(fields) {
   const row = {
     id: null, name: null, size: null, status: null, offset: null, bytesReceived: null,
     percent: null, speed: null, sink: null, rejected: null, uploadUrl: null,
-    eventsUrl: null, downloadUrl: null, rank: 0, sent: false, sentOrder: 0, final: false,
-    gone: false, heard: false, streamFailed: false, statusEvents: 0, progressEvents: 0, note: null, stream: null,
+    eventsUrl: null, downloadUrl: null,
+    // Order in the list (highest first) and, for the page's own, the order it sent them.
+    rank: 0, sent: false, sentOrder: 0,
+    // final: the gateway says nothing more will happen; heard: a stream's status arrived,
+    // which the list (possibly older) must not overwrite.
+    final: false, gone: false, heard: false, streamFailed: false,
+    statusEvents: 0, progressEvents: 0, note: null, stream: null,
     li: document.createElement('li'),
     ...fields,
   }
@@ -275,32 +286,32 @@ function showListState() {
 
 // A list item or a status event: both describe the upload, with a few names apart.
 function takeServerView(row, data, base) {
-  row.name = text(data.name) ?? text(data.filename) ?? row.name
-  row.size = count(data.size) ?? count(data.length) ?? row.size
-  row.status = text(data.status) ?? row.status
-  row.offset = count(data.offset) ?? row.offset
-  row.bytesReceived = count(data.bytes_received) ?? row.bytesReceived
-  row.percent = count(data.percent) ?? row.percent
-  row.speed = count(data.speed_bytes_per_s)
+  row.name = asText(data.name) ?? asText(data.filename) ?? row.name
+  row.size = asNumber(data.size) ?? asNumber(data.length) ?? row.size
+  row.status = asText(data.status) ?? row.status
+  row.offset = asNumber(data.offset) ?? row.offset
+  row.bytesReceived = asNumber(data.bytes_received) ?? row.bytesReceived
+  row.percent = asNumber(data.percent) ?? row.percent
+  row.speed = asNumber(data.speed_bytes_per_s)
   const sink = data.sink
   row.sink = sink && typeof sink === 'object' ? {
-    status: text(sink.status), ref: text(sink.ref), error: text(sink.error),
+    status: asText(sink.status), ref: asText(sink.ref), error: asText(sink.error),
     willRetry: sink.will_retry === true,
   } : null
-  row.rejected = text(data.rejected)
+  row.rejected = asText(data.rejected)
   const links = data.links && typeof data.links === 'object' ? data.links : {}
   row.uploadUrl = link(links.upload, base) ?? row.uploadUrl
   row.eventsUrl = link(links.events, base) ?? row.eventsUrl
   row.downloadUrl = link(links.download, base)
-  row.final = isFinal(row.status, row.sink)
+  row.final = isFinal(row.status, row.sink?.willRetry ?? false)
 }
 
 function takeProgress(row, data) {
-  row.offset = count(data.offset) ?? row.offset
-  row.bytesReceived = count(data.bytes_received) ?? row.bytesReceived
-  row.size = count(data.length) ?? row.size
-  row.percent = count(data.percent) ?? row.percent
-  row.speed = count(data.speed_bytes_per_s)
+  row.offset = asNumber(data.offset) ?? row.offset
+  row.bytesReceived = asNumber(data.bytes_received) ?? row.bytesReceived
+  row.size = asNumber(data.length) ?? row.size
+  row.percent = asNumber(data.percent) ?? row.percent
+  row.speed = asNumber(data.speed_bytes_per_s)
 }
 
 function render(row) {
@@ -395,7 +406,7 @@ async function loadPage() {
     const body = await response.json()
     if (!body || !Array.isArray(body.uploads)) throw new Error('the gateway sent no list')
     for (const item of body.uploads) {
-      const id = item && typeof item === 'object' ? text(item.id) : null
+      const id = item && typeof item === 'object' ? asText(item.id) : null
       if (id === null) continue
       listed += 1
       let row = rows.get(id)
@@ -406,7 +417,7 @@ async function loadPage() {
       if (!row.heard) takeServerView(row, item, url.href)
       render(row)
     }
-    nextCursor = text(body.next)
+    nextCursor = asText(body.next)
     listLoaded = true
     list.dataset.loaded = 'true'
     placeRows()
@@ -490,7 +501,8 @@ async function follow(row) {
           stop: () => row.final || row.gone,
           signal: stream.signal,
         })
-      } catch (error) {
+      } catch {
+        // A dropped connection: tried again below, unless the stream was stopped.
         if (stream.signal.aborted) break
       }
       if (stream.signal.aborted || row.final || row.gone) break
@@ -562,11 +574,13 @@ function uploadKnown(file, uploadUrl) {
     row = pending ?? newRow({ name: file.name ?? null, size: file.size ?? null,
       rank: 1e9 + started })
     row.id = id
+    // A file whose first try failed before its creation is being tried again.
+    row.final = false
     rows.set(id, row)
   }
   row.sent = true
   row.sentOrder = started
-  row.note = row.heard ? null : 'sending'
+  row.note = row.heard || row.final ? null : 'sending'
   row.uploadUrl = row.uploadUrl ?? uploadUrl
   row.eventsUrl = row.eventsUrl ??
     new URL(`/api/upload/events/${encodeURIComponent(id)}`, uploadUrl).href
