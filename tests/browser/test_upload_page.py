@@ -4,11 +4,13 @@ The browser test starts two gateways: A serves the page, B (another port, so ano
 takes the uploads and allows only A's origin. ``drive.mjs`` (playwright-core, launching
 Debian's chromium) adds two files through the Dashboard's file input, starts them, reloads
 the page midway, adds the same files again, pauses and resumes, and waits for the page's
-list of finished uploads. The checks use what the browser sent (its request log), what B
-logged (its JSON access log) and what B stored (SHA-256 over GET and of ``complete/``).
-The other browser tests cover the page exactly as shipped (a gateway's defaults, ``/`` with
-nothing in the address), where the #token= bearer goes (read off loopback relays, as the
-server behind them got the requests) and the Dashboard's retry button.
+list, "Your uploads", to show them finished. The checks use what the browser sent (its
+request log), what B logged (its JSON access log) and what B stored (SHA-256 over GET and of
+``complete/``). The other browser tests cover the page exactly as shipped (a gateway's
+defaults, ``/`` with nothing in the address: the gateway's list of uploads, rows kept live by
+event streams with no status polling, download links), the list of one user with --auth
+bearer, where the #token= bearer goes (read off loopback relays, as the server behind them
+got the requests) and the Dashboard's retry button.
 ``chromium``, Node and ``tests/browser/node_modules`` come from ``make install-test``;
 without them the browser test fails rather than skips.
 """
