@@ -5,6 +5,11 @@ then reads until the server closes the connection or the answer is complete by i
 framing. An answer is *complete* when its status line and header block arrived and its body
 matches its framing (``Content-Length``, chunked, or up to the close); interim 1xx answers
 (100 Continue, 104 Upload Resumption Supported) are kept apart from the final one.
+
+An event stream (``text/event-stream``) may go on for as long as its upload does. Read with
+``stream=True``, it is complete once its first whole event arrived (or it ended): the client
+then closes the connection with the rest unread, as a browser leaving the page does, and the
+answer says ``streaming``.
 """
 
 from __future__ import annotations
@@ -36,7 +41,11 @@ class Answer:
     complete: bool = False
     problem: str = ""  # why the answer is not complete (empty when it is)
     closed: bool = False  # the server closed the connection after it
+    # An event stream the client stopped reading after its first event (it had not ended).
+    streaming: bool = False
     elapsed_s: float = 0.0
+    # The bytes after the final answer's header block, as received (still chunked).
+    rest: bytes = b""
 
     def header(self, name: str) -> str | None:
         name = name.lower()
@@ -59,12 +68,14 @@ class Answer:
 
 
 def exchange(host: str, port: int, request: bytes, *, head: bool,
-             timeout_s: float = 15.0) -> Answer:
-    """Send ``request`` on a new connection and read the answer (``head``: to a HEAD)."""
+             timeout_s: float = 15.0, stream: bool = False) -> Answer:
+    """Send ``request`` on a new connection and read the answer (``head``: to a HEAD;
+    ``stream``: an event stream is read up to its first event, see the module text)."""
     started = time.monotonic()
     received = bytearray()
     error = ""
     closed = False
+    first: Answer | None = None
     with socket.create_connection((host, port), timeout=timeout_s) as sock:
         try:
             sock.sendall(request)
@@ -96,11 +107,31 @@ def exchange(host: str, port: int, request: bytes, *, head: bool,
                 # follow at once. Waiting briefly for it keeps each request's log lines
                 # ahead of the next request's.
                 deadline = min(deadline, time.monotonic() + CLOSE_GRACE_S)
-    answer = parse(bytes(received), head=head)
+            elif stream and not head and (first := first_event(bytes(received))) is not None:
+                break
+    answer = first if first is not None else parse(bytes(received), head=head)
     if not answer.complete and error:
         answer.problem = f"{answer.problem}; {error}" if answer.problem else error
     answer.elapsed_s = time.monotonic() - started
     answer.closed = closed
+    return answer
+
+
+def first_event(data: bytes) -> Answer | None:
+    """An event stream's answer as soon as its first whole event is in ``data``, else None
+    (also for any answer that is not a 200 event stream)."""
+    answer = parse(data, head=False, at_close=False)
+    if answer.status != 200 or not (answer.header("content-type") or "").startswith(
+            "text/event-stream"):
+        return None
+    encoding = answer.header("transfer-encoding")
+    body = _dechunk(answer.rest, partial=True) if encoding is not None and \
+        encoding.lower() == "chunked" else answer.rest
+    # An event ends with a blank line; the separator is CRLF, LF or CR (HTML, "server-sent
+    # events", "Interpreting an event stream").
+    if body is None or not any(end in body for end in (b"\r\n\r\n", b"\n\n", b"\r\r")):
+        return None
+    answer.body, answer.complete, answer.streaming, answer.problem = body, True, True, ""
     return answer
 
 
@@ -147,6 +178,7 @@ def parse(data: bytes, *, head: bool, at_close: bool = True) -> Answer:
             answer.interim_headers.append(headers)
             continue
         answer.status, answer.status_line, answer.headers = status, status_line, headers
+        answer.rest = rest
         break
     if head or status in (204, 304):
         answer.complete = True
@@ -176,12 +208,14 @@ def parse(data: bytes, *, head: bool, at_close: bool = True) -> Answer:
     return answer
 
 
-def _dechunk(data: bytes) -> bytes | None:
+def _dechunk(data: bytes, *, partial: bool = False) -> bytes | None:
+    """The body of a chunked ``data``; None unless it ended (``partial``: the whole chunks
+    so far, None only for a malformed one)."""
     body = bytearray()
     while True:
         line_end = data.find(b"\r\n")
         if line_end < 0:
-            return None
+            return bytes(body) if partial else None
         size_text = data[:line_end].split(b";", 1)[0].strip()
         try:
             size = int(size_text, 16)
@@ -192,6 +226,6 @@ def _dechunk(data: bytes) -> bytes | None:
             # Trailers (none expected), then the empty line.
             return bytes(body) if data.startswith(b"\r\n") or b"\r\n\r\n" in data else None
         if len(data) < size + 2:
-            return None
+            return bytes(body) if partial else None
         body += data[:size]
         data = data[size + 2:]

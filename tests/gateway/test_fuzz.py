@@ -1,15 +1,22 @@
 """Hostile requests against a real gateway process: it must answer every one and stay well.
 
-Thousands of tus 1.0.0 and IETF resumable-upload requests, mutated from a fixed seed by
-``tests/fuzz/generator.py``, go to a real ``tus-gateway serve`` on each state backend (JSON
-access log on, as shipped; ``--auth hmac`` and ``--behind-proxy`` so that the Authorization
-and forwarding headers are read rather than ignored), each on a fresh connection that is
-never half-closed. Valid uploads are mixed in, so the mutations reach the code behind the
-checks.
+Thousands of tus 1.0.0, IETF resumable-upload and user API requests, mutated from a fixed
+seed by ``tests/fuzz/generator.py``, go to a real ``tus-gateway serve`` on each state backend
+(JSON access log on, as shipped; ``--auth hmac`` and ``--behind-proxy`` so that the
+Authorization and forwarding headers are read rather than ignored; an admin token;
+``--allowed-types`` and ``--quota-size`` so that type claims, file names, sniffed bytes and
+quotas are judged), each on a fresh connection that is never half-closed. Valid uploads
+are mixed in, so the mutations reach the code behind the checks. A shorter run does the same
+with ``--auth bearer`` and a ``subject=TOKEN`` list on the disk backend.
+
+The user API is in it: the paged list, the event stream (an answer that is one is read up
+to its first event and then left, as a browser leaving the page does), the session API,
+signed download links, and signed tokens whose claims are hostile.
 
 What must hold, for every request and afterwards:
 
-- every request gets a complete HTTP answer (a status line, a body matching its framing);
+- every request gets a complete HTTP answer (a status line, a body matching its framing, or
+  for an event stream its first event, a status);
 - no 5xx but two. 501: a method nobody here implements (aiohttp's answer for a method its
   parser knows but no route takes, and the gateway's ``ERR_METHOD_NOT_IMPLEMENTED``). 503
   only from admission control, with Retry-After and ``ERR_OVERLOADED``; the gateway runs
@@ -17,19 +24,21 @@ What must hold, for every request and afterwards:
   that failed) is a bug here, since nothing is down;
 - every Location (of a 201, an error after creation, or a 104) is an upload URL and nothing
   more: scheme, host, ``/files/<id>``;
-- the steps of valid sequences get their expected answers (and GET returns the exact bytes);
+- the steps of valid sequences get their expected answers (GET and the signed link return
+  the exact bytes, the owner's list pages to its end with the upload on it once, a finished
+  upload's event stream ends with its final status);
 - the log has no line at level error or critical, no "Traceback", no "Unhandled
   exception", and every line is one JSON object;
 - the process is alive at the end, a clean upload (create, PATCH, HEAD, GET) comes back
-  byte-exact, and the request metrics carry no label a client made up.
+  byte-exact, and the metrics carry no label a client made up.
 
 The time taken, the answers by status, the memory (RSS) and the number of metric series after
 the run are printed (``pytest -s`` shows them).
 
 Reproducing and longer runs: the seed is printed and named in the failure report, with each
 failing request as sent. ``FUZZ_REQUESTS=<n>`` sets the requests per backend (2,000 by
-default) and ``FUZZ_SEED=<n>`` the seed (``random`` for a fresh one); ``make fuzz`` runs
-100,000 per backend with a fresh seed.
+default; the bearer run does a quarter) and ``FUZZ_SEED=<n>`` the seed (``random`` for a
+fresh one); ``make fuzz`` runs 100,000 per backend with a fresh seed.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import re
 import secrets
 import time
@@ -50,8 +60,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from gateway.auth import parse_tokens
 from tests.conftest import ClientFactory, GatewayProcess
 from tests.fuzz.generator import (
+    ALLOWED_TYPES,
     OTHER_METHODS,
     TUS_METHODS,
     Fuzzer,
@@ -67,6 +79,16 @@ Gateways = Callable[..., GatewayProcess]
 DEFAULT_SEED = 20250611
 REQUESTS = int(os.environ.get("FUZZ_REQUESTS", "2000"))
 SECRET = "fuzz0123456789abcdef0123456789abcdef"
+ADMIN_TOKEN = "fuzz-admin-0123456789"
+# Per user: room for a few of the largest declared lengths the fuzzer sends (30 MiB), not
+# for the 2**40 ones.
+QUOTA_BYTES = 64 * 2**20
+# With --auth bearer: subjects and their tokens, and tokens naming nobody (one holds an "=",
+# one ends in base64 padding, each written as an operator would).
+BEARER_USERS = {f"user-{n}": f"tok-user-{n}-{secrets.token_hex(4)}" for n in range(8)}
+BEARER_ANONYMOUS = ("c29tZS10b2tlbg==", "tok=with=equals-" + secrets.token_hex(4))
+BEARER_ENTRIES = (*(f"{sub}={token}" for sub, token in BEARER_USERS.items()),
+                  BEARER_ANONYMOUS[0], "=" + BEARER_ANONYMOUS[1])
 BAD_LOG_WORDS = ("Traceback", "Unhandled exception")
 # Failures of one kind beyond this many are counted, not shown.
 EXAMPLES_PER_KIND = 2
@@ -155,6 +177,10 @@ def check_answer(answer: Answer) -> tuple[str, str] | None:
     """What is wrong with an answer to a complete request, as (kind, detail), or None."""
     if answer.status is None or not answer.complete:
         return "no complete answer", answer.problem
+    if answer.status == 200 and (answer.header("content-type") or "").startswith(
+            "text/event-stream") and not _starts_with_status(answer.body):
+        return "an event stream that does not start with a status", answer.body[:300].decode(
+            "utf-8", "replace")
     for location in answer.locations():
         if not UPLOAD_URL.fullmatch(location):
             return "Location is not an upload URL", location[:300]
@@ -166,6 +192,18 @@ def check_answer(answer: Answer) -> tuple[str, str] | None:
             return None
         return "5xx", answer.body[:300].decode("utf-8", "replace")
     return None
+
+
+def _starts_with_status(body: bytes) -> bool:
+    """Whether an event stream's first event is a status whose data is a JSON object."""
+    first = body.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
+    fields = dict(line.partition(b":")[::2] for line in first.split(b"\n")
+                  if line and not line.startswith(b":"))
+    try:
+        data = json.loads(fields.get(b"data", b""))
+    except ValueError:
+        return False
+    return fields.get(b"event", b"").strip() == b"status" and isinstance(data, dict)
 
 
 def request(method: str, url: str, body: bytes | None = None, /,
@@ -180,47 +218,64 @@ def request(method: str, url: str, body: bytes | None = None, /,
 
 
 def clean_upload(gw: GatewayProcess, fuzzer: Fuzzer) -> str | None:
-    """Create, PATCH every byte, HEAD, GET; what went wrong, or None."""
-    data = os.urandom(100_000)
-    token = fuzzer.token(sub="clean-upload")
+    """Create, PATCH every byte, HEAD, GET (a text file, as its metadata says); what went
+    wrong, or None."""
+    data = bytes(random.Random(0).choices(range(0x20, 0x7f), k=100_000))
+    auth = {"Authorization": f"Bearer {fuzzer.token(sub='clean-upload')}"}
     status, headers, body = request("POST", gw.url, **{
-        "Upload-Length": str(len(data)), "Authorization": f"Bearer {token}",
-        "Upload-Metadata": "filename Y2xlYW4uYmlu"})
+        "Upload-Length": str(len(data)), **auth,
+        "Upload-Metadata": "filename Y2xlYW4udHh0,filetype dGV4dC9wbGFpbg=="})
     if status != 201:
         return f"creation answered {status}: {body[:200]!r}"
     location = headers["Location"]
     status, headers, body = request("PATCH", location, data, **{
-        "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"})
+        "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream", **auth})
     if status != 204 or headers.get("Upload-Offset") != str(len(data)):
         return f"PATCH answered {status} {headers}: {body[:200]!r}"
-    status, headers, _ = request("HEAD", location)
+    status, headers, _ = request("HEAD", location, **auth)
     if status != 200 or headers.get("Upload-Offset") != str(len(data)):
         return f"HEAD answered {status} {headers}"
-    status, _, body = request("GET", location)
+    status, _, body = request("GET", location, **auth)
     if status != 200 or body != data:
         return f"GET answered {status} with {len(body)} bytes (the upload had {len(data)})"
     return None
 
 
-def metric_series(gw: GatewayProcess) -> tuple[int, set[str]] | str:
-    """How many series /metrics shows, and the method labels of tus_requests (or what went
-    wrong)."""
+@dataclass
+class Series:
+    """What /metrics shows after a run."""
+
+    count: int = 0
+    methods: set[str] = field(default_factory=set)  # tus_requests_total's method labels
+    odd: list[str] = field(default_factory=list)  # label values no server would make up
+
+
+# A label value that holds an upload id, or is longer than any name the gateway gives.
+UPLOAD_ID_IN = re.compile(r"[0-9a-f]{32}")
+MAX_LABEL_CHARS = 40
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def metric_series(gw: GatewayProcess) -> Series | str:
+    """The series /metrics shows (or what went wrong)."""
     status, _, body = request("GET", gw.url.replace("/files/", "/metrics"))
     if status != 200:
         return f"/metrics answered {status}: {body[:300]!r}"
-    series = 0
-    methods = set()
+    found = Series()
     for line in body.decode().splitlines():
         if not line or line.startswith("#"):
             continue
-        series += 1
-        if line.startswith("tus_requests_total{"):
-            labels = line[line.index("{") + 1:line.rindex("}")]
-            for pair in labels.split('",'):
-                name, _, value = pair.partition("=")
-                if name.strip() == "method":
-                    methods.add(value.strip('"'))
-    return series, methods
+        found.count += 1
+        if "{" not in line:
+            continue
+        metric = line[:line.index("{")]
+        for name, value in LABEL.findall(line[line.index("{") + 1:line.rindex("}")]):
+            if metric == "tus_requests_total" and name == "method":
+                found.methods.add(value)
+            if len(value) > MAX_LABEL_CHARS or UPLOAD_ID_IN.search(value) or (
+                    name == "status" and not re.fullmatch(r"[1-5][0-9][0-9]|other", value)):
+                found.odd.append(f"{metric} {name}={value[:80]!r}")
+    return found
 
 
 @pytest.mark.timeout(120 + REQUESTS // 20)
@@ -229,23 +284,47 @@ def metric_series(gw: GatewayProcess) -> tuple[int, set[str]] | str:
 def test_hostile_requests_get_answers_and_leave_no_trace(gateway_process: Gateways) -> None:
     """The fuzz run the module docstring describes, on one gateway per state backend."""
     seed = fuzz_seed()
-    print(f"\nfuzz: seed {seed}, {REQUESTS} requests")
-    gw = gateway_process("--auth", "hmac", "--auth-secret", SECRET, "--behind-proxy")
+    gw = gateway_process("--auth", "hmac", "--auth-secret", SECRET, "--behind-proxy",
+                         "--auth-admin-tokens", ADMIN_TOKEN, "--allowed-types", ALLOWED_TYPES,
+                         "--quota-size", str(QUOTA_BYTES))
+    fuzz(gw, Fuzzer(seed, f"127.0.0.1:{gw.port}", SECRET, admin_token=ADMIN_TOKEN), REQUESTS)
+
+
+@pytest.mark.timeout(120 + REQUESTS // 80)
+@pytest.mark.parametrize("backend", ["disk"], indirect=True)
+@pytest.mark.slow
+def test_hostile_requests_with_bearer_tokens(gateway_process: Gateways) -> None:
+    """The same with --auth bearer and a subject=TOKEN list, a quarter as long."""
+    seed = fuzz_seed()
+    gw = gateway_process("--auth", "bearer", "--auth-tokens", ",".join(BEARER_ENTRIES),
+                         "--behind-proxy", "--auth-admin-tokens", ADMIN_TOKEN,
+                         "--allowed-types", ALLOWED_TYPES, "--quota-size", str(QUOTA_BYTES))
+    fuzz(gw, Fuzzer(seed, f"127.0.0.1:{gw.port}", SECRET, auth_mode="bearer",
+                    users=BEARER_USERS, anonymous=BEARER_ANONYMOUS, admin_token=ADMIN_TOKEN),
+         max(1, REQUESTS // 4))
+
+
+def fuzz(gw: GatewayProcess, fuzzer: Fuzzer, requests: int) -> None:
+    """Send ``requests`` of the fuzzer's requests to ``gw`` and check what the module
+    docstring says must hold."""
     assert gw.proc is not None and gw.log_path is not None
-    fuzzer = Fuzzer(seed, f"127.0.0.1:{gw.port}", SECRET)
+    seed = fuzzer.seed
+    print(f"\nfuzz: seed {seed}, {requests} requests, --auth {fuzzer.auth_mode}")
     watch = LogWatch(gw.log_path)
     watch.new_bad_lines()  # the startup lines
     rss_start = psutil.Process(gw.proc.pid).memory_info().rss
     failures: list[Failure] = []
     statuses: dict[int | None, int] = {}
-    left_open = 0
+    left_open = streams = 0
     previous: WireRequest | None = None
     started = time.monotonic()
-    for index in range(REQUESTS):
+    for index in range(requests):
         wire = fuzzer.next()
-        answer = exchange("127.0.0.1", gw.port, wire.encode(), head=wire.is_head)
+        answer = exchange("127.0.0.1", gw.port, wire.encode(), head=wire.is_head,
+                          timeout_s=wire.timeout_s, stream=wire.stream)
         statuses[answer.status] = statuses.get(answer.status, 0) + 1
-        left_open += not answer.closed
+        streams += answer.streaming
+        left_open += not answer.closed and not answer.streaming
         wrong = check_answer(answer)
         if wrong is not None:
             failures.append(Failure(wrong[0], index, wire, answer, wrong[1]))
@@ -268,7 +347,9 @@ def test_hostile_requests_get_answers_and_leave_no_trace(gateway_process: Gatewa
         previous = wire
     elapsed = time.monotonic() - started
 
-    time.sleep(0.2)  # lines written after the last answer went out
+    # Lines written after the last answer went out, and by event streams the client left
+    # (each ends within about a second: gateway.events.CLIENT_CHECK_S).
+    time.sleep(1.5 if streams else 0.2)
     tail = watch.new_bad_lines()
     if tail and previous is not None:
         failures.append(Failure("bad log line", index, previous, None,
@@ -281,24 +362,27 @@ def test_hostile_requests_get_answers_and_leave_no_trace(gateway_process: Gatewa
         metrics = metric_series(gw)
         if isinstance(metrics, str):
             problems.append(metrics)
-            metrics = (0, set())
-        series, methods = metrics
-        made_up = methods - set(TUS_METHODS) - set(OTHER_METHODS)
+            metrics = Series()
+        made_up = metrics.methods - set(TUS_METHODS) - set(OTHER_METHODS)
         # At most one catch-all label for methods it does not count one by one.
         if len(made_up) > 1 or made_up & fuzzer.junk_overrides:
             problems.append(f"tus_requests_total has method labels a client made up: "
                             f"{sorted(made_up)[:20]} ({len(made_up)} in all)")
+        if metrics.odd:
+            problems.append(f"metric labels a client made up: {metrics.odd[:20]} "
+                            f"({len(metrics.odd)} in all)")
         rss_end = psutil.Process(gw.proc.pid).memory_info().rss
-        print(f"fuzz: {REQUESTS} requests in {elapsed:.1f} s; answers {_counts(statuses)}; "
-              f"log lines {watch.lines} by level {watch.levels}; RSS {rss_start >> 20} MiB "
-              f"at start, {rss_end >> 20} MiB after; {series} metric series, method labels "
-              f"{sorted(methods)}; {len(fuzzer.pool)} uploads known; {left_open} "
+        print(f"fuzz: {requests} requests in {elapsed:.1f} s; answers {_counts(statuses)}; "
+              f"{streams} event streams left after their first event; log lines "
+              f"{watch.lines} by level {watch.levels}; RSS {rss_start >> 20} MiB at start, "
+              f"{rss_end >> 20} MiB after; {metrics.count} metric series, method labels "
+              f"{sorted(metrics.methods)}; {len(fuzzer.pool)} uploads known; {left_open} "
               f"connections not closed after the answer")
     else:
         problems.append(f"the gateway is not running: {gw.log()[-2000:]}")
 
     if failures or problems:
-        pytest.fail(_report(seed, failures, problems), pytrace=False)
+        pytest.fail(_report(seed, requests, failures, problems), pytrace=False)
 
 
 def _log_summary(line: str) -> str:
@@ -328,12 +412,12 @@ def _counts(statuses: dict[int | None, int]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items(), key=lambda kv: str(kv[0])))
 
 
-def _report(seed: int, failures: list[Failure], problems: list[str]) -> str:
+def _report(seed: int, requests: int, failures: list[Failure], problems: list[str]) -> str:
     kinds: dict[str, list[Failure]] = {}
     for failure in failures:
         kinds.setdefault(failure.signature(), []).append(failure)
     lines = [f"fuzz seed {seed}: {len(failures)} failing requests of {len(kinds)} kinds "
-             f"(again: FUZZ_SEED={seed} FUZZ_REQUESTS={REQUESTS} "
+             f"in {requests} (again: FUZZ_SEED={seed} FUZZ_REQUESTS={REQUESTS} "
              f".venv/bin/pytest tests/gateway/test_fuzz.py)"]
     lines += problems
     for signature, group in kinds.items():
@@ -528,3 +612,75 @@ def test_an_expect_value_that_is_not_text_gets_417_on_every_route(
     time.sleep(0.2)
     bad = watch.new_bad_lines()
     assert not bad, "\n".join(bad)
+
+
+
+# Routes aiohttp-cors gives an OPTIONS route of its own (for preflights): every route but the
+# upload URLs, whose views answer OPTIONS themselves.
+PREFLIGHT_ROUTES = (b"/api/upload/status/" + b"0" * 32, b"/api/sink/retry/" + b"0" * 32,
+                    b"/api/uploads", b"/api/upload/events/" + b"0" * 32,
+                    b"/api/upload/create-session", b"/api/upload/stream/" + b"0" * 32,
+                    b"/api/upload/abort/" + b"0" * 32, b"/metrics", b"/api/system/health")
+
+
+@pytest.mark.xfail(strict=True, reason="the OPTIONS routes aiohttp-cors adds keep aiohttp's "
+                   "own Expect handler (gateway/cors.py)")
+@pytest.mark.parametrize("backend", ["disk"], indirect=True)
+async def test_an_expect_value_that_is_not_text_gets_417_on_options_too(
+        make_client: ClientFactory) -> None:
+    """The fuzzer's ``OPTIONS /api/upload/create-session`` with ``Expect: 100-continue`` and
+    four bytes past UTF-8 got a 500 and an error line with a traceback (UnicodeEncodeError
+    in aiohttp's ``_default_expect_handler``): the OPTIONS route aiohttp-cors adds to each
+    route for preflights has aiohttp's Expect handler, not ``expect_continue``, as
+    test_an_expect_value_that_is_not_text_gets_417_on_every_route fixed for the rest."""
+    client = await make_client()
+    for path in PREFLIGHT_ROUTES:
+        for value in (b"100-continue\xb5\x8a\x95\x80", b"\xc3\x28"):
+            answer = await raw_exchange(client.server.port, b"OPTIONS " + path + b" HTTP/1.1"
+                                        b"\r\nHost: x\r\nExpect: " + value + b"\r\n"
+                                        b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+            assert answer.status == 417, (path, value, answer.describe())
+
+# A bare token as `openssl rand -base64 16` makes them: it ends in base64 padding.
+PADDED = "c29tZS10b2tlbg=="
+
+
+def test_a_bare_token_ending_in_base64_padding_is_that_token() -> None:
+    """The bearer run's anonymous token ``c29tZS10b2tlbg==``, written bare in --auth-tokens,
+    was read as the subject ``c29tZS10b2tlbg`` whose token is ``=``: the real token was
+    refused, and ``Bearer =`` let anyone in as that subject. The padding is no token."""
+    assert parse_tokens((PADDED, "alice=a==", "=b=", "bob=", "carol=x")) == (
+        (None, PADDED), ("alice", "a=="), (None, "b="), (None, "bob="), ("carol", "x"))
+
+
+@pytest.mark.parametrize("backend", ["disk"], indirect=True)
+async def test_the_padding_of_a_bare_token_lets_nobody_in(make_client: ClientFactory) -> None:
+    client = await make_client(auth="bearer", auth_tokens=(PADDED,))
+    for token, status in ((PADDED, 201), ("=", 403), ("==", 403)):
+        response = await client.post("/files/", headers={
+            "Tus-Resumable": "1.0.0", "Upload-Length": "5", "Authorization": f"Bearer {token}",
+            "Upload-Metadata": "filename YS50eHQ="})
+        assert response.status == status, (token, await response.text())
+
+
+@pytest.mark.parametrize("backend", ["disk"], indirect=True)
+@pytest.mark.parametrize("value", ["bytes \u0661-\u0662/\u0664", "bytes 0-\u0661/4",
+                                   "bytes 0-1/\uff14", "\u00a0bytes 0-1/4"])
+async def test_a_content_range_in_other_digits_is_refused(make_client: ClientFactory,
+                                                          value: str) -> None:
+    """The session stream matched Content-Range with ``\\d``, which takes any script's
+    digits, and int() reads them: Arabic-Indic ``bytes 1-2/4`` was taken as ``bytes 1-2/4``
+    (and a no-break space around it was stripped). A header value is ASCII: anything else
+    is 400, and nothing lands."""
+    client = await make_client()
+    created = await client.post("/api/upload/create-session",
+                                json={"filename": "a.txt", "fileSize": 4})
+    upload_id = (await created.json())["upload_id"]
+    answer = await raw_exchange(client.server.port,
+                                f"POST /api/upload/stream/{upload_id} HTTP/1.1\r\n"
+                                "Host: 127.0.0.1\r\nContent-Range: ".encode()
+                                + value.encode() + b"\r\nContent-Length: 2\r\n"
+                                b"Connection: close\r\n\r\nab")
+    assert answer.status == 400 and b"ERR_INVALID_HEADER" in answer.body, answer.describe()
+    status = await client.get(f"/api/upload/status/{upload_id}")
+    assert (await status.json())["offset"] == 0
