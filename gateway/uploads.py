@@ -97,7 +97,7 @@ def indexing(config: GatewayConfig) -> Indexing:
     """How the disk store rebuilds its expiry and finish indexes when it opens."""
     settings, ttl = config.protocol_settings(), config.finished_ttl_s
     return Indexing(expires_at=lambda state: forget_at(state, settings, ttl),
-                    owes_finish=owes_finish)
+                    owes_finish=owes_finish, held=held_bytes)
 
 
 def new_upload_id() -> str:

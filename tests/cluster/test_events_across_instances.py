@@ -24,13 +24,13 @@ PIECE = 16 * KiB
 async def read_events(response: aiohttp.ClientResponse) -> list[tuple[str, dict[str, Any]]]:
     """Every server-sent event of a stream until the server ends it."""
     events: list[tuple[str, dict[str, Any]]] = []
-    name, data = "message", []
+    name, data = "message", list[str]()
     async for raw in response.content:
         line = raw.decode().rstrip("\r\n")
         if not line:
             if data:
                 events.append((name, json.loads("\n".join(data))))
-            name, data = "message", []
+            name, data = "message", list[str]()
         elif line.startswith("event:"):
             name = line[6:].strip()
         elif line.startswith("data:"):

@@ -87,15 +87,15 @@ def test_one_json_line_per_request_and_upload_event(gateway_process: Gateways,
     location = headers["Location"]
     upload_id = location.rsplit("/", 1)[-1]
     path = f"/files/{upload_id}"
-    status, _ = request("PATCH", location, b"hello world", **{"Upload-Offset": "0",
-                                                               "Content-Type": OCTETS})
+    status, _ = request("PATCH", location, b"hello world", **auth, **{
+        "Upload-Offset": "0", "Content-Type": OCTETS})
     assert status == 204
-    status, _ = request("HEAD", location)
+    status, _ = request("HEAD", location, **auth)
     assert status == 200
     status, headers = request("POST", gw.url, **auth, **{"Upload-Length": "5"})
     doomed = headers["Location"]
     doomed_id = doomed.rsplit("/", 1)[-1]
-    assert request("DELETE", doomed)[0] == 204
+    assert request("DELETE", doomed, **auth)[0] == 204
     status, _ = request("POST", gw.url, Authorization=f"Bearer {WRONG_SECRET}",
                         **{"Upload-Length": "5"})
     assert status == 403

@@ -41,9 +41,10 @@ async def test_a_delete_racing_the_sinks_save_leaves_the_upload_terminated(
     for n in range(20):
         path = await started_upload(client)
         upload_id = path.rsplit("/", 1)[1]
+        info = (await uploads.store.get(upload_id)).info
         save = sink._save(upload_id, None, detail={"salt": "s"})
         # What a DELETE does once it holds the upload's lock (the sink does not take it).
-        delete = uploads.terminate(upload_id, "terminated")
+        delete = uploads.terminate(info, "terminated")
         results = await asyncio.gather(*((delete, save) if n % 2 else (save, delete)),
                                        return_exceptions=True)
         for result in results:
