@@ -13,7 +13,10 @@ two sharing Redis, cannot together pass the quota.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ from aiohttp.test_utils import TestClient
 from gateway.auth import mint_token
 from gateway.keys import CONFIG, RUNTIME
 from gateway.uploads import Uploads
-from tests.conftest import ClientFactory
+from tests.conftest import ClientFactory, GatewayProcess
 from tests.gateway.test_ietf import complete, interop, send
 from tests.gateway.test_screening import ELF_HEADER
 from tests.helpers import TUS, bearer, metadata, patch_headers, path_of
@@ -287,3 +290,27 @@ async def test_two_instances_sharing_redis_keep_one_account(make_client: ClientF
     await finish(two, made, 600, **alice)
     await create(one, 1000, **alice)
     await refusal(await post(two, 1, **alice), "bytes", used=1000, quota=1000, requested=1)
+
+
+def test_the_bytes_held_survive_a_restart_of_the_disk_store(tmp_path: Path) -> None:
+    """After SIGKILL and a restart, the disk store counts each owner's held bytes again from
+    its records: the quota still refuses what it refused before."""
+    gw = GatewayProcess(tmp_path / "data", ["--quota-size", "1000"])
+    gw.start()
+    try:
+        req = urllib.request.Request(gw.url, method="POST",
+                                     headers={**TUS, "Upload-Length": "800"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 201
+        gw.kill()
+        gw.start()
+        req = urllib.request.Request(gw.url, method="POST",
+                                     headers={**TUS, "Upload-Length": "300"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=10)
+        assert refused.value.code == 429
+        body = json.loads(refused.value.read())
+        assert (body["error"], body["limit"], body["used"]) == ("ERR_QUOTA_EXCEEDED", "bytes",
+                                                                800)
+    finally:
+        gw.kill()
