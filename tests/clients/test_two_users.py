@@ -1,7 +1,9 @@
 """Two users of one gateway with auth on, each through the real tus-js-client (Node).
 
-Alice and Bob have bearer tokens of their own (``--auth-tokens alice=...,bob=...``) and
-a real ``tus-gateway serve`` process, keeping its state on disk or in a real redis-server.
+Alice and Bob have bearer tokens of their own and a real ``tus-gateway serve`` process,
+keeping its state on disk or in a real redis-server. The tokens name them in each auth mode:
+``--auth-tokens alice=...,bob=...``, HMAC tokens whose ``sub`` is theirs, and opaque tokens
+that the test's own endpoint maps to them for ``--auth forward``.
 Each starts an upload, is cut off, and resumes it from tus-js-client's URL storage; Bob's
 client handed Alice's upload URL meets the 404 of an unknown id, whether told the URL
 directly or finding it in a URL storage, and Alice's upload is exactly as it was.
@@ -11,18 +13,22 @@ directly or finding it in a URL storage, and Alice's upload is exactly as it was
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import shutil
 import subprocess
+import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.auth import mint_token
 from tests.clients.support import HTTP_TIMEOUT_S, random_file, sha256_file
 from tests.clients.test_tus_js import JS_DIR, NODE_TIMEOUT_S, node_binary
 from tests.conftest import GatewayProcess
@@ -90,10 +96,57 @@ def assert_delivered(gw: GatewayProcess, url: str, token: str, source: Path,
     assert hashlib.sha256(body).hexdigest() == sha256_file(source)
 
 
+SECRET = "two-users-secret-0123456789abcdef0123"
+
+
+class _ForwardAuth(http.server.BaseHTTPRequestHandler):
+    """The operator's endpoint for --auth forward: opaque bearer tokens to users."""
+
+    users = {ALICE: "alice", BOB: "bob"}
+
+    def do_GET(self) -> None:
+        token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        sub = self.users.get(token)
+        body = json.dumps({"sub": sub}).encode() if sub else b""
+        self.send_response(200 if sub else 403)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def forward_endpoint() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ForwardAuth)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/check"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def users_of(mode: str, endpoint: str) -> tuple[list[str], dict[str, str]]:
+    """The gateway's auth flags and each user's token, in ``mode``."""
+    if mode == "bearer":
+        return ["--auth", "bearer", "--auth-tokens", f"alice={ALICE},bob={BOB}"], {
+            "alice": ALICE, "bob": BOB}
+    if mode == "hmac":
+        now = time.time()
+        return ["--auth", "hmac", "--auth-secret", SECRET], {
+            name: mint_token(SECRET, 3600, now=now, sub=name) for name in ("alice", "bob")}
+    return ["--auth", "forward", "--auth-url", endpoint], {"alice": ALICE, "bob": BOB}
+
+
+@pytest.mark.parametrize("mode", ["bearer", "hmac", "forward"])
 def test_two_users_upload_and_resume_their_own_and_not_each_others(
-        gateway_process: Gateways, tmp_path: Path) -> None:
-    gw = gateway_process("--auth", "bearer", "--auth-tokens", f"alice={ALICE},bob={BOB}")
-    users = {"alice": ALICE, "bob": BOB}
+        gateway_process: Gateways, tmp_path: Path, mode: str, forward_endpoint: str) -> None:
+    flags, users = users_of(mode, forward_endpoint)
+    gw = gateway_process(*flags)
+    ALICE, BOB = users["alice"], users["bob"]
     sources = {name: random_file(tmp_path / f"{name}.bin", SIZE) for name in users}
     storages = {name: tmp_path / f"{name}-urls.json" for name in users}
 
