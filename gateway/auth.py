@@ -15,7 +15,7 @@ Theory of operation:
   its owner an expiring signed link (``gateway.links``).
 - The subject is what an upload is owned and counted under (``Principal.identity``):
   ``sub:<name>`` for a named user, ``token:<token>`` for a bearer token that names nobody (one
-  token, one anonymous subject), ``admin:<n>`` for the n-th admin token. Only a hash of it
+  token, one anonymous subject), ``admin:<token>`` for an admin token. Only a hash of it
   is stored (``gateway.clients``), and the user's name in clear (``UploadInfo.subject``) so
   that a sink can route by it.
 - ``--auth bearer``: ``Authorization: Bearer <token>`` must equal one of ``--auth-tokens``,
@@ -261,7 +261,7 @@ def authorize(config: GatewayConfig, headers: Headers, *, now: float) -> Princip
     if token is not None and config.auth.admin_tokens:
         admin = match_token(tuple((None, t) for t in config.auth.admin_tokens), token)
         if admin is not None:
-            return Principal(f"admin:{admin}", None, admin=True)
+            return Principal("admin:" + token, None, admin=True)
     if token is None:
         raise errors.AuthRequired()
     if mode == "bearer":
@@ -291,7 +291,7 @@ async def principal_of(request: web.Request, headers: Headers, *, now: float) ->
         admin = None if token is None or not config.auth.admin_tokens else match_token(
             tuple((None, t) for t in config.auth.admin_tokens), token)
         if admin is not None:
-            principal = Principal(f"admin:{admin}", None, admin=True)
+            principal = Principal("admin:" + token, None, admin=True)
         else:
             principal = await request.app[FORWARD_AUTH].ask(request)
     else:

@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     token = commands.add_parser(
         "token", help="mint an upload token for --auth hmac",
         description="Print an upload token signed with the gateway's auth secret; send it as "
-                    "`Authorization: Bearer <token>` when creating an upload.",
+                    "`Authorization: Bearer <token>` with every request.",
     )
     token.add_argument("--secret", default=None,
                        help=f"the gateway's auth secret [env {env_name('auth_secret')}]")
@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("upload_id")
     retry.add_argument("--url", default="http://127.0.0.1:1080",
                        help="the running gateway (default http://127.0.0.1:1080)")
+    retry.add_argument("--token", default=None,
+                       help="with --auth on: the upload owner's or an admin token (default "
+                            "TUS_TOKEN from the environment)")
     return parser
 
 
@@ -195,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return upload_command(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "sink":
-        return sink_retry(args.url, args.upload_id)
+        return sink_retry(args.url, args.upload_id,
+                          args.token or os.environ.get("TUS_TOKEN") or None)
     if args.command == "token":
         return print_token(args, dict(os.environ))
     try:
@@ -251,10 +255,11 @@ def print_token(args: argparse.Namespace, environ: dict[str, str]) -> int:
     return 0
 
 
-def sink_retry(url: str, upload_id: str) -> int:
+def sink_retry(url: str, upload_id: str, token: str | None = None) -> int:
     """Ask a running gateway to deliver a failed upload again; 0 when it started."""
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
     request = urllib.request.Request(f"{url.rstrip('/')}/api/sink/retry/{upload_id}",
-                                     method="POST")
+                                     method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             print(response.read().decode())

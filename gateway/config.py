@@ -236,7 +236,7 @@ class GatewayConfig:
     """Most unfinished uploads at once, over all clients (429 with Retry-After above it), so
     abandoned or hostile creations cannot use up inodes or Redis memory; 0: no limit."""
     max_open_uploads_per_client: int = 100
-    """Most unfinished uploads of one client: its auth subject (or token) when creation needs
+    """Most unfinished uploads of one client: its auth subject (or token) when requests need
     a token, else its address (behind a proxy, the one that proxy saw). Raise it where many
     users share one address without auth; 0: no limit."""
     empty_patch_interval_s: float = 1.0

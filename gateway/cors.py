@@ -18,6 +18,8 @@ ALLOW_HEADERS = (
     "Tus-Resumable", "Upload-Length", "Upload-Offset", "Upload-Metadata", "Upload-Defer-Length",
     "Upload-Concat", "Upload-Checksum", "Upload-Complete", "Upload-Draft-Interop-Version",
     "Upload-Incomplete", "Content-Disposition",
+    # The session API's stream and the event streams (gateway/user_api.py).
+    "Content-Range", "Last-Event-ID",
 )
 EXPOSE_HEADERS = (
     "Location", "Upload-Offset", "Upload-Length", "Upload-Metadata", "Upload-Defer-Length",

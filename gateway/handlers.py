@@ -27,7 +27,7 @@ from gateway.uploads import Uploads, checked_id
 from protocol import decisions, errors
 from protocol.effects import Terminate
 from protocol.filetypes import check_creation
-from protocol.headers import ConcatFinal, Headers
+from protocol.headers import ConcatFinal, ConcatPartial, Headers
 from protocol.model import UploadState
 from protocol.state import UploadStatus
 
@@ -55,8 +55,12 @@ async def post(request: web.Request, headers: Headers) -> web.Response:
         # Only the partials' owner may join them (anyone else: 404, as for unknown ids).
         for partial_id in dict.fromkeys(plan.concat.upload_ids):
             await owned(request, headers, partial_id)
-    else:
+    elif not isinstance(plan.concat, ConcatPartial):
+        # A partial is a piece of a file, not a file: its final is checked (below, and by
+        # its content at the finish).
         check_creation(uploads.allowed_types, plan.metadata, plan.length)
+    if isinstance(plan.concat, ConcatFinal):
+        check_creation(uploads.allowed_types, plan.metadata, None)
     await check_plan(principal, plan.length, plan.concat, uploads)
     plan = await uploads.hooks.pre_create(plan, request)  # before anything is stored
     made_by = await creator(request, headers)

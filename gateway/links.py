@@ -41,7 +41,9 @@ class Links:
 
     def query(self, upload_id: str, *, now: float) -> str:
         """The query string of a fresh link (``exp=...&sig=...``)."""
-        exp = int(now + self.ttl_s)
+        # Rounded up to the minute: the link a status gives stays the same for a minute, so
+        # an event stream comparing snapshots does not see a change in every one.
+        exp = (int(now + self.ttl_s) // 60 + 1) * 60
         return f"exp={exp}&sig={self._sign(upload_id, exp)}"
 
     def check(self, upload_id: str, exp_text: str, sig: str, *, now: float) -> None:

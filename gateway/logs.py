@@ -311,7 +311,8 @@ class AccessLogger(AbstractAccessLogger):
 
 
 def log_event(event: str, upload_id: str, **fields: Any) -> None:
-    """One line for an upload's life event: created, finished, terminated, expired."""
+    """One line for an upload's life event: created, finished, rejected, terminated,
+    expired."""
     extra = {(k if k not in _RECORD_FIELDS else f"{k}_"): v for k, v in fields.items()}
     extra["event"] = event
     extra["upload_id"] = upload_id

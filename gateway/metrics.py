@@ -50,7 +50,7 @@ class Metrics:
                                       "Upload body bytes received", registry=registry)
         self.uploads = Counter("tus_uploads", "Upload lifecycle events",
                                ["event"], registry=registry)
-        for event in ("created", "finished", "terminated", "expired"):
+        for event in ("created", "finished", "rejected", "terminated", "expired"):
             self.uploads.labels(event)  # present at 0 before the first one
         self.active = Gauge("tus_active_uploads",
                             "Uploads receiving a request body right now", registry=registry)

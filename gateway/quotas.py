@@ -5,7 +5,10 @@ Theory of operation
 A *creator* is what a new upload is made under (``Creator``): the principal's key (hashed,
 ``gateway.clients``), its name, its user database, and its limits. The limits are the
 gateway's (``--quota-bytes``, ``--quota-uploads``), each overridden per user by a token
-claim or a forward-auth answer of the same name (``gateway.auth.UserSettings``).
+claim or a forward-auth answer (``quota_bytes``, ``quota_uploads``; see
+``gateway.auth.UserSettings``). ``--quota-size`` is the flag of the byte quota. A figure of 0
+is no quota of its own; the open uploads of a user without one are still bounded by
+``--max-open-uploads-per-client``.
 
 - **Bytes held**: every upload of the user that has not been delivered holds its length
   (while the length is deferred, the bytes it has so far): unfinished ones, finished ones

@@ -329,3 +329,28 @@ async def test_a_real_mp4_named_clip_mp4_passes_at_finish(make_client: ClientFac
     # The hook reports the finish, not the delivery (which may still be under way).
     sent = receiver.calls[0]["upload"]
     assert (sent["status"], sent["rejected"]) == ("finished", None), sent
+
+
+async def test_parallel_parts_are_not_files_their_final_is(make_client: ClientFactory) -> None:
+    """tus-js-client's parallel uploads send partials without a type: they are pieces, so
+    only the final is held to the list, at creation and by its bytes at the finish."""
+    client = await make_client(allowed_types=ALLOWED)
+    halves = (REAL_CLIP[:2048], REAL_CLIP[2048:])
+    parts = []
+    for half in halves:
+        r = await post(client, len(half), **{"Upload-Concat": "partial"})
+        assert r.status == 201, await r.text()
+        parts.append(path_of(r.headers["Location"]))
+    joined = "final;" + " ".join(parts)
+    r = await client.post("/files/", headers={**TUS, "Upload-Concat": joined,
+                                              **claim("clip.exe", "video/mp4")})
+    assert (r.status, await code_of(r)) == (415, "ERR_TYPE_NOT_ALLOWED")
+    r = await client.post("/files/", headers={**TUS, "Upload-Concat": joined,
+                                              **claim("clip.mp4", "video/mp4")})
+    assert r.status == 201, await r.text()
+    final_id = path_of(r.headers["Location"]).rsplit("/", 1)[1]
+    for part, half in zip(parts, halves, strict=True):
+        r = await client.patch(part, data=half, headers=patch_headers(0))
+        assert r.status == 204, await r.text()
+    assert (await status_of(client, final_id))["status"] == "drained"
+    assert delivered(client) == {"clip.mp4": REAL_CLIP}
