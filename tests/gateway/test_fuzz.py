@@ -641,6 +641,27 @@ async def test_an_expect_value_that_is_not_text_gets_417_on_options_too(
                                         b"Content-Length: 0\r\nConnection: close\r\n\r\n")
             assert answer.status == 417, (path, value, answer.describe())
 
+
+@pytest.mark.xfail(strict=True, reason="protocol/ietf.py _disposition_filename: the email "
+                   "package cannot encode a name with non-ASCII text and bytes past UTF-8")
+@pytest.mark.parametrize("backend", ["disk"], indirect=True)
+@pytest.mark.parametrize("value", [b"attachment; filename=\xe6\x97\xa5.txt\xfd",
+                                   b'attachment; filename="\xe6\x97\xa5.txt\xac\x81\xb9"'])
+async def test_a_draft_file_name_with_text_and_bytes_past_utf8_is_no_crash(
+        make_client: ClientFactory, value: bytes) -> None:
+    """The fuzzer's draft 7 creation with ``Content-Disposition: attachment;
+    filename=<UTF-8 "日"> .txt`` and a byte past UTF-8 after it got a 500 and an error line
+    (UnicodeEncodeError from ``email.message.Message.get_filename``, which takes such a str
+    for raw bytes and encodes it as ASCII): a name the gateway cannot read is no name, or a
+    400, never a 500."""
+    client = await make_client()
+    answer = await raw_exchange(client.server.port,
+                                b"POST /files/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                b"Upload-Draft-Interop-Version: 7\r\nUpload-Complete: ?1\r\n"
+                                b"Content-Disposition: " + value + b"\r\n"
+                                b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+    assert answer.status in (201, 400), answer.describe()
+
 # A bare token as `openssl rand -base64 16` makes them: it ends in base64 padding.
 PADDED = "c29tZS10b2tlbg=="
 
