@@ -290,7 +290,7 @@ async def principal_of(request: web.Request, headers: Headers, *, now: float) ->
         token = bearer_token(headers)
         admin = None if token is None or not config.auth.admin_tokens else match_token(
             tuple((None, t) for t in config.auth.admin_tokens), token)
-        if admin is not None:
+        if token is not None and admin is not None:
             principal = Principal("admin:" + token, None, admin=True)
         else:
             principal = await request.app[FORWARD_AUTH].ask(request)

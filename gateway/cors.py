@@ -10,8 +10,10 @@ from collections.abc import Iterable
 
 import aiohttp_cors
 from aiohttp import web
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 from gateway.config import GatewayConfig
+from gateway.http import expect_continue
 
 ALLOW_HEADERS = (
     "Authorization", "Content-Type", "Origin", "X-Requested-With", "X-HTTP-Method-Override",
@@ -45,3 +47,9 @@ def setup_cors(app: web.Application, config: GatewayConfig,
     cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(config.cors_origins, options))
     for route in routes:
         cors.add(route)
+    # The preflight routes aiohttp-cors adds answer Expect with aiohttp's own handler, which
+    # fails (500) on a value that is not text; the gateway's answers 417 like every route.
+    for route in app.router.routes():
+        if route.method == "OPTIONS" and \
+                getattr(route, "_expect_handler", None) is _default_expect_handler:
+            route._expect_handler = expect_continue

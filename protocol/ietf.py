@@ -326,7 +326,12 @@ def _disposition_filename(value: str) -> str | None:
     made safe later, where it meets a path."""
     message = Message()
     message["Content-Disposition"] = value
-    name = message.get_filename()
+    try:
+        name = message.get_filename()
+    except UnicodeError:
+        # Text beside bytes that are not UTF-8 (a surrogate the parser cannot re-encode):
+        # no name is better than a made-up one.
+        return None
     return name if isinstance(name, str) and name else None
 
 

@@ -623,8 +623,6 @@ PREFLIGHT_ROUTES = (b"/api/upload/status/" + b"0" * 32, b"/api/sink/retry/" + b"
                     b"/api/upload/abort/" + b"0" * 32, b"/metrics", b"/api/system/health")
 
 
-@pytest.mark.xfail(strict=True, reason="the OPTIONS routes aiohttp-cors adds keep aiohttp's "
-                   "own Expect handler (gateway/cors.py)")
 @pytest.mark.parametrize("backend", ["disk"], indirect=True)
 async def test_an_expect_value_that_is_not_text_gets_417_on_options_too(
         make_client: ClientFactory) -> None:
@@ -642,8 +640,6 @@ async def test_an_expect_value_that_is_not_text_gets_417_on_options_too(
             assert answer.status == 417, (path, value, answer.describe())
 
 
-@pytest.mark.xfail(strict=True, reason="protocol/ietf.py _disposition_filename: the email "
-                   "package cannot encode a name with non-ASCII text and bytes past UTF-8")
 @pytest.mark.parametrize("backend", ["disk"], indirect=True)
 @pytest.mark.parametrize("value", [b"attachment; filename=\xe6\x97\xa5.txt\xfd",
                                    b'attachment; filename="\xe6\x97\xa5.txt\xac\x81\xb9"'])
