@@ -331,7 +331,8 @@ VALUES = {'TUS_HOST': '0.0.0.0',
  'TUS_NOTION_BASE_URL': 'http://127.0.0.1:9',
  'TUS_NOTION_VERSION': '2025-01-01',
  'TUS_NOTION_USER_DATABASE': 'db-user',
- 'TUS_NOTION_USER_DATABASES': 'alice=0123456789abcdef0123456789abcdef,bob=fedcba9876543210fedcba9876543210',
+ 'TUS_NOTION_USER_DATABASES': 'alice=0123456789abcdef0123456789abcdef,'
+                              'bob=fedcba9876543210fedcba9876543210',
  'TUS_NOTION_INDEX_DATABASE': 'db-index',
  'TUS_NOTION_WINDOW': '10MiB',
  'TUS_NOTION_CONCURRENCY': '2',
@@ -486,8 +487,8 @@ REFUSED: list[tuple[dict[str, str], str]] = [({'TUS_SINK': 'notion'},
   'invalid configuration: the notion sink needs notion_token; the notion sink needs '
   'notion_user_database; the notion sink needs notion_index_database; notion_window_bytes must '
   'be between 5 and 20 MiB; redis_url must start with redis://, rediss:// or unix://; auth '
-  'must be one of none, bearer, hmac, forward; log_level must be one of debug, info, warning, error, '
-  'critical; hook_timeout_s and hook_retry_s must be positive')]
+  'must be one of none, bearer, hmac, forward; log_level must be one of debug, info, warning, '
+  'error, critical; hook_timeout_s and hook_retry_s must be positive')]
 
 
 def test_validation_messages_are_unchanged() -> None:
