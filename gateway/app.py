@@ -55,7 +55,7 @@ from gateway.metrics import METRICS, Metrics, measured
 from gateway.middleware import tus_errors
 from gateway.resources import ResourceMonitor
 from gateway.routes import setup_routes
-from gateway.sink_api import NeedsCheckpoints, SendsEarly
+from gateway.sink_api import Announces, NeedsCheckpoints, SendsEarly
 from gateway.sinks import opened_sink, sink_type
 from gateway.state.base import CoreStore, Locker
 from gateway.state.disk import DiskStore
@@ -252,6 +252,9 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
     uploads = Uploads(config, app[STORE], app[LOCKER], app[SINK], intake=app[INTAKE],
                       admission=monitor, metrics=app[METRICS], clock=clock, events=app[EVENTS],
                       **({} if allowed.allows_all else {"screen": screen}))
+    sink = app[SINK]
+    if isinstance(sink, Announces):
+        sink.announce_to(uploads.sink_saved)
     await uploads.recover()
     app[RUNTIME] = Runtime(uploads, monitor, started_at=clock.now())
     yield

@@ -30,7 +30,7 @@ generic runner of owed background work (``gateway.jobs``) is the one other modul
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -104,6 +104,18 @@ class NeedsCheckpoints(abc.ABC):  # noqa: B024 (a declaration: nothing more to i
     """The delivery's progress lives in the store's sink checkpoints
     (``gateway.state.base.SinkCheckpoints``): the gateway refuses to start this sink on a
     store that does not keep them."""
+
+
+class Announces(abc.ABC):
+    """The delivery moves on in the background (``draining`` to ``drained`` or ``failed``):
+    the sink tells the gateway each time it has recorded a new state, so that the upload's
+    event streams hear of it at once and a delivered upload stops holding its owner's
+    quota."""
+
+    @abc.abstractmethod
+    def announce_to(self, saved: Callable[[UploadState], Awaitable[None]]) -> None:
+        """Call ``saved`` with the upload's state after each delivery state is recorded;
+        what it raises is logged, never the sink's concern."""
 
 
 class Closing(abc.ABC):

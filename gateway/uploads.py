@@ -195,6 +195,14 @@ class Uploads:
         log_event(event, upload_id, **fields)
         self.metrics.uploads.labels(event).inc()
 
+    async def sink_saved(self, state: UploadState) -> None:
+        """A sink recorded a new delivery state in the background (``sink_api.Announces``):
+        the event streams hear of it, and a delivered upload stops holding its owner's
+        quota."""
+        self.announce(state)
+        if held_bytes(state) == 0:
+            await self.quotas.release(state)
+
     def announce(self, state: UploadState) -> None:
         """Tell the upload's event streams (on every instance) that it changed."""
         self.events.publish(state.info.upload_id,

@@ -38,7 +38,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -46,6 +46,7 @@ import aiohttp
 
 from gateway.jobs import JobNames, LeasedJobs, OwedIndex, Scanned, Verdict
 from gateway.sink_api import (
+    Announces,
     Closing,
     HasBreaker,
     NeedsCheckpoints,
@@ -94,7 +95,8 @@ WATCH_S = 1.0
 QUIET_S = 30.0
 
 
-class NotionSink(ReportsProgress, Retrying, HasBreaker, SendsEarly, NeedsCheckpoints, Closing):
+class NotionSink(ReportsProgress, Retrying, HasBreaker, SendsEarly, NeedsCheckpoints, Announces,
+                 Closing):
     """A ``gateway.sink_api.Sink`` with every capability: parts leave while the upload
     arrives, a failed delivery can be retried, a breaker guards Notion, the status shows
     the drain's progress, and its background work stops with the gateway."""
@@ -136,6 +138,7 @@ class NotionSink(ReportsProgress, Retrying, HasBreaker, SendsEarly, NeedsCheckpo
         # keep memory and worker threads free for uploads.
         self._hashing = asyncio.Semaphore(2)
         self.retry_failed_s = settings.retry_failed_s
+        self._announce: Callable[[UploadState], Awaitable[None]] | None = None
         self.drains = LeasedJobs(
             JobNames(lease="drain", task="notion-drain", scanner="notion-scan", scan="Notion"),
             index=OwedIndex(store.owe_sink, store.sink_owed), leases=store, work=self._drain,
@@ -349,8 +352,17 @@ class NotionSink(ReportsProgress, Retrying, HasBreaker, SendsEarly, NeedsCheckpo
         if failed_at is not None:
             kept["failed_at"] = f"{failed_at:.3f}"
         sink = SinkState(status, ref, error, kept, will_retry)
-        await self.store.save_info(state.info.replace(
-            sink=sink, data_removed=data_removed or state.info.data_removed))
+        info = state.info.replace(sink=sink,
+                                  data_removed=data_removed or state.info.data_removed)
+        await self.store.save_info(info)
+        if self._announce is not None:
+            try:
+                await self._announce(UploadState(info, state.offset, state.last_activity))
+            except Exception:
+                log.exception("announcing the delivery state of %s failed", upload_id)
+
+    def announce_to(self, saved: Callable[[UploadState], Awaitable[None]]) -> None:
+        self._announce = saved
 
     # --- scanning ----------------------------------------------------------------------------
     async def _at_scan(self, upload_id: str, scanned: Scanned) -> Verdict:

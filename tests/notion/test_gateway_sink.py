@@ -330,3 +330,39 @@ async def test_windows_leave_in_the_middle_of_one_long_patch(
     assert await fake.uploaded_sha256(status["sink"]["detail"]["file_upload"]) == \
         hashlib.sha256(data).hexdigest()
     assert set(fake.parts_stored.values()) == {1}
+
+
+@pytest.mark.both_stores
+async def test_a_delivery_in_the_background_frees_the_quota_and_is_announced(
+        make_client: ClientFactory, fake_notion: FakeNotionServer) -> None:
+    """The Notion drain records ``drained`` long after the last PATCH: the sink announces it
+    (``sink_api.Announces``), so the owner's bytes are released at once, not only when a
+    later refusal looks again, and the upload's event stream hears of it."""
+    client: TestClient[Any, Any] = await make_client(
+        sink="notion", notion_token=fake_notion.token, notion_base_url=fake_notion.url,
+        notion_user_database=fake_notion.fake.add_database("Uploads", USER_SCHEMA),
+        notion_index_database=fake_notion.fake.add_database("Index", INDEX_SCHEMA),
+        notion_rate=20.0, quota_bytes=10 * MiB)
+    uploads = client.app[RUNTIME].require()
+    data = os.urandom(6 * MiB)
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": str(len(data)),
+                                              "Upload-Metadata": metadata(filename="a.bin")})
+    assert r.status == 201
+    path = path_of(r.headers["Location"])
+    upload_id = path.rsplit("/", 1)[1]
+    owner = (await uploads.store.get(upload_id)).info.client
+    assert await uploads.store.bytes_held(owner) == len(data)
+    async with client.get(f"/api/upload/events/{upload_id}") as stream:
+        r = await client.patch(path, data=io.BytesIO(data), headers=patch_headers(0))
+        assert r.status == 204
+        statuses = []
+        async for raw in stream.content:
+            line = raw.decode().strip()
+            if line.startswith("data:") and '"sink"' in line:
+                statuses.append(line)
+    # The stream ended by itself on the delivery's final state.
+    assert '"status":"drained"' in statuses[-1].replace(" ", ""), statuses[-1][:200]
+    deadline = time.monotonic() + 5
+    while await uploads.store.bytes_held(owner) != 0:
+        assert time.monotonic() < deadline, "the delivered upload still holds its bytes"
+        await asyncio.sleep(0.02)
