@@ -15,6 +15,9 @@ __all__ = ["Meters", "SpeedMeter"]
 
 # A meter nobody fed for this long belongs to an upload that went away.
 IDLE_S = 120.0
+# Idle meters are looked for at most this often: a look reads every meter, and doing it for
+# each new upload made a burst of small uploads cost time growing with their number.
+PRUNE_EVERY_S = 5.0
 
 
 class Meters:
@@ -23,6 +26,7 @@ class Meters:
     def __init__(self, clock: Clock) -> None:
         self._meters: dict[str, SpeedMeter] = {}
         self._clock = clock
+        self._pruned_at = clock.monotonic()
 
     def feeder(self, upload_id: str) -> Callable[[int], None]:
         meter = self._meters.get(upload_id)
@@ -46,5 +50,8 @@ class Meters:
 
     def _prune(self) -> None:
         now = self._clock.monotonic()
+        if now - self._pruned_at < PRUNE_EVERY_S:
+            return
+        self._pruned_at = now
         for upload_id in [k for k, m in self._meters.items() if now - m.last_fed > IDLE_S]:
             del self._meters[upload_id]

@@ -514,6 +514,7 @@ class Uploads:
         upload_id = info.upload_id
         data = self.store.data_path(upload_id)
         await self.store.release_open_slot(upload_id)  # every byte is in: no longer open
+        self.meters.forget(upload_id)  # no more bytes to measure
         if info.finished_at is None:
             info = info.replace(finished_at=self.clock.now())
             self._event("finished", upload_id, length=state.offset, partial=info.is_partial)
