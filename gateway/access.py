@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from gateway.auth import Principal, check_owner, principal_of
+from gateway.body import BodyReader
 from gateway.clients import client_key
-from gateway.http import uploads_of
+from gateway.http import send_continue, uploads_of
 from gateway.keys import CONFIG
 from gateway.quotas import RETRY_AFTER_S, Creator, creator_of
 from protocol import errors
@@ -111,3 +112,18 @@ def deferred_refusal(error: errors.TusError, by_quota: bool) -> errors.TusError:
         "quota; the bytes before that point are kept",
         headers={"Retry-After": str(RETRY_AFTER_S)},
         data={"limit": "bytes", "retry_after": RETRY_AFTER_S})
+
+
+async def perform_held(request: web.Request, headers: Headers, state: UploadState,
+                       effects: Sequence[Effect], reader: BodyReader) -> UploadState:
+    """Perform a plan that may write the request's body, held to the requester's limits: a
+    deferred length it declares (``admit_length``), and the bytes of an upload whose length
+    is still unknown (``bound_deferred``)."""
+    uploads = uploads_of(request)
+    await admit_length(request, headers, state, effects)
+    held, by_quota = await bound_deferred(request, headers, state, effects)
+    try:
+        return await uploads.perform(state, held, reader,
+                                     before_body=lambda: send_continue(request))
+    except errors.SizeExceeded as exc:
+        raise deferred_refusal(exc, by_quota) from None

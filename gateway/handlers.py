@@ -9,18 +9,16 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.access import (
-    admit_length,
     auth_on,
-    bound_deferred,
     check_access,
     creator,
-    deferred_refusal,
     owned,
+    perform_held,
     requester,
 )
 from gateway.auth import check_plan
 from gateway.download import Download
-from gateway.http import body_facts, headers_of, location, send_continue, uploads_of
+from gateway.http import body_facts, headers_of, location, uploads_of
 from gateway.keys import CONFIG, LINKS
 from gateway.sink_api import ReportsProgress, Retrying
 from gateway.uploads import Uploads, checked_id
@@ -74,12 +72,7 @@ async def post(request: web.Request, headers: Headers) -> web.Response:
     reader = uploads.body_reader(request.content)
     try:
         async with uploads.locked(upload_id, reader):
-            effects, by_quota = await bound_deferred(request, headers, state, plan.effects)
-            try:
-                state = await uploads.perform(state, effects, reader,
-                                              before_body=lambda: send_continue(request))
-            except errors.SizeExceeded as exc:
-                raise deferred_refusal(exc, by_quota) from None
+            state = await perform_held(request, headers, state, plan.effects, reader)
     except errors.TusError as exc:
         # The upload exists now; whatever went wrong with its first bytes, say where it is
         # so the client can resume (TUS-CWU-05).
@@ -116,14 +109,8 @@ async def patch(request: web.Request, headers: Headers) -> web.Response:
     async with uploads.locked(upload_id, reader):
         state = await uploads.live(upload_id)
         plan = decisions.plan_patch(headers, facts, state, uploads.settings)
-        await admit_length(request, headers, state, plan.effects)
-        effects, by_quota = await bound_deferred(request, headers, state, plan.effects)
         finishing = state.status is UploadStatus.COMPLETE
-        try:
-            state = await uploads.perform(state, effects, reader,
-                                          before_body=lambda: send_continue(request))
-        except errors.SizeExceeded as exc:
-            raise deferred_refusal(exc, by_quota) from None
+        state = await perform_held(request, headers, state, plan.effects, reader)
         if finishing:
             # A retried final PATCH finishes a delivery that failed before: that is work, so
             # the next empty PATCH is not held back for this one.

@@ -19,15 +19,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway.access import (
-    admit_length,
-    bound_deferred,
     check_access,
     creator,
-    deferred_refusal,
+    perform_held,
     requester,
 )
 from gateway.auth import check_plan
-from gateway.http import body_facts, location, public_origin, send_continue, uploads_of
+from gateway.http import body_facts, location, public_origin, uploads_of
 from gateway.keys import DRAFT
 from gateway.uploads import checked_id
 from protocol import decisions, errors, ietf
@@ -80,12 +78,7 @@ async def create(request: web.Request, headers: Headers, draft: ietf.Draft) -> w
     try:
         async with uploads.locked(upload_id, reader):
             await send_interim(request, ietf.interim_headers(draft, where, uploads.settings))
-            effects, by_quota = await bound_deferred(request, headers, state, plan.effects)
-            try:
-                state = await uploads.perform(state, effects, reader,
-                                              before_body=lambda: send_continue(request))
-            except errors.SizeExceeded as exc:
-                raise deferred_refusal(exc, by_quota) from None
+            state = await perform_held(request, headers, state, plan.effects, reader)
     except errors.TusError as exc:
         # The upload exists; whatever went wrong with its first bytes, say where it is.
         exc.extra_headers["Location"] = where
@@ -118,13 +111,7 @@ async def append(request: web.Request, headers: Headers, draft: ietf.Draft) -> w
     async with uploads.locked(upload_id, reader):
         state = await uploads.live(upload_id)
         plan = ietf.plan_append(draft, headers, facts, state, uploads.settings)
-        await admit_length(request, headers, state, plan.effects)
-        effects, by_quota = await bound_deferred(request, headers, state, plan.effects)
-        try:
-            state = await uploads.perform(state, effects, reader,
-                                          before_body=lambda: send_continue(request))
-        except errors.SizeExceeded as exc:
-            raise deferred_refusal(exc, by_quota) from None
+        state = await perform_held(request, headers, state, plan.effects, reader)
     answer = ietf.append_headers(draft, state, uploads.settings, uploads.clock.now())
     return web.Response(status=draft.append_status, headers=answer)
 
