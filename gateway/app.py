@@ -131,7 +131,7 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
 async def _forward_auth(app: web.Application) -> AsyncIterator[None]:
     # No cookie jar: each question carries exactly the request's own credentials.
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-        app[FORWARD_AUTH] = ForwardAuth(app[CONFIG].auth, session)
+        app[FORWARD_AUTH] = ForwardAuth(app[CONFIG].auth, session, clock=app[CLOCK])
         yield
 
 

@@ -32,7 +32,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -40,6 +39,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.auth import Principal, user_claims
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import AuthSettings
 from protocol import errors
 
@@ -58,7 +58,9 @@ class _Answer:
 
 
 class ForwardAuth:
-    def __init__(self, settings: AuthSettings, session: aiohttp.ClientSession) -> None:
+    def __init__(self, settings: AuthSettings, session: aiohttp.ClientSession, *,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
+        self._clock = clock
         self._url = settings.url
         self._cache_s = settings.cache_s
         self._max_entries = settings.cache_entries
@@ -101,13 +103,13 @@ class ForwardAuth:
         answer = self._cache.get(key)
         if answer is None:
             return None
-        if answer.until <= time.monotonic():
+        if answer.until <= self._clock.monotonic():
             del self._cache[key]
             return None
         return answer
 
     def _remember(self, key: str, answer: _Answer) -> None:
-        if self._cache_s <= 0 or answer.until <= time.monotonic():
+        if self._cache_s <= 0 or answer.until <= self._clock.monotonic():
             return
         self._cache[key] = answer
         self._cache.move_to_end(key)
@@ -122,7 +124,7 @@ class ForwardAuth:
                     ("X-Forwarded-Uri", request.rel_url.raw_path[:2048]),
                     ("X-Forwarded-Host", request.headers.get("Host", "")[:256])]
         self.asked += 1
-        until = time.monotonic() + self._cache_s
+        until = self._clock.monotonic() + self._cache_s
         try:
             async with self._session.get(self._url, headers=headers, allow_redirects=False,
                                          timeout=self._timeout) as response:
