@@ -44,7 +44,15 @@ async def dispatch(request: web.Request, headers: Headers, method: str,
     draft = request[DRAFT] = ietf.draft_of(headers)
     public_origin(request)  # refuse a malformed Host before anything can be created
     decisions.check_method(method, handlers)
-    return await handlers[method](request, headers, draft)
+    if method not in ("POST", "PATCH"):
+        return await handlers[method](request, headers, draft)
+    try:
+        return await handlers[method](request, headers, draft)
+    except errors.TusError as exc:
+        # From -12 the answer to a creation or append says whose answer it is.
+        for name, value in ietf.error_headers(draft).items():
+            exc.extra_headers.setdefault(name, value)
+        raise
 
 
 async def send_interim(request: web.Request, fields: list[tuple[str, str]]) -> None:
@@ -100,6 +108,14 @@ async def head(request: web.Request, headers: Headers, draft: ietf.Draft) -> web
                                                                 uploads.clock.now()))
 
 
+async def offset_get(request: web.Request, headers: Headers,
+                     draft: ietf.Draft) -> web.Response:
+    """-12: "It can fetch the offset by sending a HEAD or GET request"; "serving response
+    content for a GET request is unexpected", so GET answers what HEAD answers, no content.
+    Only drafts with ``offset_get`` are routed here (``ietf.speaks_draft``)."""
+    return await head(request, headers, draft)
+
+
 async def append(request: web.Request, headers: Headers, draft: ietf.Draft) -> web.Response:
     uploads = uploads_of(request)
     upload_id = checked_id(request.match_info["upload_id"])
@@ -128,5 +144,5 @@ async def cancel(request: web.Request, headers: Headers, draft: ietf.Draft) -> w
 
 
 COLLECTION: dict[str, IetfHandler] = {"OPTIONS": options, "POST": create}
-UPLOAD: dict[str, IetfHandler] = {"OPTIONS": options, "HEAD": head, "PATCH": append,
-                                  "DELETE": cancel}
+UPLOAD: dict[str, IetfHandler] = {"OPTIONS": options, "HEAD": head, "GET": offset_get,
+                                  "PATCH": append, "DELETE": cancel}

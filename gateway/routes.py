@@ -67,9 +67,10 @@ class _TusView(aiohttp_cors.CorsViewMixin, web.View):
         request = self.request
         headers = headers_of(request)
         method = decisions.effective_method(request.method, headers)
-        if ietf.INTEROP_HEADER in headers and method != "GET":
+        if ietf.speaks_draft(method, headers):
             # The IETF resumable uploads draft on the same URLs and uploads; it has no
-            # Tus-Resumable. A GET stays a plain download whatever it carries.
+            # Tus-Resumable. A GET stays a plain download unless its interop version
+            # retrieves the offset with GET (9 on).
             return await gateway_ietf.dispatch(request, headers, method, self.IETF_METHODS)
         public_origin(request)  # refuse a malformed Host before anything can be created
         decisions.check_method(method, self.METHODS)

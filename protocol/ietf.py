@@ -1,4 +1,4 @@
-"""The IETF "Resumable Uploads for HTTP" draft, interop versions 3 to 8, without I/O.
+"""The IETF "Resumable Uploads for HTTP" draft, interop versions 3 to 9, without I/O.
 
 Theory of operation: a request that carries ``Upload-Draft-Interop-Version`` speaks the draft
 instead of tus 1.0.0, on the same URLs and the same uploads. The gateway parses the request
@@ -18,8 +18,17 @@ of ``Draft`` and nothing else branches on the number:
                   ``expires``); ``Upload-Length``; problem types
  7    -06 … -08   ``expires`` renamed ``max-age``; ``Upload-Complete`` required on appends
                   and their answers; intermediate appends answer any 2xx (we send 204)
- 8    -09 …       ``Upload-Limit`` mandatory on HEAD; ``Accept-Patch`` on OPTIONS
+ 8    -09 … -11   ``Upload-Limit`` mandatory on HEAD; ``Accept-Patch`` on OPTIONS
+ 9    -12         ``GET`` retrieves the offset as ``HEAD`` does; ``Accept-Patch`` dropped
+                  again; every answer to a creation or append says ``Upload-Complete``
+                  (``?0`` on an error: the upload protocol's own answer)
 ====  ==========  ======================================================================
+
+-12 also lets ``max-age`` count down (the lifetime's end must not move earlier, which a
+sliding expiry never does), makes ``min-size`` the size under which resumability need not be
+offered (ours is 0: always offered), exempts an empty creation from ``min-append-size``
+(which we never announce) and recommends incremental delivery (the body is stored as it
+arrives); none of these needs a field. See docs/ietf-draft.md.
 
 Invariants shared with tus: the offset is what the store holds; a request that fails a check
 changes nothing; an upload whose length is known and whose offset reaches it is complete and
@@ -68,8 +77,15 @@ class Draft:
     # -01 to -05: an incomplete append "MUST" be acknowledged with 201 (Created); -06 on
     # allow any 2xx, and 204 says there is no content to read.
     append_status: int
-    # -09: "A server that supports the creation ... MUST include the Accept-Patch header".
+    # -09: "A server that supports the creation ... MUST include the Accept-Patch header";
+    # -12 reverts it ("Remove Accept-Patch from OPTIONS responses").
     accept_patch: bool
+    # -12: "It can fetch the offset by sending a HEAD or GET request to the upload resource".
+    offset_get: bool
+    # -12: Upload-Complete in a creation or append response "signals whether the response
+    # comes from the initial targeted resource"; "the value of false means that the
+    # semantics of the resumable upload protocol apply", as on all our error answers.
+    complete_on_errors: bool
 
 
 DRAFTS: dict[int, Draft] = {
@@ -82,9 +98,11 @@ DRAFTS: dict[int, Draft] = {
         lifetime_key="expires" if v == 6 else "max-age",
         complete_required=v >= 7,
         append_status=201 if v <= 6 else 204,
-        accept_patch=v >= 8,
+        accept_patch=v == 8,
+        offset_get=v >= 9,
+        complete_on_errors=v >= 9,
     )
-    for v in range(3, 9)
+    for v in range(3, 10)
 }
 INTEROP_VERSIONS = tuple(DRAFTS)
 
@@ -142,6 +160,25 @@ def draft_of(headers: Headers) -> Draft:
         raise errors.UnsupportedInteropVersion(
             f"interop version {version} is not one of {', '.join(map(str, INTEROP_VERSIONS))}")
     return draft
+
+
+def speaks_draft(method: str, headers: Headers) -> bool:
+    """Whether a request is a draft request rather than tus. A GET is a plain download unless
+    it names an interop version whose offset retrieval includes GET (-12): an older or
+    unknown version keeps the download it always had."""
+    if INTEROP_HEADER not in headers:
+        return False
+    if method != "GET":
+        return True
+    try:
+        return draft_of(headers).offset_get
+    except errors.TusError:
+        return False
+
+
+def error_headers(draft: Draft) -> dict[str, str]:
+    """What an error answer to a creation or append adds under ``draft``."""
+    return complete_header(draft, False) if draft.complete_on_errors else {}
 
 
 def request_complete(draft: Draft, headers: Headers) -> bool | None:
