@@ -9,9 +9,10 @@ WEB := web
 .PHONY: run test test-quick install install-test system-packages web lint typecheck check fuzz \
     bench clean
 
-# Debian packages the tests run for real: a Redis server, HAProxy (scale-out tests) and
-# Chromium (the upload page; playwright-core drives it and downloads no browser of its own).
-SYSTEM_PACKAGES := redis-server haproxy chromium
+# Debian packages the tests run for real: a Redis server, HAProxy (scale-out tests), nginx
+# (the shipped proxy configs) and Chromium (the upload page; playwright-core drives it and
+# downloads no browser of its own).
+SYSTEM_PACKAGES := redis-server haproxy nginx chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(BIN)/python:
@@ -23,6 +24,7 @@ install: $(BIN)/python
 
 system-packages:
 	@if ! command -v redis-server >/dev/null || ! { command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null \
+			|| ! { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null \
 			|| ! command -v chromium >/dev/null; then \
 		echo "installing $(SYSTEM_PACKAGES) (Debian packages used by the tests)"; \
 		$(SUDO) apt-get update -qq && \

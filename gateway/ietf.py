@@ -73,6 +73,7 @@ async def create(request: web.Request, headers: Headers, draft: ietf.Draft) -> w
     principal = await requester(request, headers)
     uploads.admit("create")
     facts = body_facts(request)
+    interim = ietf.interim_allowed(headers)
     plan = ietf.plan_creation(draft, headers, facts, uploads.settings)
     check_creation(uploads.allowed_types, plan.metadata, plan.length)
     await check_plan(principal, plan.length, None, uploads)
@@ -85,7 +86,9 @@ async def create(request: web.Request, headers: Headers, draft: ietf.Draft) -> w
     reader = uploads.body_reader(request.content)
     try:
         async with uploads.locked(upload_id, reader):
-            await send_interim(request, ietf.interim_headers(draft, where, uploads.settings))
+            if interim:
+                await send_interim(request, ietf.interim_headers(draft, where,
+                                                                 uploads.settings))
             state = await perform_held(request, headers, state, plan.effects, reader)
     except errors.TusError as exc:
         # The upload exists; whatever went wrong with its first bytes, say where it is.

@@ -49,6 +49,8 @@ from protocol.headers import MAX_INTEGER, Headers, parse_metadata
 from protocol.model import UploadState
 
 INTEROP_HEADER = "Upload-Draft-Interop-Version"
+# Set by a proxy that cannot pass interim responses on (see ``interim_allowed``).
+INTERIM_HEADER = "X-Interim-Responses"
 PARTIAL_UPLOAD = "application/partial-upload"
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://iana.org/assignments/http-problem-types#"
@@ -244,6 +246,22 @@ def interim_headers(draft: Draft, location: str,
     if draft.limits:
         fields.append(("Upload-Limit", upload_limit(draft, settings, settings.expire_after_s)))
     return fields
+
+
+def interim_allowed(headers: Headers) -> bool:
+    """Whether the 104 may be written. A proxy that cannot pass interim responses on sets
+    ``X-Interim-Responses: none`` (deploy/nginx.conf: nginx takes a 104 for the final
+    response; docs/ietf-draft.md, "Behind a proxy"). The upload's URL then comes with the
+    201 only, as the draft allows: "SHOULD announce the upload resource by sending an interim
+    response ... unless the server is not capable of sending interim responses". The field
+    only withholds the 104 from the request that carries it, so a client gains nothing by
+    sending it; any value but ``none`` is refused rather than guessed at."""
+    raw = headers.one(INTERIM_HEADER)
+    if raw is None:
+        return True
+    if raw.strip(" \t").lower() != "none":
+        raise errors.InvalidHeader(f"{INTERIM_HEADER} can only be none")
+    return False
 
 
 def format_interim(fields: list[tuple[str, str]]) -> bytes:

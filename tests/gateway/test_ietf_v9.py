@@ -236,3 +236,21 @@ async def test_one_upload_across_versions(gateway: Gateway) -> None:
     three = (await send(gateway.port, "HEAD", path, interop(3))).answer
     assert (three.offset, is_complete(3, three)) == (20, True)
     assert await gateway.download(path) == b"a" * 5 + b"b" * 10 + b"c" * 5
+
+
+# --- a proxy that cannot pass interim responses on ------------------------------------------------
+async def test_interim_responses_none_withholds_the_104(gateway: Gateway) -> None:
+    """``X-Interim-Responses: none`` (set by deploy/nginx.conf): no 104, the URL comes with the
+    201; any other value, or the field twice, is a 400 that creates nothing."""
+    _, exchange = await gateway.create(9, b"abc", done=True,
+                                       extra={"X-Interim-Responses": "none"})
+    assert exchange.interim == []
+    assert (exchange.answer.status, exchange.answer.offset) == (201, 3)
+    assert await gateway.download(exchange.answer.headers["location"]) == b"abc"
+    for bad in ("all", "", "none, none"):
+        refused = await send(gateway.port, "POST", "/files/",
+                             {**V9, **complete(9, True), "X-Interim-Responses": bad}, b"x")
+        assert refused.interim == []
+        assert refused.answer.status == 400, bad
+        assert refused.answer.problem()["code"] == "ERR_INVALID_HEADER"
+        assert "location" not in refused.answer.headers
