@@ -50,7 +50,7 @@ TUS = (b"Tus-Resumable", b"1.0.0")
 OCTETS = b"application/offset+octet-stream"
 PARTIAL = b"application/partial-upload"
 INTEROP = b"Upload-Draft-Interop-Version"
-DRAFT_VERSIONS = tuple(range(3, 9))
+DRAFT_VERSIONS = tuple(range(3, 10))
 TUS_METHODS = ("OPTIONS", "POST", "HEAD", "PATCH", "DELETE", "GET")
 # Methods the HTTP parser knows but tus does not use, then words it does not know at all.
 OTHER_METHODS = ("PUT", "TRACE", "CONNECT", "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE",
@@ -65,7 +65,7 @@ FUZZED_HEADERS = ("Tus-Resumable", "Upload-Length", "Upload-Offset", "Upload-Met
                   "Host", "Forwarded", "X-Forwarded-Host", "X-Forwarded-Proto",
                   "Authorization", "Expect", "X-HTTP-Method-Override", "Content-Disposition",
                   "Origin", "Access-Control-Request-Method", "Access-Control-Request-Headers",
-                  "Accept", "Last-Event-ID", "Content-Range")
+                  "Accept", "Last-Event-ID", "Content-Range", "X-Interim-Responses")
 # The gateway's --allowed-types in the fuzz runs: a family with a size limit (so a claim can
 # be over it), a family without one, and two exact types.
 ALLOWED_TYPES = "video/*,image/*=512KiB,application/pdf,text/plain"
@@ -1345,8 +1345,10 @@ class Fuzzer:
         if name in ("Upload-Complete", "Upload-Incomplete"):
             return (b"?1", b"?0", b"?2", b"1", b"true", b"?1;a=1", b"?1, ?0", b"", b"?",
                     b"?1;", b"?0 ;b", b"??1")
+        if name == "X-Interim-Responses":
+            return (b"none", b"None", b"all", b"", b"none, none", b"\xff", b"none;x")
         if name == "Upload-Draft-Interop-Version":
-            return (*(str(v).encode() for v in DRAFT_VERSIONS), b"2", b"9", b"0", b"-1",
+            return (*(str(v).encode() for v in DRAFT_VERSIONS), b"2", b"10", b"0", b"-1",
                     b"6;x=1", b"6.0", b"999999999999999", b"9999999999999999", b"", b"06",
                     b"?1", b"6, 7")
         if name == "Host":
