@@ -6,8 +6,12 @@ never see aiohttp's exceptions. Part bodies stream from the spool file in bounde
 run in worker threads, so a 20 MiB part never sits in memory and the event loop never blocks
 on the disk.
 
-Only the ``Notion-Version`` this client is configured with is sent; the database endpoints
-follow the 2022-06-28 shape (``POST /v1/databases/{id}/query``).
+Only the ``Notion-Version`` this client is configured with is sent. From 2025-09-03 a
+database holds data sources (docs/notion-contract.md §7.3): each database is resolved once
+per process to its data source (``GET /v1/databases/{id}``), pages are created under a
+``data_source_id`` parent and queries go to ``POST /v1/data_sources/{id}/query``. Under
+2022-06-28 the database endpoints keep their old shape (``POST /v1/databases/{id}/query``,
+a ``database_id`` parent).
 """
 
 from __future__ import annotations
@@ -25,11 +29,18 @@ import aiohttp
 from aiohttp import payload as aiohttp_payload
 from aiohttp.abc import AbstractStreamWriter
 
-from notion_sink.retry import Retryable, SinkError, classify
+from notion_sink.retry import Permanent, Retryable, SinkError, classify
+from notion_sink.settings import notion_id
 from protocol.retry import parse_retry_after
 
 DEFAULT_BASE_URL = "https://api.notion.com"
-DEFAULT_VERSION = "2022-06-28"
+# The versions the sink speaks (docs/notion-contract.md §1); dated strings compare as text.
+LEGACY_VERSION = "2022-06-28"
+DATA_SOURCES_VERSION = "2025-09-03"
+DEFAULT_VERSION = "2026-03-11"
+# Databases resolved to their data source, remembered per process; bounded like the map of
+# user databases (a token may name any database).
+KNOWN_SOURCES_MAX = 10_001
 READ_CHUNK = 256 * 1024
 
 # Reads ``length`` bytes at ``start`` of a file without blocking the loop (a worker thread).
@@ -108,11 +119,23 @@ def read_range(path: Path, start: int, length: int) -> bytes:
 
 class NotionClient:
     def __init__(self, session: aiohttp.ClientSession, settings: ClientSettings,
-                 read: ReadRange) -> None:
+                 read: ReadRange, *, data_sources: Mapping[str, str] | None = None) -> None:
+        """``data_sources``: the data source chosen for a database that has several
+        ({database id: data source id}, both dashed)."""
         self._session = session
         self._settings = settings
         self._read = read
         self._base = settings.base_url.rstrip("/")
+        self._chosen = dict(data_sources or {})
+        self._sources: dict[str, str] = {}  # database -> its data source, oldest first
+
+    @property
+    def version(self) -> str:
+        return self._settings.version
+
+    @property
+    def uses_data_sources(self) -> bool:
+        return self._settings.version >= DATA_SOURCES_VERSION
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._settings.token}",
@@ -174,18 +197,77 @@ class NotionClient:
     async def retrieve(self, upload_id: str) -> FileUpload:
         return FileUpload.from_json(await self._call("GET", f"/v1/file_uploads/{upload_id}"))
 
-    # --- pages and databases -----------------------------------------------------------------
+    # --- the workspace -----------------------------------------------------------------------
+    async def me(self) -> dict[str, Any]:
+        """The integration's bot user (``GET /v1/users/me``)."""
+        return await self._call("GET", "/v1/users/me")
+
+    async def upload_limit(self) -> int | None:
+        """The workspace's largest file upload in bytes
+        (``bot.workspace_limits.max_file_upload_size_in_bytes``, docs/notion-contract.md
+        §3.6), or None when the answer does not say."""
+        return upload_limit_of(await self.me())
+
+    # --- pages, databases and data sources ---------------------------------------------------
+    async def retrieve_database(self, database_id: str) -> dict[str, Any]:
+        return await self._call("GET", f"/v1/databases/{database_id}")
+
+    async def retrieve_data_source(self, data_source_id: str) -> dict[str, Any]:
+        return await self._call("GET", f"/v1/data_sources/{data_source_id}")
+
+    async def data_source(self, database_id: str) -> str:
+        """The data source the sink uses in ``database_id``: its only one, or the one the
+        configuration chose; asked once per database and process. A database with several
+        and none chosen, or a choice that is not among them, is refused (``Permanent``,
+        400) with the ids to choose from."""
+        key = notion_id(database_id) or database_id
+        known = self._sources.get(key)
+        if known is not None:
+            return known
+        answer = await self.retrieve_database(database_id)
+        found = [s["id"] for s in answer.get("data_sources") or ()
+                 if isinstance(s, dict) and isinstance(s.get("id"), str)]
+        sources = [notion_id(s) or s for s in found]
+        chosen = self._chosen.get(key)
+        if chosen is not None and chosen not in sources:
+            raise Permanent(f"the data source {chosen} chosen for the Notion database {key} "
+                            f"(notion_data_sources) is not one of its data sources: "
+                            f"{', '.join(sources) or 'none'}", status=400,
+                            code="validation_error")
+        if chosen is None and len(sources) != 1:
+            raise Permanent(
+                f"the Notion database {key} has {len(sources)} data sources"
+                + (f" ({', '.join(sources)}) and none is chosen: add {key}=<data source id> "
+                   "to notion_data_sources" if sources else
+                   " the integration can see"), status=400,
+                code="multiple_data_sources_for_database" if sources else "validation_error")
+        source = chosen or sources[0]
+        if len(self._sources) >= KNOWN_SOURCES_MAX:
+            del self._sources[next(iter(self._sources))]
+        self._sources[key] = source
+        return source
+
+    async def _query_path(self, database_id: str) -> str:
+        if self.uses_data_sources:
+            return f"/v1/data_sources/{await self.data_source(database_id)}/query"
+        return f"/v1/databases/{database_id}/query"
+
     async def create_page(self, database_id: str,
                           properties: Mapping[str, Any]) -> dict[str, Any]:
+        parent: dict[str, str] = {"database_id": database_id}
+        if self.uses_data_sources:
+            # A database_id parent works only while the database has one data source.
+            parent = {"type": "data_source_id",
+                      "data_source_id": await self.data_source(database_id)}
         return await self._call("POST", "/v1/pages", json_body={
-            "parent": {"database_id": database_id}, "properties": properties})
+            "parent": parent, "properties": properties})
 
     async def probe_database(self, database_id: str, prop: str, kind: str = "rich_text"
                              ) -> None:
         """One query of at most one page that fails unless the database exists, is shared
         with the integration, may be read and has ``prop`` of type ``kind``
         (docs/notion-contract.md §7.2: 404, 403, or 400 for an unknown property)."""
-        await self._call("POST", f"/v1/databases/{database_id}/query", json_body={
+        await self._call("POST", await self._query_path(database_id), json_body={
             "filter": {"property": prop, kind: {"is_empty": True}}, "page_size": 1})
 
     async def query_equals(self, database_id: str, prop: str, value: str,
@@ -198,12 +280,24 @@ class NotionClient:
                                     "page_size": 100}
             if cursor:
                 body["start_cursor"] = cursor
-            answer = await self._call("POST", f"/v1/databases/{database_id}/query",
+            answer = await self._call("POST", await self._query_path(database_id),
                                       json_body=body)
             pages.extend(r for r in answer.get("results", []) if isinstance(r, dict))
             cursor = answer.get("next_cursor")
             if not answer.get("has_more") or not cursor:
                 return pages
+
+
+def upload_limit_of(me: Mapping[str, Any]) -> int | None:
+    """``bot.workspace_limits.max_file_upload_size_in_bytes`` of a bot user, if it is a
+    positive integer."""
+    bot = me.get("bot")
+    limits = bot.get("workspace_limits") if isinstance(bot, Mapping) else None
+    value = (limits.get("max_file_upload_size_in_bytes")
+             if isinstance(limits, Mapping) else None)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return None
+    return value
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ MiB = 1024 * KiB
 _NOTION_ID = re.compile(r"[0-9a-fA-F]{32}"
                         r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}"
                         r"-[0-9a-fA-F]{12}")
+_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
 # Entries of notion_user_databases: the map is held in memory and checked at every start.
 MAX_USER_DATABASES = 10_000
 
@@ -35,8 +36,13 @@ class NotionSettings:
     """The Notion integration's secret (Bearer token)."""
     base_url: str = "https://api.notion.com"
     """The Notion API; point it at `tus-gateway fake-notion` to try the sink locally."""
-    version: str = "2022-06-28"
-    """The Notion-Version every request sends (the database query endpoint needs this one)."""
+    version: str = "2026-03-11"
+    """The Notion-Version every request sends: 2026-03-11 or 2025-09-03 (each database is
+    resolved to its data source at start; pages and queries go through it), or 2022-06-28
+    (the database endpoints of before data sources)."""
+    data_sources: tuple[str, ...] = ()
+    """The data source to use in a database that has several, as database=data-source ID
+    pairs (comma-separated); a database with one data source needs none."""
     user_database: str = ""
     """Id of the database that gets one page per file (title, size, salted hash, the file):
     the default user database, for uploads whose creator has no database of their own."""
@@ -90,7 +96,14 @@ class NotionSettings:
         if self.concurrency < 1 or self.rate <= 0 or self.scan_s <= 0:
             problems.append("notion_concurrency, notion_rate and notion_scan_s must be "
                             "positive")
+        if not _VERSION.fullmatch(self.version):
+            problems.append(f"notion_version must be a dated version like 2026-03-11, not "
+                            f"{self.version[:40]!r}")
         problems += user_database_problems(self.user_databases)
+        try:
+            parse_data_sources(self.data_sources)
+        except ValueError as exc:
+            problems.append(f"notion_data_sources: {exc}")
         for pair in self.properties:
             role, sep, name = pair.partition("=")
             if not sep or role.strip() not in NOTION_PROPERTY_ROLES or not name.strip():
@@ -122,6 +135,24 @@ def parse_user_databases(entries: Iterable[str]) -> dict[str, str]:
         if subject in mapping:
             raise ValueError(f"subject {subject[:80]!r} is given more than once")
         mapping[subject] = database
+    return mapping
+
+
+def parse_data_sources(entries: Iterable[str]) -> dict[str, str]:
+    """``database=data-source`` entries as {dashed database id: dashed data source id};
+    ``ValueError`` for the first entry that is not one (at most ``MAX_USER_DATABASES``)."""
+    mapping: dict[str, str] = {}
+    for count, entry in enumerate(entries):
+        if count >= MAX_USER_DATABASES:
+            raise ValueError(f"at most {MAX_USER_DATABASES} entries")
+        raw_db, sep, raw_source = entry.partition("=")
+        database, source = notion_id(raw_db.strip()), notion_id(raw_source.strip())
+        if not sep or database is None or source is None:
+            raise ValueError(f"{entry[:80]!r} is not database=data-source with two Notion "
+                             "ids (32 hex digits, dashes allowed)")
+        if database in mapping:
+            raise ValueError(f"database {database} is given more than once")
+        mapping[database] = source
     return mapping
 
 

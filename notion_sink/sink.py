@@ -78,7 +78,7 @@ from notion_sink.records import (
     salted_sha512,
 )
 from notion_sink.retry import Permanent, RetryPolicy, SinkError
-from notion_sink.settings import NotionSettings
+from notion_sink.settings import NotionSettings, parse_data_sources
 from notion_sink.windows import SINGLE_PART_MAX, PartPlan, ready_parts
 from protocol import errors
 from protocol.model import SinkState, UploadState
@@ -115,7 +115,8 @@ class NotionSink(ReportsProgress, Retrying, HasBreaker, SendsEarly, NeedsCheckpo
         self.pool = pool
         self.client = NotionClient(
             session, ClientSettings(base_url=settings.base_url, token=settings.token,
-                                    version=settings.version), self._read)
+                                    version=settings.version), self._read,
+            data_sources=parse_data_sources(settings.data_sources))
         self.breaker = CircuitBreaker(BreakerPolicy(open_for=settings.breaker_open_s))
         self.rate = settings.rate
         self.resilient = Resilient(self.breaker,

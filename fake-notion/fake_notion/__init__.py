@@ -42,6 +42,14 @@ Enforced:
   checkbox, date, files, url, select, multi_select, email, phone_number); read-only types
   are refused; rich text <= 2000 chars, arrays <= 100, body <= 500 KB; ``files`` items of
   type ``file_upload`` refer to an ``uploaded``, unexpired upload of the caller.
+- Versions and data sources (§1, §7.3): every database has one data source (more with
+  :meth:`FakeNotion.add_data_source`); from 2025-09-03 ``GET /v1/databases/{id}`` lists
+  them, ``GET /v1/data_sources/{id}`` and ``POST /v1/data_sources/{id}/query`` serve them
+  (400 ``invalid_request_url`` before); a ``data_source_id`` page parent works in every
+  version, a ``database_id`` parent or query only while the database has one data source
+  (else 400 ``multiple_data_sources_for_database``); ``POST /v1/databases`` creates a
+  database under a page shared with the integration (:meth:`FakeNotion.add_parent_page`),
+  its schema in ``properties`` before 2025-09-03 and in ``initial_data_source`` after.
 - Query (rules 24-25): ``POST /v1/databases/{id}/query`` with 2022-06-28 semantics only;
   ``rich_text``/``title`` conditions (``equals`` exact and case-sensitive on the joined
   plain text), ``number``, ``checkbox``, ``and``/``or`` up to two levels, ``page_size`` <= 100,
@@ -60,7 +68,8 @@ create; a resent part replaces or is refused; a second complete is 400 or answer
 lag (no read-after-write). Faults are switched per request through ``fake.faults``
 (:class:`FaultPlan`), time through ``fake.clock.advance(seconds)``.
 
-Not modelled: data sources (2025-09-03 query paths), ``external_url`` imports, blocks
+Not modelled: data sources with schemas of their own (they share their database's),
+``external_url`` imports, blocks
 beyond attaching media children, page updates and deletes, icons and covers, a
 workspace-wide rate budget, per-endpoint limits.
 
@@ -81,7 +90,11 @@ from fake_notion.app import create_fake_app
 from fake_notion.faults import (
     COMPLETE,
     CREATE,
+    DB_CREATE,
     DB_QUERY,
+    DB_RETRIEVE,
+    DS_QUERY,
+    DS_RETRIEVE,
     LIST,
     PAGE_CREATE,
     PAGE_RETRIEVE,
@@ -93,8 +106,9 @@ from fake_notion.faults import (
     FaultPlan,
     RequestRecord,
 )
-from fake_notion.state import DEFAULT_VERSION, FakeConfig, FakeNotion
+from fake_notion.state import DEFAULT_VERSION, LATEST_VERSION, PLANS, FakeConfig, FakeNotion
 
-__all__ = ["COMPLETE", "CREATE", "DB_QUERY", "DEFAULT_VERSION", "LIST", "PAGE_CREATE",
-           "PAGE_RETRIEVE", "RETRIEVE", "SEND", "USERS_ME", "FakeClock", "FakeConfig",
+__all__ = ["COMPLETE", "CREATE", "DB_CREATE", "DB_QUERY", "DB_RETRIEVE", "DEFAULT_VERSION",
+           "DS_QUERY", "DS_RETRIEVE", "LATEST_VERSION", "LIST", "PAGE_CREATE", "PAGE_RETRIEVE",
+           "PLANS", "RETRIEVE", "SEND", "USERS_ME", "FakeClock", "FakeConfig",
            "FakeNotion", "Fault", "FaultPlan", "RequestRecord", "create_fake_app"]

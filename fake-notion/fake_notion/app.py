@@ -7,7 +7,11 @@ from aiohttp import web
 from fake_notion.faults import (
     COMPLETE,
     CREATE,
+    DB_CREATE,
     DB_QUERY,
+    DB_RETRIEVE,
+    DS_QUERY,
+    DS_RETRIEVE,
     LIST,
     PAGE_CREATE,
     PAGE_RETRIEVE,
@@ -16,7 +20,16 @@ from fake_notion.faults import (
     USERS_ME,
 )
 from fake_notion.gate import FAKE, gate
-from fake_notion.pages import create_page, download_file, query_database, retrieve_page
+from fake_notion.pages import (
+    create_database,
+    create_page,
+    download_file,
+    query_data_source,
+    query_database,
+    retrieve_data_source,
+    retrieve_database,
+    retrieve_page,
+)
 from fake_notion.state import FakeNotion
 from fake_notion.uploads import (
     complete_upload,
@@ -46,6 +59,10 @@ def create_fake_app(fake: FakeNotion) -> web.Application:
         ("POST", "/v1/pages", PAGE_CREATE, create_page),
         ("GET", "/v1/pages/{id}", PAGE_RETRIEVE, retrieve_page),
         ("POST", "/v1/databases/{id}/query", DB_QUERY, query_database),
+        ("GET", "/v1/databases/{id}", DB_RETRIEVE, retrieve_database),
+        ("POST", "/v1/databases", DB_CREATE, create_database),
+        ("GET", "/v1/data_sources/{id}", DS_RETRIEVE, retrieve_data_source),
+        ("POST", "/v1/data_sources/{id}/query", DS_QUERY, query_data_source),
     ]
     for method, path, name, handler in routes:
         # The route name is the endpoint name in the log and in fault scripts.

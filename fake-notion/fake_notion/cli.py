@@ -12,8 +12,8 @@ from pathlib import Path
 from aiohttp import web
 
 from fake_notion.app import create_fake_app
-from fake_notion.rules import PAID_WORKSPACE_LIMIT, SCHEMA_TYPES, NotionError
-from fake_notion.state import CAPABILITIES, DEFAULT_VERSION, FakeConfig, FakeNotion
+from fake_notion.rules import SCHEMA_TYPES, NotionError
+from fake_notion.state import CAPABILITIES, KNOWN_VERSIONS, PLANS, FakeConfig, FakeNotion
 
 
 def _database_arg(raw: str) -> tuple[str, str | None, dict[str, str]]:
@@ -48,9 +48,16 @@ def main(argv: list[str] | None = None, prog: str = "fake-notion") -> int:
                         help="requests per second per token (0 turns the limit off)")
     parser.add_argument("--burst", type=int, default=5)
     parser.add_argument("--notion-version", dest="versions", action="append",
-                        help=f"accepted Notion-Version (repeatable; default {DEFAULT_VERSION})")
-    parser.add_argument("--workspace-limit", type=int, default=PAID_WORKSPACE_LIMIT,
-                        help="per-file limit in bytes (free workspaces: 5242880)")
+                        help="accepted Notion-Version (repeatable; default: "
+                             f"{', '.join(sorted(KNOWN_VERSIONS))})")
+    parser.add_argument("--plan", choices=sorted(PLANS), default=None,
+                        help="the workspace's plan, which sets its per-file limit (free: "
+                             "5 MiB, paid: 5 GiB, the default)")
+    parser.add_argument("--workspace-limit", type=int, default=None,
+                        help="per-file limit in bytes, instead of the plan's")
+    parser.add_argument("--parent-page", action="append", default=[], metavar="ID",
+                        help="a page shared with the token, under which databases may be "
+                             "created (repeatable)")
     parser.add_argument("--storage-dir", type=Path, default=None,
                         help="where part bytes go (default: a temporary directory)")
     parser.add_argument("--database", action="append", default=[], type=_database_arg,
@@ -69,8 +76,9 @@ def main(argv: list[str] | None = None, prog: str = "fake-notion") -> int:
     temp = args.storage_dir is None
     storage = Path(tempfile.mkdtemp(prefix="fake-notion-")) if temp else args.storage_dir
     config = FakeConfig(rate_per_s=args.rate, burst=args.burst,
-                        workspace_limit_bytes=args.workspace_limit,
-                        accepted_versions=frozenset(args.versions or [DEFAULT_VERSION]))
+                        workspace_limit_bytes=(args.workspace_limit or
+                                               PLANS[args.plan or "paid"]),
+                        accepted_versions=frozenset(args.versions or KNOWN_VERSIONS))
     fake = FakeNotion(storage, config=config, token=args.token)
     try:
         fake.set_capabilities(args.token, filter(None, args.capabilities.split(",")))
@@ -78,6 +86,8 @@ def main(argv: list[str] | None = None, prog: str = "fake-notion") -> int:
                for name, db_id, schema in args.database}
         ids.update({name: fake.add_database(name, schema, database_id=db_id, shared_with=())
                     for name, db_id, schema in args.unshared_database})
+        for page in args.parent_page:
+            fake.add_parent_page(page)
     except NotionError as exc:  # an id that is not one
         parser.error(exc.message)
     except ValueError as exc:

@@ -33,9 +33,13 @@ USERS_ME = "users.me"
 PAGE_CREATE = "pages.create"
 PAGE_RETRIEVE = "pages.retrieve"
 DB_QUERY = "databases.query"
+DB_RETRIEVE = "databases.retrieve"
+DB_CREATE = "databases.create"
+DS_RETRIEVE = "data_sources.retrieve"
+DS_QUERY = "data_sources.query"
 UNKNOWN = "unknown"  # a path or method the API does not have
 ENDPOINTS = frozenset({CREATE, SEND, COMPLETE, RETRIEVE, LIST, USERS_ME, PAGE_CREATE,
-                       PAGE_RETRIEVE, DB_QUERY})
+                       PAGE_RETRIEVE, DB_QUERY, DB_RETRIEVE, DB_CREATE, DS_RETRIEVE, DS_QUERY})
 
 
 class FakeClock:

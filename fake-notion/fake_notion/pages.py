@@ -40,6 +40,7 @@ from fake_notion.gate import (
 )
 from fake_notion.rules import (
     PAGE_SIZE_MAX,
+    SCHEMA_TYPES,
     FileRef,
     NotionError,
     Property,
@@ -97,7 +98,10 @@ def _render_page(fake: FakeNotion, page: FakePage, ctx: RequestContext) -> dict[
         "object": "page", "id": page.id, "created_time": iso(page.created),
         "last_edited_time": iso(page.created), "created_by": bot, "last_edited_by": bot,
         "cover": None, "icon": None,
-        "parent": {"type": "database_id", "database_id": page.database_id},
+        "parent": ({"type": "data_source_id", "data_source_id": page.data_source_id,
+                    "database_id": page.database_id}
+                   if ctx.version >= DATA_SOURCES_VERSION else
+                   {"type": "database_id", "database_id": page.database_id}),
         "in_trash": False, "properties": props,
         "url": f"https://www.notion.so/{page.id.replace('-', '')}", "public_url": None,
     }
@@ -117,15 +121,7 @@ async def create_page(request: web.Request) -> web.StreamResponse:
     fake, ctx = request.app[FAKE], request[CTX]
     fake.require(ctx.token, INSERT_CONTENT)
     body = body_object(await json_body(request, empty_ok=False))
-    parent = body.get("parent")
-    if not isinstance(parent, dict) or not isinstance(parent.get("database_id"), str):
-        raise validation("body failed validation: body.parent.database_id should be "
-                         "defined (the fake supports database parents only).")
-    if parent.get("type", "database_id") != "database_id":
-        raise validation("body failed validation: body.parent.type should be "
-                         "`database_id`.")
-    db = fake.visible_database(
-        normalize_id(parent["database_id"], "body.parent.database_id"), ctx.token)
+    db, source_id = _page_parent(fake, ctx, body.get("parent"))
     props = body.get("properties")
     if not isinstance(props, dict):
         raise validation("body failed validation: body.properties should be defined, "
@@ -150,7 +146,7 @@ async def create_page(request: web.Request) -> web.StreamResponse:
         upload.attached = True
     now = fake.clock.now()
     page = FakePage(str(uuid.uuid4()), db.id, ctx.token, now, fake.clock.monotonic(),
-                    fake.next_seq(), values)
+                    fake.next_seq(), values, source_id)
     fake.pages[page.id] = page
     request[COMMITTED] = page.id
     return json_answer(request, _render_page(fake, page, ctx))
@@ -179,6 +175,22 @@ async def query_database(request: web.Request) -> web.StreamResponse:
     fake.require(ctx.token, READ_CONTENT)
     db = fake.visible_database(normalize_id(request.match_info["id"], "database_id"),
                                 ctx.token)
+    return await _query(request, db, fake.single_source(db), "page_or_database")
+
+
+async def query_data_source(request: web.Request) -> web.StreamResponse:
+    """§7.3: ``POST /v1/data_sources/{id}/query``, from 2025-09-03; same body as rule 24."""
+    fake, ctx = request.app[FAKE], request[CTX]
+    _needs_data_sources(ctx)
+    fake.require(ctx.token, READ_CONTENT)
+    source_id = normalize_id(request.match_info["id"], "data_source_id")
+    db = fake.visible_source(source_id, ctx.token)
+    return await _query(request, db, source_id, "page_or_data_source")
+
+
+async def _query(request: web.Request, db: FakeDatabase, source_id: str,
+                 kind: str) -> web.StreamResponse:
+    fake, ctx = request.app[FAKE], request[CTX]
     body = body_object(await json_body(request))
     raw_size = body.get("page_size", PAGE_SIZE_MAX)
     if isinstance(raw_size, bool) or not isinstance(raw_size, int):
@@ -193,7 +205,7 @@ async def query_database(request: web.Request) -> web.StreamResponse:
     if cursor is not None and not isinstance(cursor, str):
         raise validation("body failed validation: body.start_cursor should be a string.")
     visible_before = fake.clock.monotonic() - fake.config.query_lag_s
-    pages = [p for p in fake.pages.values() if p.database_id == db.id
+    pages = [p for p in fake.pages.values() if p.data_source_id == source_id
              and (fake.config.query_lag_s <= 0 or p.created_mono <= visible_before)]
     if match is not None:
         pages = [p for p in pages if match(_getter(p))]
@@ -204,7 +216,129 @@ async def query_database(request: web.Request) -> web.StreamResponse:
     return json_answer(request, {
         "object": "list", "results": [_render_page(fake, p, ctx) for p in window],
         "next_cursor": pages[start + page_size].id if more else None, "has_more": more,
-        "type": "page_or_database", "page_or_database": {}})
+        "type": kind, kind: {}})
+
+
+def _needs_data_sources(ctx: RequestContext) -> None:
+    if ctx.version < DATA_SOURCES_VERSION:
+        # The data source endpoints do not exist before 2025-09-03 (§7.3).
+        raise NotionError(400, "invalid_request_url", "Invalid request URL.")
+
+
+def _page_parent(fake: FakeNotion, ctx: RequestContext, parent: Any) -> tuple[FakeDatabase, str]:
+    """Rule 23 and §7.3: a ``data_source_id`` parent works in every version; a
+    ``database_id`` parent only while its database has one data source."""
+    if not isinstance(parent, dict):
+        raise validation("body failed validation: body.parent should be defined.")
+    kind = parent.get("type")
+    if isinstance(parent.get("data_source_id"), str) and kind in (None, "data_source_id"):
+        source_id = normalize_id(parent["data_source_id"], "body.parent.data_source_id")
+        return fake.visible_source(source_id, ctx.token), source_id
+    if isinstance(parent.get("database_id"), str) and kind in (None, "database_id"):
+        db = fake.visible_database(
+            normalize_id(parent["database_id"], "body.parent.database_id"), ctx.token)
+        return db, fake.single_source(db)
+    raise validation("body failed validation: body.parent.database_id or "
+                     "body.parent.data_source_id should be defined (the fake supports "
+                     "database and data source parents only).")
+
+
+def _schema(db: FakeDatabase) -> dict[str, Any]:
+    return {p.name: {"id": p.id, "name": p.name, "type": p.type, p.type: {}}
+            for p in db.properties.values()}
+
+
+def _title_of(name: str) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": {"content": name, "link": None}, "plain_text": name}]
+
+
+def _render_database(fake: FakeNotion, db: FakeDatabase, ctx: RequestContext) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "object": "database", "id": db.id, "title": _title_of(db.name), "is_inline": False,
+        "parent": ({"type": "page_id", "page_id": db.parent_page} if db.parent_page
+                   else {"type": "workspace", "workspace": True}),
+        "in_trash": False, "url": f"https://www.notion.so/{db.id.replace('-', '')}"}
+    if ctx.version >= DATA_SOURCES_VERSION:
+        out["data_sources"] = [{"id": i, "name": n} for i, n in db.data_sources.items()]
+    else:
+        # Before data sources, the schema lives on the database (§7.3).
+        fake.single_source(db)
+        out["properties"] = _schema(db)
+    if ctx.version < IN_TRASH_VERSION:
+        out["archived"] = False
+    return out
+
+
+async def retrieve_database(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/databases/{id}``: the schema before 2025-09-03, the list of data
+    sources from then on (§7.3)."""
+    fake, ctx = request.app[FAKE], request[CTX]
+    fake.require(ctx.token, READ_CONTENT)
+    db = fake.visible_database(normalize_id(request.match_info["id"], "database_id"),
+                                ctx.token)
+    return json_answer(request, _render_database(fake, db, ctx))
+
+
+async def retrieve_data_source(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/data_sources/{id}`` (from 2025-09-03): its schema and its database."""
+    fake, ctx = request.app[FAKE], request[CTX]
+    _needs_data_sources(ctx)
+    fake.require(ctx.token, READ_CONTENT)
+    source_id = normalize_id(request.match_info["id"], "data_source_id")
+    db = fake.visible_source(source_id, ctx.token)
+    out: dict[str, Any] = {
+        "object": "data_source", "id": source_id, "title": _title_of(db.data_sources[source_id]),
+        "parent": {"type": "database_id", "database_id": db.id},
+        "properties": _schema(db), "in_trash": False}
+    if ctx.version < IN_TRASH_VERSION:
+        out["archived"] = False
+    return json_answer(request, out)
+
+
+async def create_database(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/databases`` under a page shared with the integration: the schema in
+    ``properties`` before 2025-09-03, in ``initial_data_source.properties`` from then on."""
+    fake, ctx = request.app[FAKE], request[CTX]
+    fake.require(ctx.token, INSERT_CONTENT)
+    body = body_object(await json_body(request, empty_ok=False))
+    parent = body.get("parent")
+    if not isinstance(parent, dict) or not isinstance(parent.get("page_id"), str):
+        raise validation("body failed validation: body.parent.page_id should be defined.")
+    page_id = normalize_id(parent["page_id"], "body.parent.page_id")
+    if page_id not in fake.shared_pages:
+        raise not_found("page", page_id)
+    if ctx.version >= DATA_SOURCES_VERSION:
+        if "properties" in body:
+            raise validation("body failed validation: body.properties is not allowed; "
+                             "use body.initial_data_source.properties.")
+        initial = body.get("initial_data_source")
+        props = initial.get("properties") if isinstance(initial, dict) else None
+        where = "body.initial_data_source.properties"
+    else:
+        if "initial_data_source" in body:
+            raise validation("body failed validation: body.initial_data_source is not a "
+                             "known field.")
+        props, where = body.get("properties"), "body.properties"
+    if not isinstance(props, dict) or not props:
+        raise validation(f"body failed validation: {where} should be defined.")
+    schema: dict[str, str] = {}
+    for name, spec in props.items():
+        kinds = [k for k in spec if k in SCHEMA_TYPES] if isinstance(spec, dict) else []
+        if len(kinds) != 1 or not isinstance(name, str) or not name:
+            raise validation(f"body failed validation: {where}.{str(name)[:40]} should be "
+                             "a property object with one type.")
+        schema[name] = kinds[0]
+    title = body.get("title")
+    name = "".join(str(t.get("text", {}).get("content", "")) for t in title
+                   if isinstance(t, dict) and isinstance(t.get("text"), dict)
+                   )[:200] if isinstance(title, list) else ""
+    try:
+        db_id = fake.add_database(name or "Untitled", schema, shared_with=[ctx.token])
+    except ValueError as exc:
+        raise validation(f"body failed validation: {exc}.") from None
+    db = fake.databases[db_id]
+    db.parent_page = page_id
+    return json_answer(request, _render_database(fake, db, ctx))
 
 
 async def download_file(request: web.Request) -> web.StreamResponse:

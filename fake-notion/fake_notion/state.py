@@ -23,10 +23,12 @@ from typing import Any
 from fake_notion.faults import FakeClock, FaultPlan, RateLimiter, RequestRecord, peak_burst
 from fake_notion.filetypes import FileTypes
 from fake_notion.rules import (
+    FREE_WORKSPACE_LIMIT,
     MAX_PARTS,
     PAID_WORKSPACE_LIMIT,
     SCHEMA_TYPES,
     UPLOAD_TTL_S,
+    NotionError,
     Property,
     normalize_id,
     not_found,
@@ -36,6 +38,11 @@ from fake_notion.rules import (
 )
 
 DEFAULT_VERSION = "2022-06-28"
+LATEST_VERSION = "2026-03-11"
+# Every version the real API answered with in July 2026 that has the File Upload API (§1).
+KNOWN_VERSIONS = frozenset({DEFAULT_VERSION, "2025-09-03", LATEST_VERSION})
+# The workspace limit by plan (§4): free 5 MiB, paid 5 GiB.
+PLANS = {"free": FREE_WORKSPACE_LIMIT, "paid": PAID_WORKSPACE_LIMIT}
 # An integration's content capabilities (docs/notion-contract.md §7.4); a new token has all.
 READ_CONTENT, UPDATE_CONTENT, INSERT_CONTENT = "read_content", "update_content", "insert_content"
 CAPABILITIES = frozenset({READ_CONTENT, UPDATE_CONTENT, INSERT_CONTENT})
@@ -50,8 +57,8 @@ READ_CHUNK = 256 * 1024
 class FakeConfig:
     """Limits and switches. The defaults are the strict reading of the contract."""
 
-    # Rule 2: the versions the fake accepts; 2022-06-28 is what the sink pins (§1).
-    accepted_versions: frozenset[str] = frozenset({DEFAULT_VERSION})
+    # Rule 2: the versions the fake accepts; each answers as that version does (§1, §7.3).
+    accepted_versions: frozenset[str] = KNOWN_VERSIONS
     # The code for a well-formed but unaccepted version is UNCONFIRMED (§11).
     bad_version_code: str = "validation_error"
     # Rule 27 / §9: "an average of three requests per second"; ``rate_per_s <= 0`` is off.
@@ -124,6 +131,9 @@ class FakeDatabase:
     name: str
     properties: dict[str, Property]  # by name
     shared_with: frozenset[str] | None  # None: every token; changed by ``share_database``
+    # Its data sources (§7.3), id -> name, the first made with it; they share its schema.
+    data_sources: dict[str, str] = field(default_factory=dict)
+    parent_page: str | None = None
 
     def resolve(self, key: str) -> Property | None:
         """Property keys may be names or IDs (rule 23)."""
@@ -141,6 +151,7 @@ class FakePage:
     created_mono: float
     seq: int
     values: dict[str, Any]  # property name -> stored value (see rules.property_value)
+    data_source_id: str = ""
 
 
 class FakeNotion:
@@ -161,6 +172,8 @@ class FakeNotion:
         self.parts_stored: Counter[tuple[str, int]] = Counter()
         self.uploads: dict[str, FakeUpload] = {}
         self.databases: dict[str, FakeDatabase] = {}
+        self.sources: dict[str, str] = {}  # data source id -> its database id
+        self.shared_pages: set[str] = set()  # pages a database may be created under
         self.pages: dict[str, FakePage] = {}
         self.bots: dict[str, str] = {}  # token -> bot user id
         self.capabilities: dict[str, frozenset[str]] = {}  # token -> its content capabilities
@@ -222,7 +235,20 @@ class FakeNotion:
             raise ValueError(f"database {db_id} exists already")
         self.databases[db_id] = FakeDatabase(
             db_id, name, props, None if shared_with is None else frozenset(shared_with))
+        self.add_data_source(db_id, name)
         return db_id
+
+    def add_data_source(self, database_id: str, name: str = "Another source") -> str:
+        """One more data source in a database (§7.3), with the database's schema; from the
+        second on, a ``database_id`` parent or query no longer works in any version."""
+        db = self.databases[normalize_id(database_id, "database_id")]
+        source_id = str(uuid.uuid4())
+        db.data_sources[source_id] = name
+        self.sources[source_id] = db.id
+        return source_id
+
+    def primary_source(self, db: FakeDatabase) -> str:
+        return next(iter(db.data_sources))
 
     def share_database(self, database_id: str, shared_with: Iterable[str] | None) -> None:
         """Share a database with these tokens only (None: every token; ``[]``: nobody), as
@@ -317,6 +343,32 @@ class FakeNotion:
         if db is None or (db.shared_with is not None and token not in db.shared_with):
             raise not_found("database", db_id)
         return db
+
+    def visible_source(self, source_id: str, token: str) -> FakeDatabase:
+        """§7.3: the database of a data source the token may see; else 404 naming the
+        data source (also for a database id given where a data source id belongs)."""
+        db_id = self.sources.get(source_id)
+        db = None if db_id is None else self.databases.get(db_id)
+        if db is None or (db.shared_with is not None and token not in db.shared_with):
+            raise not_found("data_source", source_id)
+        return db
+
+    def single_source(self, db: FakeDatabase) -> str:
+        """The one data source of ``db`` for a request that names the database: one with
+        several refuses it in every version (§7.3)."""
+        if len(db.data_sources) != 1:
+            raise NotionError(
+                400, "validation_error",
+                f"Database {db.id} has multiple data sources; use a data source ID instead.",
+                additional_data={"error_type": "multiple_data_sources_for_database",
+                                 "minimum_api_version": DATA_SOURCES_VERSION})
+        return self.primary_source(db)
+
+    def add_parent_page(self, page_id: str | None = None) -> str:
+        """A page shared with the integration, under which databases may be created."""
+        pid = str(uuid.uuid4()) if page_id is None else normalize_id(page_id, "page_id")
+        self.shared_pages.add(pid)
+        return pid
 
     def attachable(self, token: str) -> Callable[[str], str]:
         """Rule 23: a ``file_upload`` reference must be this caller's, uploaded, unexpired."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from fake_notion.faults import DB_QUERY, PAGE_CREATE, Fault
+from fake_notion.faults import DB_QUERY, DS_QUERY, PAGE_CREATE, Fault
 from gateway.config import GatewayConfig
 from notion_sink.breaker import BreakerPolicy, CircuitBreaker
 from notion_sink.client import ClientSettings, NotionClient
@@ -64,7 +64,7 @@ async def test_both_pages_exactly_once(fake_notion: FakeNotionServer,
         filename="Q3 report.pdf", sent_as="report.pdf", size=13, key=key,
         created_at=time.time(), remote_id=created.id, fresh=fresh)
     # A fresh key cannot have pages yet: no lookup until a creation's answer is lost.
-    lookups = fake.count(DB_QUERY)
+    lookups = fake.count(DB_QUERY) + fake.count(DS_QUERY)
     if fresh and fault is None:
         assert lookups == 0
     if not fresh:

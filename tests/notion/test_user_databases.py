@@ -30,7 +30,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from fake_notion.faults import CREATE, DB_QUERY, PAGE_CREATE, SEND, Fault
+from fake_notion.faults import CREATE, DB_QUERY, DS_QUERY, PAGE_CREATE, SEND, Fault
 from fake_notion.state import READ_CONTENT
 from gateway.auth import mint_token
 from gateway.config import GatewayConfig
@@ -206,7 +206,7 @@ async def test_each_users_files_land_in_their_own_database(
                        "alice-to-bob.txt": "credentials", "carol.txt": "default",
                        "anonymous.txt": "default", "alice.mp4": "subject"}
     # Each user database was probed once for all its files, not once per file.
-    probes = [r for r in setup.fake.log if r.endpoint == DB_QUERY]
+    probes = [r for r in setup.fake.log if r.endpoint in (DB_QUERY, DS_QUERY)]
     assert len(probes) == 3, [r.path for r in probes]
 
 
