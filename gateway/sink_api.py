@@ -13,7 +13,9 @@ and offers what depends on it only where the sink declared it:
   bytes durable and commit the offset every ``sync_interval_bytes`` inside a long PATCH;
 - ``NeedsCheckpoints``: the delivery's progress lives in the store's sink checkpoints, so
   the sink cannot start on a store without them;
-- ``Closing``: background work to stop when the gateway stops.
+- ``Closing``: background work to stop when the gateway stops;
+- ``LimitsFileSize``: the remote takes files up to a size learnt at run time (a Notion
+  workspace's upload limit): a creation above it answers 413, and Tus-Max-Size says it.
 
 A capability is a base class, not a shape: a sink has it because it says so, not because a
 method of that name happens to exist.
@@ -30,10 +32,12 @@ generic runner of owed background work (``gateway.jobs``) is the one other modul
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from protocol.decisions import ProtocolSettings
 from protocol.model import Checkpoint, SinkState, UploadInfo, UploadState
 
 T = TypeVar("T")
@@ -124,6 +128,23 @@ class Closing(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Stop the background work; called once, before the store closes."""
+
+
+class LimitsFileSize(abc.ABC):
+    """The remote refuses files above a size it tells at run time: the gateway refuses
+    them at creation instead of after the bytes were sent."""
+
+    @abc.abstractmethod
+    def max_file_size(self) -> int | None:
+        """The largest file the remote takes now, in bytes; None while it is not known."""
+
+
+def sink_limited(settings: ProtocolSettings, sink: object) -> ProtocolSettings:
+    """``settings`` with ``max_size`` lowered to what ``sink`` takes (``LimitsFileSize``)."""
+    limit = sink.max_file_size() if isinstance(sink, LimitsFileSize) else None
+    if limit is None or (settings.max_size is not None and settings.max_size <= limit):
+        return settings
+    return dataclasses.replace(settings, max_size=limit)
 
 
 # --- what the gateway lends a sink -----------------------------------------------------------

@@ -36,6 +36,7 @@ from gateway.limits import EmptyPatches
 from gateway.logs import log_event
 from gateway.progress import Meters
 from gateway.quotas import Creator, Quotas, held_bytes, uploads_refusal
+from gateway.sink_api import sink_limited
 from gateway.sinks import Sink
 from gateway.state.base import Indexing, Locker, ReleaseRequested, UploadStore
 from gateway.state.parts import StoreParts
@@ -168,7 +169,7 @@ class Uploads:
                  events: EventBus | None = None) -> None:
         self.config = config
         # What the store cannot do is neither announced nor accepted.
-        self.settings = config.protocol_settings(parts.offers)
+        self._settings = config.protocol_settings(parts.offers)
         self.store: UploadStore = parts.store
         self.quotas = Quotas(parts.store, parts.store.get, clock.now)
         self.screen = screen
@@ -180,7 +181,7 @@ class Uploads:
         self.locker = locker
         self.sink = sink
         self.clock = clock
-        self.hooks = Hooks(config, self.settings, self.store, clock=clock)
+        self.hooks = Hooks(config, self._settings, self.store, clock=clock)
         # Empty PATCHes lately taken, by upload (``empty_patch``).
         self.empty_patches = EmptyPatches(config.empty_patch_interval_s)
         self.intake = intake
@@ -189,6 +190,11 @@ class Uploads:
         self.admission = admission
         # Bodies streaming right now, by upload: where each started, for live progress.
         self.inflight: dict[str, tuple[int, BodyReader]] = {}
+
+    @property
+    def settings(self) -> ProtocolSettings:
+        # Lowered to the sink's own file size limit (sink_api.LimitsFileSize), read each time.
+        return sink_limited(self._settings, self.sink)
 
     def _event(self, event: str, upload_id: str, **fields: Any) -> None:
         """An upload's life event: one log line, one count."""

@@ -73,6 +73,9 @@ class NotionSettings:
     scan_s: float = 10.0
     """How often each instance looks for drains that nobody runs (their instance died) and
     for failed deliveries due for a retry."""
+    limit_refresh_s: float = 600.0
+    """How often the workspace's file upload limit is read again (it is read at start): a
+    creation above it answers 413, and Tus-Max-Size says it."""
     properties: tuple[str, ...] = ()
     """Property names of the records, as role=Name pairs overriding the defaults (roles:
     title=Name, size=Size, hash=Hash, salt=Salt, created=Created, file=File in the user
@@ -93,6 +96,8 @@ class NotionSettings:
         if self.retry_deadline_s <= 0 or self.retry_failed_s < 0 or self.breaker_open_s <= 0:
             problems.append("notion_retry_deadline_s must be positive, "
                             "notion_retry_failed_s not negative")
+        if self.limit_refresh_s <= 0:
+            problems.append("notion_limit_refresh_s must be positive")
         if self.concurrency < 1 or self.rate <= 0 or self.scan_s <= 0:
             problems.append("notion_concurrency, notion_rate and notion_scan_s must be "
                             "positive")

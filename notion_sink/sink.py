@@ -49,6 +49,7 @@ from gateway.sink_api import (
     Announces,
     Closing,
     HasBreaker,
+    LimitsFileSize,
     NeedsCheckpoints,
     Offloader,
     ReportsProgress,
@@ -96,7 +97,7 @@ QUIET_S = 30.0
 
 
 class NotionSink(ReportsProgress, Retrying, HasBreaker, SendsEarly, NeedsCheckpoints, Announces,
-                 Closing):
+                 LimitsFileSize, Closing):
     """A ``gateway.sink_api.Sink`` with every capability: parts leave while the upload
     arrives, a failed delivery can be retried, a breaker guards Notion, the status shows
     the drain's progress, and its background work stops with the gateway."""
@@ -140,6 +141,16 @@ class NotionSink(ReportsProgress, Retrying, HasBreaker, SendsEarly, NeedsCheckpo
         self._hashing = asyncio.Semaphore(2)
         self.retry_failed_s = settings.retry_failed_s
         self._announce: Callable[[UploadState], Awaitable[None]] | None = None
+        # The workspace's upload limit (docs/notion-contract.md §3.6), read now and every
+        # ``limit_refresh_s``; None until the first answer.
+        self.upload_limit: int | None = None
+        # Through the same breaker and limiter, but not counted with the deliveries' requests
+        # (the health's success rate is theirs).
+        self._quiet = Resilient(self.breaker, self.resilient.limiter,
+                                RetryPolicy(deadline=settings.retry_deadline_s))
+        self.limit_refresh_s = settings.limit_refresh_s
+        self._limit_task = asyncio.get_running_loop().create_task(
+            self._watch_limit(), name="notion-upload-limit")
         self.drains = LeasedJobs(
             JobNames(lease="drain", task="notion-drain", scanner="notion-scan", scan="Notion"),
             index=OwedIndex(store.owe_sink, store.sink_owed), leases=store, work=self._drain,
@@ -175,8 +186,28 @@ class NotionSink(ReportsProgress, Retrying, HasBreaker, SendsEarly, NeedsCheckpo
             return  # nothing to send before the end (or not yet known)
         self.drains.start(info.upload_id)
 
+    def max_file_size(self) -> int | None:
+        return self.upload_limit
+
     # --- background work ---------------------------------------------------------------------
+    async def _watch_limit(self) -> None:
+        """Read the workspace's upload limit now and then; a failed read keeps the last one
+        (Notion still refuses a file above it, only later)."""
+        while True:
+            try:
+                limit = await self._quiet.run(self.client.upload_limit)
+            except SinkError as exc:
+                log.warning("notion: the workspace's upload limit could not be read: %s", exc)
+            else:
+                if limit != self.upload_limit:
+                    log.info("notion: the workspace takes files up to %s bytes", limit)
+                self.upload_limit = limit
+            await asyncio.sleep(self.limit_refresh_s)
+
     async def close(self) -> None:
+        self._limit_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._limit_task
         await self.drains.close()
         await self.resilient.limiter.close()  # a shared limiter's pending writes
 
