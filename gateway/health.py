@@ -89,6 +89,9 @@ def _sink(request: web.Request) -> dict[str, object]:
             out["status"] = "degraded"  # uploads go on; deliveries wait for the remote
         rate = request.app[METRICS].sink_success_rate()
         out["success_rate"] = None if rate is None else round(100.0 * rate, 1)
+        limited = sink.rate_limit()
+        if limited is not None:
+            out["rate_limit"] = limited  # why the remote slows deliveries down
     return out
 
 

@@ -96,6 +96,11 @@ class HasBreaker(abc.ABC):
     def breaker_state(self) -> str:
         """``closed``, ``half_open`` or ``open``."""
 
+    def rate_limit(self) -> dict[str, object] | None:
+        """The remote's last rate limit, while it may still hold (its reason, the status,
+        ``retry_after_s``, ``at``), for health; None: none lately."""
+        return None
+
 
 class SendsEarly(abc.ABC):  # noqa: B024 (a declaration: nothing more to implement)
     """Windows of an upload leave while it still receives bytes (``Sink.receiving`` starts

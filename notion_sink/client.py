@@ -324,7 +324,13 @@ def _http_error(status: int, headers: Mapping[str, str], body: bytes) -> SinkErr
         message = str(data.get("message", message))
         extra = data.get("additional_data")
         if isinstance(extra, dict) and isinstance(extra.get("rate_limit_reason"), str):
-            reason = extra["rate_limit_reason"]
+            reason = extra["rate_limit_reason"][:80]
+        if isinstance(extra, dict) and "Retry-After" not in headers:
+            # The body repeats Retry-After as whole seconds (§9): a proxy that drops the
+            # header does not make the sink retry sooner than Notion asked.
+            repeated = extra.get("retry_after")
+            if isinstance(repeated, str) and repeated.isdigit() and len(repeated) <= 6:
+                headers = {**headers, "Retry-After": repeated}
     # Whole seconds by the contract (docs/notion-contract.md §9); the one parser of the
     # project also takes an HTTP date, and ignores anything else.
     raw = headers.get("Retry-After")

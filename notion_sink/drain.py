@@ -60,6 +60,8 @@ class Resilient:
         self.policy = policy
         self._rng = rng or random.Random()
         self._clock = clock
+        # The last 429 or 529: (wall time, status, rate_limit_reason, Retry-After), for health.
+        self.last_limited: tuple[float, int | None, str | None, float | None] | None = None
 
     def _now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
@@ -89,8 +91,11 @@ class Resilient:
             except SinkError as error:
                 self.on_outcome("failed")
                 self.breaker.record_failure(self._now(), error, permit)
-                if isinstance(error, RateLimited) and error.retry_after:
-                    self.limiter.penalize(error.retry_after)
+                if isinstance(error, RateLimited):
+                    self.last_limited = (time.time(), error.status, error.reason,
+                                         error.retry_after)
+                    if error.retry_after:
+                        self.limiter.penalize(error.retry_after)
                 attempt += 1
                 delay = self.policy.next_delay(attempt, error, self._now() - started,
                                                self._rng)

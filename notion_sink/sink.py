@@ -92,6 +92,8 @@ T = TypeVar("T")
 # While an upload receives bytes, its drain looks at the committed offset this often (and
 # at once when a PATCH on this instance starts or ends).
 WATCH_S = 1.0
+# How long health shows a rate limit Notion answered (at least its Retry-After).
+RATE_LIMIT_SHOWN_S = 60.0
 # A drain whose upload received nothing for this long lets its lease go and ends.
 QUIET_S = 30.0
 
@@ -442,6 +444,17 @@ class NotionSink(ReportsProgress, Retrying, HasBreaker, SendsEarly, NeedsCheckpo
     # --- status ------------------------------------------------------------------------------
     def breaker_state(self) -> str:
         return str(self.breaker.state)
+
+    def rate_limit(self) -> dict[str, object] | None:
+        """The last 429/529 (its ``rate_limit_reason``, docs/notion-contract.md §9) while
+        it is recent: within its Retry-After or a minute, whichever is longer."""
+        seen = [r.last_limited for r in (self.resilient, self._quiet) if r.last_limited]
+        if not seen:
+            return None
+        at, status, reason, retry_after = max(seen, key=lambda limited: limited[0])
+        if time.time() > at + max(retry_after or 0.0, RATE_LIMIT_SHOWN_S):
+            return None
+        return {"status": status, "reason": reason, "retry_after_s": retry_after, "at": at}
 
     async def progress(self, upload_id: str) -> dict[str, object]:
         """The drain's progress; parts come from the shared checkpoint, so any instance

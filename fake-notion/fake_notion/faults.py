@@ -143,6 +143,9 @@ class Fault:
     delay_s: float = 0.0
     after: bool = False
     retry_after_s: int = 1
+    # The 429's ``additional_data.rate_limit_reason`` (§9): this connection's limit, the
+    # workspace's (``public_api_space_request_rate_limit``), an endpoint's.
+    reason: str = "public_api_request_rate_limit"
 
     def label(self) -> str:
         if self.kind in ("status", "html"):

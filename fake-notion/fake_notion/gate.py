@@ -112,7 +112,7 @@ def _fault_error(fault: Fault, committed: str | None) -> NotionError:
         headers["Retry-After"] = str(fault.retry_after_s)
         extra = {"retry_after": str(fault.retry_after_s)}
         if fault.status == 429:
-            extra["rate_limit_reason"] = "public_api_request_rate_limit"
+            extra["rate_limit_reason"] = fault.reason
     if committed is not None:
         # §9: "a write that returns 503 may already have been applied"; the wording of
         # retry_guidance is not documented, the key names are.
