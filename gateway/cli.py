@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import notion_commands
 from gateway.app import create_app
 from gateway.auth import mint_token, verify_token
 from gateway.config import (
@@ -159,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="upload files to any tus server, resuming interrupted uploads "
              "(`tus-gateway upload --help` for its options)")
     del upload  # its arguments are the uploader's own: main() hands them over unparsed
+    def notion_flags(target: argparse.ArgumentParser) -> None:
+        for f in settings():
+            if f.name.startswith("notion_"):
+                target.add_argument("--" + option_name(f.name), dest=f.name, default=None,
+                                    metavar=_metavar(f.name),
+                                    help=docs.get(f.name, "").replace("%", "%%"))
+
+    notion_commands.add_parser(commands, notion_flags)
     sink = commands.add_parser("sink", help="act on deliveries of a running gateway")
     sink_commands = sink.add_subparsers(dest="sink_command", required=True)
     retry = sink_commands.add_parser("retry", help="deliver a failed upload again")
@@ -210,6 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         print(json.dumps(redacted(config), indent=2))
         return 0
+    if args.command == "notion":
+        return notion_commands.run(args, config.notion)
+    if config.sink == "notion" and (problems := notion_commands.check_at_start(config.notion)):
+        for problem in problems:  # a wrong setting stops the gateway before it listens
+            print(f"tus-gateway: notion: {problem}", file=sys.stderr)
+        return 2
     setup_logging(config.log_level, config.log_format, secret_values(config))
     logging.getLogger("gateway.cli").debug("effective configuration",
                                            extra={"config": redacted(config)})

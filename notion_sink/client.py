@@ -247,6 +247,19 @@ class NotionClient:
         self._sources[key] = source
         return source
 
+    async def create_database(self, parent_page: str, title: str,
+                              schema: Mapping[str, str]) -> dict[str, Any]:
+        """A database under ``parent_page`` with ``schema`` (property name -> type): its
+        properties go in ``initial_data_source`` from 2025-09-03 (§7.3), at the top before."""
+        properties: dict[str, Any] = {name: {kind: {}} for name, kind in schema.items()}
+        body: dict[str, Any] = {"parent": {"type": "page_id", "page_id": parent_page},
+                                "title": [{"type": "text", "text": {"content": title}}]}
+        if self.uses_data_sources:
+            body["initial_data_source"] = {"properties": properties}
+        else:
+            body["properties"] = properties
+        return await self._call("POST", "/v1/databases", json_body=body)
+
     async def _query_path(self, database_id: str) -> str:
         if self.uses_data_sources:
             return f"/v1/data_sources/{await self.data_source(database_id)}/query"
