@@ -139,7 +139,9 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     redis_state = await _redis_module()
     backend = redis_state.RedisBackend(config.redis.url, prefix=config.redis.prefix,
-                                       lock_ttl_s=config.lock_ttl_s)
+                                       lock_ttl_s=config.lock_ttl_s,
+                                       min_replicas=config.redis.min_replicas,
+                                       replica_timeout_s=config.redis.replica_timeout_s)
     try:
         try:
             await backend.open()

@@ -126,9 +126,18 @@ class RedisSettings:
     url: str = ""
     """Keep upload state, locks and checkpoints in this Redis (redis://host:6379/0) so that
     several instances share the work; the data dir must then be one directory that every
-    instance mounts. Empty: state on local disk, one process per data dir."""
+    instance mounts. A Redis Cluster: redis+cluster://host:port[,host:port...]; the primary
+    that Sentinels watch: redis+sentinel://host:26379[,host:port...]/service. Empty: state
+    on local disk, one process per data dir."""
     prefix: str = "tus"
     """Prefix of every Redis key, so several gateways can share one Redis database."""
+    min_replicas: int = 0
+    """Wait until this many replicas hold each acknowledged offset and record (Redis WAIT)
+    before answering, so a failover to a replica cannot take it back; fewer within the
+    replica timeout answers 503 with Retry-After. 0: no wait (replication is then
+    asynchronous, and a failover may lose the last acknowledged bytes)."""
+    replica_timeout_s: float = 1.0
+    """How long a write waits for its replicas (redis_min_replicas) before it answers 503."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,9 +388,7 @@ class GatewayConfig:
         for ext, required in needs.items():
             if ext in self.extensions and required not in self.extensions:
                 problems.append(f"{ext} needs {required}")
-        if self.redis.url and not self.redis.url.startswith(("redis://", "rediss://",
-                                                             "unix://")):
-            problems.append("redis_url must start with redis://, rediss:// or unix://")
+        problems += self._redis_problems()
         if self.lock_ttl_s < 1:
             problems.append("lock_ttl_s must be at least 1 second")
         if not self.redis.prefix or any(c in self.redis.prefix for c in "{} "):
@@ -400,6 +407,26 @@ class GatewayConfig:
         if problems:
             raise ValueError("invalid configuration: " + "; ".join(problems))
         return self
+
+    def _redis_problems(self) -> list[str]:
+        from gateway.state.redis_url import parse_redis_url  # no redis-py needed
+
+        problems = []
+        redis = self.redis
+        if redis.url:
+            try:
+                target = parse_redis_url(redis.url)
+            except ValueError as exc:
+                problems.append(f"redis_url {exc}")
+            else:
+                if target.kind == "cluster" and redis.min_replicas:
+                    problems.append("redis_min_replicas is not supported with "
+                                    "redis+cluster:// yet (WAIT runs per node)")
+        if not 0 <= redis.min_replicas <= 16:
+            problems.append("redis_min_replicas must be 0 to 16")
+        if not 0.01 <= redis.replica_timeout_s <= 60:
+            problems.append("redis_replica_timeout_s must be 0.01 to 60 seconds")
+        return problems
 
     def _auth_and_log_problems(self) -> list[str]:
         problems = self.auth.problems()

@@ -46,7 +46,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -59,6 +59,7 @@ from gateway.config import FsyncPolicy
 from gateway.files import fsync_dir
 from gateway.state.base import MAX_OWNER_CHARS
 from gateway.state.redis_keys import ALL_SCRIPTS, RELEASE_FLAG_TTL_MS, Keys
+from gateway.state.redis_url import parse_redis_url
 from gateway.state.spool import OVERLAP_UP_TO, SpoolWriter, concatenate, pump
 from protocol import errors
 from protocol.headers import UPLOAD_ID, Checksum
@@ -138,6 +139,45 @@ def lock_margin_s(ttl_s: float) -> float:
     return 0.05 + 0.01 * ttl_s
 
 
+def connect(url: str, *, max_connections: int) -> tuple[aioredis.Redis, list[aioredis.Redis]]:
+    """A client for what ``url`` names (``redis_url``): one Redis, a Redis Cluster, or the
+    primary a set of Sentinels watches, and the clients it uses to find its servers (the
+    Sentinels'), to close with it. Nothing is sent yet.
+
+    Each fails fast: one immediate retry replaces a pooled connection that died with a
+    Redis restart (or a failover); beyond that, a request fails with 503 instead of hanging
+    in backoff. The cluster client is typed as the single-node one: it offers the same
+    commands, pipelines and scripts that this module uses, and routes each by its key."""
+    target = parse_redis_url(url)
+    common: dict[str, Any] = {
+        "socket_connect_timeout": 2.0, "socket_timeout": 10.0,
+        "retry": Retry(NoBackoff(), 1), "health_check_interval": 30, **_driver_info()}
+    if target.kind == "cluster":
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+        cluster = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+            username=target.username, password=target.password, ssl=target.tls,
+            max_connections=max_connections, **common)
+        return cast(aioredis.Redis, cluster), []
+    if target.kind == "sentinel":
+        from redis.asyncio.sentinel import Sentinel
+        sentinels = Sentinel(
+            list(target.nodes),
+            sentinel_kwargs={"socket_connect_timeout": 2.0, "socket_timeout": 2.0})
+        # Each new connection asks the Sentinels where the primary is; one that finds it
+        # demoted (READONLY) drops the pool's connections, so a failover costs the
+        # requests in flight a 503 and no more.
+        primary: aioredis.Redis = sentinels.master_for(
+            target.service, username=target.username, password=target.password,
+            db=target.db, ssl=target.tls, max_connections=max_connections, **common)
+        return primary, list(sentinels.sentinels)
+    # A bounded pool that makes a burst of requests wait briefly for a connection, instead
+    # of failing them (redis-py's default pool refuses past 100).
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=5.0, **common)
+    return aioredis.Redis(connection_pool=pool), []
+
+
 @dataclass(eq=False)
 class _Held:
     """A lock this process holds, with the request's "please let go" callback."""
@@ -169,15 +209,21 @@ class RedisBackend:
     """One process's Redis connection, scripts, held locks and release-request listener."""
 
     def __init__(self, url: str, *, prefix: str = "tus", lock_ttl_s: float = 5.0,
-                 max_connections: int = 64) -> None:
+                 max_connections: int = 64, min_replicas: int = 0,
+                 replica_timeout_s: float = 1.0) -> None:
         self.url = url
         self.max_connections = max_connections
+        # Writes that acknowledge bytes wait until this many replicas have them (see
+        # ``acked_script``); 0: Redis's own asynchronous replication only.
+        self.min_replicas = min_replicas
+        self.replica_timeout_ms = max(int(replica_timeout_s * 1000), 1)
         self.keys = Keys(prefix)
         self.lock_ttl_ms = int(lock_ttl_s * 1000)
         # How long after an acquire or extend was sent its holder may still write.
         self.lock_hold_s = self.lock_ttl_ms / 1000 - lock_margin_s(self.lock_ttl_ms / 1000)
         self.held: dict[str, _Held] = {}
         self._client: aioredis.Redis | None = None
+        self._helpers: list[aioredis.Redis] = []
         self._scripts: dict[str, Any] = {}
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
@@ -189,17 +235,7 @@ class RedisBackend:
         return self._client
 
     async def open(self) -> None:
-        # One immediate retry replaces a pooled connection that died with a Redis restart;
-        # beyond that, a request fails fast with 503 instead of hanging in backoff.
-        # A bounded pool that makes a burst of requests wait briefly for a connection,
-        # instead of failing them (redis-py's default pool refuses past 100).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.url, max_connections=self.max_connections, timeout=5.0,
-            socket_connect_timeout=2.0, socket_timeout=10.0,
-            # One immediate retry replaces a pooled connection that died with a Redis
-            # restart; beyond that, a request fails fast with 503 instead of hanging.
-            retry=Retry(NoBackoff(), 1), health_check_interval=30, **_driver_info())
-        self._client = aioredis.Redis(connection_pool=pool)
+        self._client, self._helpers = connect(self.url, max_connections=self.max_connections)
         for name, source in ALL_SCRIPTS.items():
             self._scripts[name] = self._client.register_script(source)
         try:
@@ -222,12 +258,46 @@ class RedisBackend:
                 held.extender.cancel()
         if self._client is not None:
             await self._client.aclose()
-            await self._client.connection_pool.disconnect()
+            pool = getattr(self._client, "connection_pool", None)  # a cluster has one per node
+            if pool is not None:
+                await pool.disconnect()
             self._client = None
+        for helper in self._helpers:
+            await helper.aclose()
+        self._helpers = []
 
     async def script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         with mapped_errors():
             return await self._scripts[name](keys=list(keys), args=list(args))
+
+    async def acked_script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """``script`` for a write that a client is told about (an offset, a record): with
+        ``min_replicas``, it counts only once that many replicas have it, so a failover to
+        one of them cannot take it back. WAIT covers the writes made on its own connection,
+        so the script and the WAIT go in one pipeline (one connection). Fewer replicas in
+        time is a 503: the write may be lost, the client asks again and finds the truth."""
+        if self.min_replicas <= 0:
+            return await self.script(name, keys, args)
+        with mapped_errors():
+            async with self.client.pipeline(transaction=False) as pipe:
+                await self._scripts[name](keys=list(keys), args=list(args), client=pipe)
+                pipe.wait(self.min_replicas, self.replica_timeout_ms)
+                try:
+                    reply, replicas = await pipe.execute()
+                except redis_errors.ResponseError as exc:
+                    # A script that changed nothing runs on a primary demoted since the
+                    # connection was made; WAIT there is refused as on any replica.
+                    if "cannot be used with replica" in str(exc):
+                        raise errors.StateUnavailable() from exc
+                    raise
+        if int(replicas) < self.min_replicas:
+            now = time.monotonic()
+            if now - _last_logged[0] > 5.0:
+                _last_logged[0] = now
+                log.warning("only %s of %d Redis replicas acknowledged a write within %d ms",
+                            replicas, self.min_replicas, self.replica_timeout_ms)
+            raise errors.StateUnavailable()
+        return reply
 
     def token(self, upload_id: str) -> str:
         """The fencing token of a lock this process holds on the upload, or '' (no fence)."""
@@ -468,7 +538,7 @@ class RedisStore:
         with mapped_errors():
             await self.backend.client.zadd(self.keys.index, {upload_id: info.created_at})
         await self._pool.run(self._create_file, self.data_path(upload_id))
-        created = await self.backend.script(
+        created = await self.backend.acked_script(
             "create", [self.keys.upload(upload_id), self.keys.tomb(upload_id)],
             [_encode(info), repr(info.created_at)])
         if created != 1:
@@ -507,7 +577,7 @@ class RedisStore:
 
     async def save_info(self, info: UploadInfo, *, durable: bool = True) -> None:
         upload_id = info.upload_id
-        answer = _text(await self.backend.script(
+        answer = _text(await self.backend.acked_script(
             "save_info", [self.keys.upload(upload_id), self.keys.lock(upload_id)],
             [self.backend.token(upload_id), _encode(info)]))
         _raise_for(answer)
@@ -571,7 +641,7 @@ class RedisStore:
         return committed
 
     async def _commit(self, upload_id: str, expected: int, new: int, token: str) -> None:
-        reply = await self.backend.script(
+        reply = await self.backend.acked_script(
             "commit", [self.keys.upload(upload_id), self.keys.lock(upload_id)],
             [token, expected, new, repr(time.time())])
         answer = _text(reply[0])
@@ -599,7 +669,7 @@ class RedisStore:
                         if_offset: int | None = None) -> bool:
         keys = self.keys
         tomb = json.dumps({"reason": reason, "at": time.time()})
-        reply = await self.backend.script(
+        reply = await self.backend.acked_script(
             "terminate", [keys.upload(upload_id), keys.lock(upload_id), keys.tomb(upload_id),
                           keys.ckpt(upload_id), keys.parts(upload_id)],
             [self.backend.token(upload_id), tomb, self._tomb_ttl_ms,

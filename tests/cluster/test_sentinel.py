@@ -1,0 +1,164 @@
+"""The gateway on a Sentinel-watched Redis: a primary, its replica and three Sentinels.
+
+Real processes: the primary is killed with SIGKILL while uploads stream, the Sentinels
+promote the replica, the gateway answers 503 with Retry-After during the switch (and until
+the old primary is back as the new one's replica, as ``--redis-min-replicas 1`` needs one)
+and then goes on. Every acknowledged offset was on the replica before its 204, so none ever
+goes back and every upload finishes exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.state.redis import RedisBackend
+from protocol import errors
+from tests.conftest import GatewayProcess
+from tests.gateway.test_faults import KiB, payload, session_for
+from tests.helpers import TUS, patch_headers, path_of
+from tests.redis_server import SentinelSet
+
+pytestmark = [pytest.mark.allow_blocking, pytest.mark.slow]
+MiB = 1024 * KiB
+
+
+@pytest.fixture(scope="module")
+def sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
+    """Shared by this module's tests (it takes some seconds to start); the failover test
+    runs last, as it leaves another server primary."""
+    setup = SentinelSet(tmp_path_factory.mktemp("sentinel"))
+    try:
+        setup.start()
+        yield setup
+    finally:
+        setup.stop()
+
+
+async def test_writes_wait_for_replicas_or_answer_503(sentinels: SentinelSet) -> None:
+    """The URL finds the primary through the Sentinels; a commit that fewer replicas than
+    asked acknowledge in time is a 503, not a success."""
+    prefix = f"w{uuid.uuid4().hex[:12]}"
+    enough = RedisBackend(sentinels.url, prefix=prefix, min_replicas=1)
+    too_many = RedisBackend(sentinels.url, prefix=prefix, min_replicas=2,
+                            replica_timeout_s=0.2)
+    try:
+        await enough.open()
+        await too_many.open()
+        info = await enough.client.info("replication")
+        assert info["role"] == "master"
+        keys = [enough.keys.lease("probe")]
+        assert await enough.acked_script("hold_lease", keys, ["a", 10_000]) == 1
+        with pytest.raises(errors.StateUnavailable):
+            await too_many.acked_script("hold_lease", keys, ["a", 10_000])
+    finally:
+        await enough.close()
+        await too_many.close()
+
+
+class Uploader:
+    """One upload sent in pieces, resumed after every refusal, that checks what the gateway
+    acknowledges: an offset once acknowledged (204 or HEAD) is never reported lower."""
+
+    def __init__(self, http: aiohttp.ClientSession, data: bytes) -> None:
+        self.http = http
+        self.data = data
+        self.path = ""
+        self.acked = 0
+        self.unavailable = 0  # 503s seen, each with a Retry-After
+        self.trace: list[str] = []  # what happened, for a failure's message
+
+    def saw(self, offset: int) -> None:
+        assert offset >= self.acked, (f"acknowledged {self.acked}, later told {offset}: "
+                                      + " ".join(self.trace[-30:]))
+        self.acked = offset
+
+    async def refused(self, response: aiohttp.ClientResponse) -> None:
+        body = await response.text()
+        self.trace.append(f"{response.method}:{response.status}")
+        if response.status == 503:
+            assert response.headers.get("Retry-After"), body
+            self.unavailable += 1
+        else:
+            # The lock of a request cut off by the failover, until it expires.
+            assert response.status in (409, 423), (response.status, body)
+        await asyncio.sleep(0.1)
+
+    async def run(self, piece: int) -> None:
+        while not self.path:
+            async with self.http.post("/files/", headers={
+                    **TUS, "Upload-Length": str(len(self.data))}) as r:
+                if r.status == 201:
+                    self.path = path_of(r.headers["Location"])
+                else:
+                    await self.refused(r)
+        known = True
+        while self.acked < len(self.data):
+            if not known:
+                async with self.http.head(self.path, headers=TUS) as r:
+                    if r.status != 200:
+                        await self.refused(r)
+                        continue
+                    self.trace.append(f"HEAD:{r.headers['Upload-Offset']}")
+                    self.saw(int(r.headers["Upload-Offset"]))
+                    known = True
+            start = self.acked
+            async with self.http.patch(self.path, data=self.data[start:start + piece],
+                                       headers=patch_headers(start)) as r:
+                if r.status == 204:
+                    self.trace.append(f"PATCH@{start}:{r.headers['Upload-Offset']}")
+                    self.saw(int(r.headers["Upload-Offset"]))
+                else:
+                    known = False
+                    await self.refused(r)
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.timeout(120)
+async def test_a_failover_mid_upload_costs_503s_and_loses_nothing(
+        sentinels: SentinelSet, tmp_path: Path) -> None:
+    gw = GatewayProcess(tmp_path / "spool", [
+        "--redis-url", sentinels.url, "--redis-prefix", f"f{uuid.uuid4().hex[:12]}",
+        "--redis-min-replicas", "1", "--redis-replica-timeout", "0.5", "--lock-ttl", "2",
+        "--lock-wait", "1"])
+    gw.start()
+    old = sentinels.primary()
+    try:
+        async with session_for(gw.port) as http:
+            uploads = [Uploader(http, payload(3 * MiB + 1000 * i, seed=i)) for i in range(3)]
+            tasks = [asyncio.create_task(u.run(128 * KiB)) for u in uploads]
+            # Mid-upload: every upload has bytes acknowledged and more to send.
+            while not all(u.acked for u in uploads):
+                await asyncio.sleep(0.02)
+                for task in tasks:
+                    if task.done():
+                        task.result()
+            assert all(u.acked < len(u.data) for u in uploads)
+            old.kill()
+            new = await asyncio.to_thread(sentinels.wait_for_primary, old)
+            assert not all(task.done() for task in tasks)
+            # Back on its port as the new primary's replica (as an operator brings a failed
+            # primary back), and writes find the replica they wait for again.
+            old.extra_args = ["--replicaof", "127.0.0.1", str(new.port)]
+            await asyncio.to_thread(old.start)
+            async with asyncio.timeout(90):
+                await asyncio.gather(*tasks)
+            assert sum(u.unavailable for u in uploads), "no 503 during the switch"
+            for upload in uploads:
+                async with http.head(upload.path, headers=TUS) as r:
+                    assert r.status == 200
+                    upload.saw(int(r.headers["Upload-Offset"]))
+                async with http.get(upload.path) as r:
+                    assert r.status == 200
+                    body = await r.read()
+                assert hashlib.sha256(body).digest() == hashlib.sha256(upload.data).digest()
+    finally:
+        gw.kill()
+        log = gw.log()
+    assert "Traceback" not in log, log
