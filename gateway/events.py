@@ -310,6 +310,9 @@ class RedisBus(_Fanout):
                  flush_interval_s: float = 0.05) -> None:
         super().__init__(max_subscriptions=max_subscriptions)
         self._client = client
+        # A Redis Cluster client (it knows nodes) refuses PUBLISH in a pipeline: there each
+        # event goes on its own, and the cluster carries it to every node's subscribers.
+        self._pipelined = not hasattr(client, "get_nodes")
         self._keys = keys
         self._max_pending = max_pending
         self._flush_interval_s = flush_interval_s
@@ -385,10 +388,14 @@ class RedisBus(_Fanout):
             if not batch:
                 continue
             try:
-                async with self._client.pipeline(transaction=False) as pipe:
+                if self._pipelined:
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for channel, payload in batch:
+                            pipe.publish(channel, payload)
+                        await pipe.execute()
+                else:
                     for channel, payload in batch:
-                        pipe.publish(channel, payload)
-                    await pipe.execute()
+                        await self._client.publish(channel, payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any Redis failure: the events are lost, not the bus

@@ -251,8 +251,11 @@ class ClusterSet:
     def start(self) -> None:
         for i in range(self.masters):
             server = RedisServer(self.workdir / f"node-{i}")
+            # The cluster bus on a free port of its own: by default it is the port plus
+            # 10000, which may be taken, or past 65535.
             server.extra_args = ["--cluster-enabled", "yes", "--cluster-config-file",
                                  str(server.workdir / "nodes.conf"),
+                                 "--cluster-port", str(_free_port()),
                                  "--cluster-node-timeout", "2000"]
             self.servers.append(server)
             server.start()

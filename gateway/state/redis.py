@@ -312,10 +312,9 @@ class RedisBackend:
             return
         keys = self.keys
         with mapped_errors():
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.set(keys.release(upload_id), b"1", px=RELEASE_FLAG_TTL_MS)
-                pipe.publish(keys.release_channel, upload_id.encode())
-                await pipe.execute()
+            # Two commands, not a pipeline: a cluster client refuses PUBLISH in one.
+            await self.client.set(keys.release(upload_id), b"1", px=RELEASE_FLAG_TTL_MS)
+            await self.client.publish(keys.release_channel, upload_id.encode())
 
     async def _listen(self) -> None:
         """Hear "please let go" from every instance; reconnect for as long as we run."""

@@ -1,0 +1,226 @@
+"""The gateway on a real Redis Cluster of three primaries (``redis+cluster://``).
+
+Every state contract suite that runs on one Redis runs here again, on the cluster: each of
+an upload's scripts and transactions must keep to one slot (a cluster refuses the rest with
+CROSSSLOT), and what a test creates spreads over the three primaries. So do live events
+between two instances. Then uploads through two gateway processes, spread over the slots,
+with a request on one instance making the other let go (pub/sub across the cluster), each
+file exact at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from gateway.aio import IoPool
+from gateway.config import FsyncPolicy
+from gateway.state.base import CoreStore, Locker
+from gateway.state.redis import RedisBackend, RedisLocker, RedisStore
+from tests.cluster import test_events_across_instances
+from tests.conftest import GatewayProcess
+from tests.gateway.test_faults import KiB, payload, session_for
+from tests.helpers import TUS, patch_headers, path_of
+from tests.redis_server import ClusterSet
+from tests.state import (
+    test_checkpoints,
+    test_concatenation,
+    test_contract,
+    test_expiry_index,
+    test_leases,
+    test_locks,
+    test_open_slots,
+    test_owed_work,
+    test_owners,
+)
+from tests.state.stores import StoreFactory
+
+pytestmark = pytest.mark.allow_blocking  # fixtures wait on processes on purpose
+MiB = 1024 * KiB
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSet]:
+    cluster = ClusterSet(tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@dataclass
+class _ClusterAddress:
+    """What the suites below read of their ``redis_server``: where to connect."""
+
+    url: str
+
+
+@pytest.fixture
+def redis_server(redis_cluster: ClusterSet) -> _ClusterAddress:
+    """The suites' single Redis, replaced by the cluster for this module."""
+    return _ClusterAddress(redis_cluster.url)
+
+
+@pytest.fixture(params=["redis"])  # the suites ask which store they run on
+async def open_store(redis_server: _ClusterAddress,
+                     tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """``tests.state.stores.store_fixture``'s Redis store, on the cluster."""
+    pool = IoPool(4)
+    opened: list[tuple[CoreStore, RedisBackend]] = []
+    prefix = f"k{uuid.uuid4().hex[:12]}"
+
+    async def factory() -> CoreStore:
+        for old, old_backend in opened:
+            await old.close()
+            await old_backend.close()
+        backend = RedisBackend(redis_server.url, prefix=prefix)
+        await backend.open()
+        store = RedisStore(backend, tmp_path / "data", pool, fsync=FsyncPolicy.ACK,
+                           write_buffer_bytes=64 * 1024, commit_interval_bytes=256 * 1024,
+                           sync_interval_bytes=256 * 1024, tombstone_ttl_s=3600)
+        await store.open()
+        opened.append((store, backend))
+        return store
+
+    yield factory
+    for store, backend in opened:
+        await store.close()
+        await backend.close()
+    await asyncio.get_running_loop().run_in_executor(None, pool.close)
+
+
+@pytest.fixture(params=["redis"])
+async def lockers(redis_server: _ClusterAddress) -> AsyncIterator[test_locks.LockerFactory]:
+    """``tests.state.test_locks.lockers``: one locker per instance, on the cluster."""
+    backends: list[RedisBackend] = []
+    prefix = f"l{uuid.uuid4().hex[:12]}"
+
+    async def factory() -> Locker:
+        backend = RedisBackend(redis_server.url, prefix=prefix, lock_ttl_s=1.0)
+        await backend.open()
+        backends.append(backend)
+        return RedisLocker(backend)
+
+    yield factory
+    for backend in backends:
+        await backend.close()
+
+
+@pytest.fixture
+async def locker(lockers: test_locks.LockerFactory) -> Locker:
+    return await lockers()
+
+
+# The suites' tests, collected here once more under their module's name.
+for _suite in (test_contract, test_checkpoints, test_concatenation, test_expiry_index,
+               test_leases, test_locks, test_open_slots, test_owed_work, test_owners,
+               test_events_across_instances):
+    _short = _suite.__name__.rsplit(".", 1)[1].removeprefix("test_")
+    for _name, _test in list(vars(_suite).items()):
+        if _name.startswith("test_") and callable(_test):
+            globals()[f"test_{_short}__{_name.removeprefix('test_')}"] = _test
+
+
+def _keys_per_node(cluster: ClusterSet, prefix: str) -> list[int]:
+    counts = []
+    for server in cluster.servers:
+        client = redis.Redis(host="127.0.0.1", port=server.port)
+        try:
+            counts.append(sum(1 for _ in client.scan_iter(f"{prefix}:{{*", count=1000)))
+        finally:
+            client.close()
+    return counts
+
+
+@pytest.mark.timeout(120)
+async def test_uploads_spread_over_the_slots_and_instances_let_go_of_each_other(
+        redis_cluster: ClusterSet, tmp_path: Path) -> None:
+    prefix = f"u{uuid.uuid4().hex[:12]}"
+    spool = tmp_path / "spool"
+    gateways = [GatewayProcess(spool, ["--redis-url", redis_cluster.url, "--redis-prefix",
+                                       prefix, "--lock-ttl", "30"]) for _ in range(2)]
+    for gw in gateways:
+        gw.start()
+    try:
+        sessions = [session_for(gw.port) for gw in gateways]
+        uploads = [payload(MiB + 777 * i, seed=i) for i in range(9)]
+
+        async def send(i: int, data: bytes) -> str:
+            # Creation on one instance, the bytes through both in turn.
+            first = sessions[i % 2]
+            async with first.post("/files/", headers={
+                    **TUS, "Upload-Length": str(len(data))}) as r:
+                assert r.status == 201, await r.text()
+                path = path_of(r.headers["Location"])
+            offset, turn = 0, i
+            while offset < len(data):
+                http = sessions[turn % 2]
+                async with http.patch(path, data=io.BytesIO(data[offset:offset + 256 * KiB]),
+                                      headers=patch_headers(offset)) as r:
+                    assert r.status == 204, await r.text()
+                    new = int(r.headers["Upload-Offset"])
+                assert new > offset
+                offset, turn = new, turn + 1
+            return path
+
+        paths = await asyncio.gather(*(send(i, d) for i, d in enumerate(uploads)))
+        # Every primary holds some uploads' keys: the uploads spread over the slots.
+        assert all(_keys_per_node(redis_cluster, prefix)), _keys_per_node(redis_cluster, prefix)
+
+        # A PATCH that stalls on one instance is made to let go by a PATCH on the other.
+        data = payload(2 * MiB, seed=99)
+        async with sessions[0].post("/files/", headers={
+                **TUS, "Upload-Length": str(len(data))}) as r:
+            stalled_path = path_of(r.headers["Location"])
+
+        async def trickle() -> Any:
+            yield data[:64 * KiB]
+            await asyncio.sleep(30)  # stalls with the lock held
+            yield data[64 * KiB:128 * KiB]
+
+        stalled = asyncio.create_task(sessions[0].patch(
+            stalled_path, data=trickle(), headers=patch_headers(0)))
+        try:
+            offset = 0
+            async with asyncio.timeout(10):
+                while offset == 0:
+                    await asyncio.sleep(0.1)
+                    async with sessions[1].head(stalled_path, headers=TUS) as r:
+                        offset = int(r.headers["Upload-Offset"])
+            # The holder extends its 30 s lock every 10 s, when it would see the release
+            # flag: only the request heard over pub/sub lets this PATCH in sooner.
+            started = time.monotonic()
+            async with sessions[1].patch(stalled_path, data=io.BytesIO(data[offset:]),
+                                         headers=patch_headers(offset)) as r:
+                assert r.status == 204, await r.text()
+            assert time.monotonic() - started < 5
+        finally:
+            stalled.cancel()
+            # Answered already (the holder let go, its body cut short) or cancelled here.
+            with contextlib.suppress(BaseException):
+                (await stalled).release()
+        for path, data_sent in [*zip(paths, uploads, strict=True), (stalled_path, data)]:
+            async with sessions[1].get(path) as r:
+                assert r.status == 200
+                body = await r.read()
+            assert hashlib.sha256(body).digest() == hashlib.sha256(data_sent).digest()
+        for http in sessions:
+            await http.close()
+    finally:
+        logs = []
+        for gw in gateways:
+            gw.kill()
+            logs.append(gw.log())
+    assert not any("Traceback" in log for log in logs), logs
