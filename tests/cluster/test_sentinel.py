@@ -11,21 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib
+import importlib.util
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
+from gateway.config import GatewayConfig
 from gateway.state.redis import RedisBackend
+from gateway.state.redis_url import parse_redis_url
 from protocol import errors
-from tests.conftest import GatewayProcess
+from tests.conftest import ROOT, GatewayProcess
 from tests.gateway.test_faults import KiB, payload, session_for
 from tests.helpers import TUS, patch_headers, path_of
 from tests.redis_server import SentinelSet
 
-pytestmark = [pytest.mark.allow_blocking, pytest.mark.slow]
+pytestmark = pytest.mark.allow_blocking  # the fixture waits on processes on purpose
 MiB = 1024 * KiB
 
 
@@ -41,6 +47,7 @@ def sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]
         setup.stop()
 
 
+@pytest.mark.slow
 async def test_writes_wait_for_replicas_or_answer_503(sentinels: SentinelSet) -> None:
     """The URL finds the primary through the Sentinels; a commit that fewer replicas than
     asked acknowledge in time is a 503, not a success."""
@@ -120,6 +127,7 @@ class Uploader:
             await asyncio.sleep(0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_a_failover_mid_upload_costs_503s_and_loses_nothing(
         sentinels: SentinelSet, tmp_path: Path) -> None:
@@ -162,3 +170,27 @@ async def test_a_failover_mid_upload_costs_503s_and_loses_nothing(
         gw.kill()
         log = gw.log()
     assert "Traceback" not in log, log
+
+
+def test_the_compose_sentinel_variant_names_its_own_services() -> None:
+    """deploy/compose.sentinel.yaml: the gateways' settings are valid, name the Sentinels it
+    runs and the service they monitor, and wait for no more replicas than it runs."""
+    text = (ROOT / "deploy" / "compose.sentinel.yaml").read_text()
+    services = set(re.findall(r"^  ([a-z][a-z0-9-]*):", text, re.MULTILINE))
+    environ = dict(re.findall(r"^    ((?:REDIS|TUS)_[A-Z_]+): \"?([^\"\n]+)\"?$", text,
+                              re.MULTILINE))
+    config = GatewayConfig.from_env(environ).validate()
+    target = parse_redis_url(config.redis.url)
+    assert target.kind == "sentinel"
+    assert {host for host, _ in target.nodes} <= services
+    monitor = re.search(r"'sentinel monitor (\S+) (\S+) (\d+) (\d+)'", text)
+    assert monitor is not None
+    assert monitor[1] == target.service and monitor[2] in services
+    replicas = len(re.findall(r'"--replicaof", "redis"', text))
+    assert 1 <= config.redis.min_replicas <= replicas
+    if importlib.util.find_spec("yaml") is not None:  # the whole file, where PyYAML is
+        yaml: Any = importlib.import_module("yaml")
+        parsed = yaml.safe_load(text)
+        assert set(parsed["services"]) == services
+        for name in ("gateway1", "gateway2", "gateway3"):
+            assert parsed["services"][name]["environment"]["REDIS_URL"] == config.redis.url
