@@ -22,7 +22,6 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from aiohttp import web
@@ -30,7 +29,7 @@ from aiohttp import web
 from gateway import screening
 from gateway.aio import IoPool, stop_tasks
 from gateway.clock import SYSTEM_CLOCK, Clock
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, mask_url_password
 from gateway.cors import setup_cors
 from gateway.events import EventBus, LocalBus, RedisBus
 from gateway.forward_auth import ForwardAuth
@@ -103,13 +102,9 @@ class StartupError(RuntimeError):
 
 
 def _safe_url(url: str) -> str:
-    """The URL without its password, fit for a log line."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL without its password, fit for a log line (also with several hosts, as a
+    Sentinel or cluster URL has)."""
+    return mask_url_password(url)
 
 
 async def _redis_module() -> Any:

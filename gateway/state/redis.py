@@ -72,7 +72,10 @@ log = logging.getLogger(__name__)
 # 503 with Retry-After, not a 500.
 _UNAVAILABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError,
                 redis_errors.ReadOnlyError, redis_errors.TryAgainError,
-                redis_errors.OutOfMemoryError, OSError)
+                redis_errors.OutOfMemoryError, OSError,
+                # A Redis Cluster failing over, resharding, or out of reach altogether.
+                redis_errors.ClusterError, redis_errors.SlotNotCoveredError,
+                redis_errors.RedisClusterUnreachableError)
 # Likewise a Redis that refuses writes because it cannot save to its own disk.
 _REFUSING_WRITES = ("MISCONF",)
 
@@ -163,7 +166,8 @@ def connect(url: str, *, max_connections: int) -> tuple[aioredis.Redis, list[aio
         from redis.asyncio.sentinel import Sentinel
         sentinels = Sentinel(
             list(target.nodes),
-            sentinel_kwargs={"socket_connect_timeout": 2.0, "socket_timeout": 2.0})
+            sentinel_kwargs={"socket_connect_timeout": 2.0, "socket_timeout": 2.0,
+                             **_driver_info()})
         # Each new connection asks the Sentinels where the primary is; one that finds it
         # demoted (READONLY) drops the pool's connections, so a failover costs the
         # requests in flight a 503 and no more.

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
+from gateway.app import StartupError
 from gateway.config import GatewayConfig
 from gateway.state.redis_url import parse_redis_url
+from tests.conftest import free_port
+from tests.gateway.test_startup import failed_start
 
 
 def test_single_cluster_and_sentinel_forms() -> None:
@@ -40,3 +46,21 @@ def test_replica_settings_are_checked() -> None:
                 {"redis_url": "redis+cluster://h:7000", "redis_min_replicas": 1}):
         with pytest.raises(ValueError, match="redis_"):
             GatewayConfig.from_settings(**bad).validate()
+
+
+async def test_a_sentinel_url_that_reaches_nothing_stops_the_start_plainly(
+        tmp_path: Path) -> None:
+    """No Sentinel answers: the start fails with the URL, its password masked."""
+    port = free_port()  # nothing listens there
+    url = f"redis+sentinel://:secret@127.0.0.1:{port},127.0.0.1:{port}/tus"
+    config = GatewayConfig.from_env({}, data_dir=tmp_path / "d", redis_url=url)
+    masked = re.escape(f"redis+sentinel://:***@127.0.0.1:{port},127.0.0.1:{port}/tus")
+    await failed_start(config, StartupError, f"^cannot reach Redis at {masked}: ")
+
+
+async def test_a_cluster_url_that_reaches_nothing_stops_the_start_plainly(
+        tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    url = f"redis+cluster://127.0.0.1:{port}"
+    config = GatewayConfig.from_env({}, data_dir=tmp_path / "d", redis_url=url)
+    await failed_start(config, StartupError, f"^cannot reach Redis at {re.escape(url)}: ")
