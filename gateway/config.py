@@ -415,13 +415,9 @@ class GatewayConfig:
         redis = self.redis
         if redis.url:
             try:
-                target = parse_redis_url(redis.url)
+                parse_redis_url(redis.url)
             except ValueError as exc:
                 problems.append(f"redis_url {exc}")
-            else:
-                if target.kind == "cluster" and redis.min_replicas:
-                    problems.append("redis_min_replicas is not supported with "
-                                    "redis+cluster:// yet (WAIT runs per node)")
         if not 0 <= redis.min_replicas <= 16:
             problems.append("redis_min_replicas must be 0 to 16")
         if not 0.01 <= redis.replica_timeout_s <= 60:

@@ -238,10 +238,12 @@ def _online_replicas(client: redis.Redis) -> int:
 
 @dataclass
 class ClusterSet:
-    """A Redis Cluster of three primaries and no replicas, its slots split evenly."""
+    """A Redis Cluster of three primaries (and ``replicas`` replicas each), its slots
+    split evenly."""
 
     workdir: Path
     masters: int = 3
+    replicas: int = 0
     servers: list[RedisServer] = field(default_factory=list)
 
     @property
@@ -249,7 +251,7 @@ class ClusterSet:
         return f"redis+cluster://127.0.0.1:{self.servers[0].port}"
 
     def start(self) -> None:
-        for i in range(self.masters):
+        for i in range(self.masters * (1 + self.replicas)):
             server = RedisServer(self.workdir / f"node-{i}")
             # The cluster bus on a free port of its own: by default it is the port plus
             # 10000, which may be taken, or past 65535.
@@ -262,12 +264,17 @@ class ClusterSet:
         cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
         subprocess.run([cli, "--cluster", "create",
                         *(f"127.0.0.1:{s.port}" for s in self.servers),
-                        "--cluster-replicas", "0", "--cluster-yes"],
+                        "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                        check=True, capture_output=True, timeout=30)
         clients = [_sync_client(s.port) for s in self.servers]
         _wait("the cluster did not come up",
               lambda: all(c.cluster("INFO").get("cluster_state") == "ok" for c in clients),
               20, self.logs)
+        if self.replicas:
+            primaries = [c for c in clients if c.info("replication")["role"] == "master"]
+            _wait("the replicas did not catch up",
+                  lambda: all(_online_replicas(c) == self.replicas for c in primaries),
+                  20, self.logs)
 
     def stop(self) -> None:
         for server in self.servers:

@@ -278,10 +278,26 @@ class RedisBackend:
         """``script`` for a write that a client is told about (an offset, a record): with
         ``min_replicas``, it counts only once that many replicas have it, so a failover to
         one of them cannot take it back. WAIT covers the writes made on its own connection,
-        so the script and the WAIT go in one pipeline (one connection). Fewer replicas in
-        time is a 503: the write may be lost, the client asks again and finds the truth."""
+        so the script and the WAIT go in one pipeline (one connection; on a cluster, one
+        connection of the keys' primary). Fewer replicas in time is a 503: the write may
+        be lost, the client asks again and finds the truth."""
         if self.min_replicas <= 0:
             return await self.script(name, keys, args)
+        if hasattr(self.client, "get_nodes"):
+            reply, replicas = await self._on_node_then_wait(name, keys, args)
+        else:
+            reply, replicas = await self._then_wait(name, keys, args)
+        if int(replicas) < self.min_replicas:
+            now = time.monotonic()
+            if now - _last_logged[0] > 5.0:
+                _last_logged[0] = now
+                log.warning("only %s of %d Redis replicas acknowledged a write within %d ms",
+                            replicas, self.min_replicas, self.replica_timeout_ms)
+            raise errors.StateUnavailable()
+        return reply
+
+    async def _then_wait(self, name: str, keys: Sequence[str],
+                         args: Sequence[Any]) -> tuple[Any, Any]:
         with mapped_errors():
             async with self.client.pipeline(transaction=False) as pipe:
                 await self._scripts[name](keys=list(keys), args=list(args), client=pipe)
@@ -294,14 +310,43 @@ class RedisBackend:
                     if "cannot be used with replica" in str(exc):
                         raise errors.StateUnavailable() from exc
                     raise
-        if int(replicas) < self.min_replicas:
-            now = time.monotonic()
-            if now - _last_logged[0] > 5.0:
-                _last_logged[0] = now
-                log.warning("only %s of %d Redis replicas acknowledged a write within %d ms",
-                            replicas, self.min_replicas, self.replica_timeout_ms)
-            raise errors.StateUnavailable()
-        return reply
+        return reply, replicas
+
+    async def _on_node_then_wait(self, name: str, keys: Sequence[str],
+                                 args: Sequence[Any]) -> tuple[Any, Any]:
+        """``_then_wait`` on a Redis Cluster, whose pipelines send WAIT (a command without
+        a key) to every primary on other connections: the script and its WAIT go on one
+        connection of the primary that holds the keys' slot."""
+        cluster: Any = self.client
+        script = self._scripts[name]
+        with mapped_errors():
+            node = cluster.get_node_from_key(keys[0])
+            connection = node.acquire_connection()
+            try:
+                for _ in range(2):
+                    await connection.send_packed_command(connection.pack_commands([
+                        ("EVALSHA", script.sha, len(keys), *keys, *args),
+                        ("WAIT", self.min_replicas, self.replica_timeout_ms)]))
+                    try:
+                        reply = await connection.read_response()
+                    except redis_errors.NoScriptError:
+                        await connection.read_response()  # the WAIT's answer
+                        await connection.send_packed_command(
+                            connection.pack_command("SCRIPT", "LOAD", script.script))
+                        await connection.read_response()
+                        continue
+                    return reply, await connection.read_response()
+                raise RuntimeError(f"Redis forgets the script {name!r}")
+            except redis_errors.AskError as exc:  # MOVED too: the slot moved meanwhile
+                await connection.disconnect()
+                cluster._initialize = True  # the client reads the slots again
+                raise errors.StateUnavailable() from exc
+            except BaseException:
+                # An answer may still be on its way: the connection is not reused.
+                await connection.disconnect()
+                raise
+            finally:
+                node.release(connection)
 
     def token(self, upload_id: str) -> str:
         """The fencing token of a lock this process holds on the upload, or '' (no fence)."""

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -28,11 +29,12 @@ from gateway.aio import IoPool
 from gateway.config import FsyncPolicy
 from gateway.state.base import CoreStore, Locker
 from gateway.state.redis import RedisBackend, RedisLocker, RedisStore
+from protocol import errors
 from tests.cluster import test_events_across_instances
 from tests.conftest import GatewayProcess
 from tests.gateway.test_faults import KiB, payload, session_for
 from tests.helpers import TUS, patch_headers, path_of
-from tests.redis_server import ClusterSet
+from tests.redis_server import ClusterSet, RedisServer
 from tests.state import (
     test_checkpoints,
     test_concatenation,
@@ -44,7 +46,7 @@ from tests.state import (
     test_owed_work,
     test_owners,
 )
-from tests.state.stores import StoreFactory
+from tests.state.stores import StoreFactory, chunks, new_info
 
 pytestmark = pytest.mark.allow_blocking  # fixtures wait on processes on purpose
 MiB = 1024 * KiB
@@ -131,6 +133,14 @@ for _suite in (test_contract, test_checkpoints, test_concatenation, test_expiry_
     for _name, _test in list(vars(_suite).items()):
         if _name.startswith("test_") and callable(_test):
             globals()[f"test_{_short}__{_name.removeprefix('test_')}"] = _test
+
+
+def _role(server: RedisServer) -> str:
+    client = redis.Redis(host="127.0.0.1", port=server.port)
+    try:
+        return str(client.info("replication")["role"])
+    finally:
+        client.close()
 
 
 def _keys_per_node(cluster: ClusterSet, prefix: str) -> list[int]:
@@ -224,3 +234,57 @@ async def test_uploads_spread_over_the_slots_and_instances_let_go_of_each_other(
             gw.kill()
             logs.append(gw.log())
     assert not any("Traceback" in log for log in logs), logs
+
+
+@pytest.mark.timeout(60)
+async def test_on_a_cluster_with_replicas_writes_wait_for_them_or_answer_503(
+        tmp_path: Path) -> None:
+    """Each upload's commit waits for the replica of the primary that holds its slot; a
+    wait for more replicas than there are is a 503, not a success."""
+    cluster = ClusterSet(tmp_path / "replicated", replicas=1)
+    pool = IoPool(2)
+    backends: list[RedisBackend] = []
+    try:
+        await asyncio.to_thread(cluster.start)
+        prefix = f"r{uuid.uuid4().hex[:12]}"
+        stores = []
+        for wanted in (1, 2):
+            backend = RedisBackend(cluster.url, prefix=prefix, min_replicas=wanted,
+                                   replica_timeout_s=0.2)
+            backends.append(backend)
+            await backend.open()
+            stores.append(RedisStore(backend, tmp_path / "data", pool,
+                                     fsync=FsyncPolicy.OFF, write_buffer_bytes=64 * 1024,
+                                     commit_interval_bytes=64 * 1024,
+                                     sync_interval_bytes=64 * 1024, tombstone_ttl_s=3600))
+        enough, too_many = stores
+        await enough.open()
+        infos = [new_info(1000 + n, length=20) for n in range(12)]
+        for info in infos:  # over every primary's slots
+            await enough.create(info)
+            assert await enough.append(info.upload_id, 0, chunks(b"x" * 10),
+                                       max_bytes=None, checksum=None) == 10
+        # Every node holds some: each primary's slots (and their replicas).
+        assert all(_keys_per_node(cluster, prefix)), _keys_per_node(cluster, prefix)
+        with pytest.raises(errors.StateUnavailable):
+            await too_many.save_info(infos[0].replace(metadata={"k": b"v"}))
+        # Replicas that stop acknowledging: the WAIT is for this very write (on its own
+        # connection), so it is refused even though the replicas have all older ones.
+        replicas = [s for s in cluster.servers if _role(s) == "slave"]
+        for server in replicas:
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGSTOP)
+        try:
+            for info in infos[:3]:
+                with pytest.raises(errors.StateUnavailable):
+                    await enough.append(info.upload_id, 10, chunks(b"y" * 10),
+                                        max_bytes=None, checksum=None)
+        finally:
+            for server in replicas:
+                assert server.proc is not None
+                server.proc.send_signal(signal.SIGCONT)
+    finally:
+        for backend in backends:
+            await backend.close()
+        await asyncio.to_thread(cluster.stop)
+        await asyncio.get_running_loop().run_in_executor(None, pool.close)

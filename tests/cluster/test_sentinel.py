@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import importlib.util
 import re
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,6 +65,20 @@ async def test_writes_wait_for_replicas_or_answer_503(sentinels: SentinelSet) ->
         assert await enough.acked_script("hold_lease", keys, ["a", 10_000]) == 1
         with pytest.raises(errors.StateUnavailable):
             await too_many.acked_script("hold_lease", keys, ["a", 10_000])
+        # A replica that stops acknowledging: this very write is not on it in time.
+        primary = sentinels.primary()
+        replicas = [s for s in sentinels.servers if s is not primary and s.ping()]
+        for server in replicas:
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGSTOP)
+        try:
+            enough.replica_timeout_ms = 200
+            with pytest.raises(errors.StateUnavailable):
+                await enough.acked_script("hold_lease", keys, ["a", 10_000])
+        finally:
+            for server in replicas:
+                assert server.proc is not None
+                server.proc.send_signal(signal.SIGCONT)
     finally:
         await enough.close()
         await too_many.close()
