@@ -17,6 +17,7 @@ import re
 import signal
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from gateway.config import GatewayConfig
 from gateway.state.redis import RedisBackend
 from gateway.state.redis_url import parse_redis_url
 from protocol import errors
+from tests.cluster import test_events_across_instances
 from tests.conftest import ROOT, GatewayProcess
 from tests.gateway.test_faults import KiB, payload, session_for
 from tests.helpers import TUS, patch_headers, path_of
@@ -46,6 +48,22 @@ def sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]
         yield setup
     finally:
         setup.stop()
+
+
+@dataclass
+class _SentinelAddress:
+    url: str
+
+
+@pytest.fixture
+def redis_server(sentinels: SentinelSet) -> _SentinelAddress:
+    """The single Redis of the test below, replaced by the Sentinel-watched primary."""
+    return _SentinelAddress(sentinels.url)
+
+
+# Live events between two instances, through the primary the Sentinels name.
+test_events_follow_bytes_sent_to_another_instance = (
+    test_events_across_instances.test_a_stream_on_one_instance_follows_bytes_sent_to_another)
 
 
 @pytest.mark.slow
