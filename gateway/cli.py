@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     del upload  # its arguments are the uploader's own: main() hands them over unparsed
     def notion_flags(target: argparse.ArgumentParser) -> None:
         for f in settings():
-            if f.name.startswith("notion_"):
+            if f.name.startswith("notion_") and not isinstance(f.default, bool):
                 target.add_argument("--" + option_name(f.name), dest=f.name, default=None,
                                     metavar=_metavar(f.name),
                                     help=docs.get(f.name, "").replace("%", "%%"))
@@ -221,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "notion":
         return notion_commands.run(args, config.notion)
-    if config.sink == "notion" and (problems := notion_commands.check_at_start(config.notion)):
+    if config.sink == "notion" and config.notion.check_at_start and (
+            problems := notion_commands.check_at_start(config.notion)):
         for problem in problems:  # a wrong setting stops the gateway before it listens
             print(f"tus-gateway: notion: {problem}", file=sys.stderr)
         return 2

@@ -104,7 +104,8 @@ async def check(settings: NotionSettings, *, per_user: bool = True) -> Report:
         try:
             limit = await resilient.run(client.upload_limit)
         except SinkError as exc:
-            report.problems.append(f"the token is refused ({exc})")
+            report.problems.append(f"the token is refused ({exc})" if exc.status in (401, 403)
+                                   else f"Notion does not answer as it should ({exc})")
             return report
         report.ok.append(f"the token works (Notion-Version {settings.version})")
         if limit is None:

@@ -73,6 +73,10 @@ class NotionSettings:
     scan_s: float = 10.0
     """How often each instance looks for drains that nobody runs (their instance died) and
     for failed deliveries due for a retry."""
+    check_at_start: bool = True
+    """Before it listens, `serve --sink notion` checks the token, both databases and their
+    data sources and properties (as `tus-gateway notion check` does) and stops on a
+    problem."""
     limit_refresh_s: float = 600.0
     """How often the workspace's file upload limit is read again (it is read at start): a
     creation above it answers 413, and Tus-Max-Size says it."""
