@@ -5,7 +5,9 @@ an upload's scripts and transactions must keep to one slot (a cluster refuses th
 CROSSSLOT), and what a test creates spreads over the three primaries. So do live events
 between two instances. Then uploads through two gateway processes, spread over the slots,
 with a request on one instance making the other let go (pub/sub across the cluster), each
-file exact at the end.
+file exact at the end. On a cluster with replicas: writes wait for the replica of their
+slot's primary, and the Sentinel failover test runs again, the cluster promoting the
+replica of a primary killed mid-upload.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from gateway.state.base import CoreStore, Locker
 from gateway.state.redis import RedisBackend, RedisLocker, RedisStore
 from protocol import errors
 from tests.cluster import test_events_across_instances
+from tests.cluster.test_sentinel import Uploader
 from tests.conftest import GatewayProcess
-from tests.gateway.test_faults import KiB, payload, session_for
+from tests.gateway.test_faults import KiB, id_of, payload, session_for
 from tests.helpers import TUS, patch_headers, path_of
 from tests.redis_server import ClusterSet, RedisServer
 from tests.state import (
@@ -236,6 +239,7 @@ async def test_uploads_spread_over_the_slots_and_instances_let_go_of_each_other(
     assert not any("Traceback" in log for log in logs), logs
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_on_a_cluster_with_replicas_writes_wait_for_them_or_answer_503(
         tmp_path: Path) -> None:
@@ -288,3 +292,82 @@ async def test_on_a_cluster_with_replicas_writes_wait_for_them_or_answer_503(
             await backend.close()
         await asyncio.to_thread(cluster.stop)
         await asyncio.get_running_loop().run_in_executor(None, pool.close)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+async def test_a_primary_killed_mid_upload_costs_503s_and_loses_nothing(
+        tmp_path: Path) -> None:
+    """The Sentinel failover test on a cluster of three primaries with a replica each:
+    uploads spread over the slots, one primary is killed with SIGKILL, the cluster
+    promotes its replica; 503s with Retry-After meanwhile, then every upload finishes
+    exact and no offset ever goes back."""
+    cluster = ClusterSet(tmp_path / "replicated", replicas=1)
+    await asyncio.to_thread(cluster.start)
+    gw = GatewayProcess(tmp_path / "spool", [
+        "--redis-url", cluster.url, "--redis-prefix", f"f{uuid.uuid4().hex[:12]}",
+        "--redis-min-replicas", "1", "--redis-replica-timeout", "0.5", "--lock-ttl", "2",
+        "--lock-wait", "1"])
+    try:
+        gw.start()
+        async with session_for(gw.port) as http:
+            uploads = [Uploader(http, payload(2 * MiB + 1000 * i, seed=i)) for i in range(6)]
+            tasks = [asyncio.create_task(u.run(128 * KiB)) for u in uploads]
+            while not all(u.acked for u in uploads):
+                await asyncio.sleep(0.02)
+                for task in tasks:
+                    if task.done():
+                        task.result()
+            assert all(u.acked < len(u.data) for u in uploads)
+            # The primary of the first upload's slot.
+            key = f"{{{id_of(uploads[0].path)}}}"
+            victim = _primary_of(cluster, key)
+            victim.kill()
+            promoted = await asyncio.to_thread(_wait_promoted, cluster, victim, key)
+            # Back as the new primary's replica (a returning primary of a cluster is made
+            # one), so writes there find the replica they wait for again.
+            await asyncio.to_thread(victim.start)
+            async with asyncio.timeout(120):
+                await asyncio.gather(*tasks)
+            assert promoted is not victim
+            assert sum(u.unavailable for u in uploads), "no 503 during the switch"
+            for upload in uploads:
+                async with http.head(upload.path, headers=TUS) as r:
+                    assert r.status == 200
+                    upload.saw(int(r.headers["Upload-Offset"]))
+                async with http.get(upload.path) as r:
+                    assert r.status == 200
+                    body = await r.read()
+                assert hashlib.sha256(body).digest() == hashlib.sha256(upload.data).digest()
+    finally:
+        gw.kill()
+        log = gw.log()
+        await asyncio.to_thread(cluster.stop)
+    assert "Traceback" not in log, log
+
+
+def _primary_of(cluster: ClusterSet, key: str,
+                avoid: RedisServer | None = None) -> RedisServer:
+    """The primary that serves the key's slot, as a node other than ``avoid`` sees it."""
+    asked = next(s for s in cluster.servers if s is not avoid)
+    client = redis.Redis(host="127.0.0.1", port=asked.port)
+    try:
+        slot = int(client.cluster("KEYSLOT", key))
+        for start, end, primary, *_ in client.cluster("SLOTS"):
+            if start <= slot <= end:
+                return next(s for s in cluster.servers if s.port == int(primary[1]))
+    finally:
+        client.close()
+    raise AssertionError(f"no primary serves slot {slot}")
+
+
+def _wait_promoted(cluster: ClusterSet, victim: RedisServer, key: str) -> RedisServer:
+    """The node that serves the key's slot once the cluster has failed over."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(redis.RedisError, AssertionError):
+            primary = _primary_of(cluster, key, avoid=victim)
+            if primary is not victim:
+                return primary
+        time.sleep(0.1)
+    raise AssertionError(f"the cluster promoted no replica: {cluster.logs()}")
