@@ -227,7 +227,8 @@ class NotionClient:
         answer = await self.retrieve_database(database_id)
         found = [s["id"] for s in answer.get("data_sources") or ()
                  if isinstance(s, dict) and isinstance(s.get("id"), str)]
-        sources = [notion_id(s) or s for s in found]
+        # Only ids of Notion's shape ever go into a request path.
+        sources = [source for s in found if (source := notion_id(s)) is not None]
         chosen = self._chosen.get(key)
         if chosen is not None and chosen not in sources:
             raise Permanent(f"the data source {chosen} chosen for the Notion database {key} "
