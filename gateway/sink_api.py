@@ -143,13 +143,19 @@ class LimitsFileSize(abc.ABC):
     def max_file_size(self) -> int | None:
         """The largest file the remote takes now, in bytes; None while it is not known."""
 
+    # What the limit is, in words a client reads in the 413 ("the Notion workspace's file
+    # upload limit").
+    file_size_limit_name: str = "the sink's file size limit"
+
 
 def sink_limited(settings: ProtocolSettings, sink: object) -> ProtocolSettings:
     """``settings`` with ``max_size`` lowered to what ``sink`` takes (``LimitsFileSize``)."""
-    limit = sink.max_file_size() if isinstance(sink, LimitsFileSize) else None
+    if not isinstance(sink, LimitsFileSize):
+        return settings
+    limit = sink.max_file_size()
     if limit is None or (settings.max_size is not None and settings.max_size <= limit):
         return settings
-    return dataclasses.replace(settings, max_size=limit)
+    return dataclasses.replace(settings, max_size=limit, max_size_by=sink.file_size_limit_name)
 
 
 # --- what the gateway lends a sink -----------------------------------------------------------

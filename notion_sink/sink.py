@@ -188,6 +188,8 @@ class NotionSink(ReportsProgress, Retrying, HasBreaker, SendsEarly, NeedsCheckpo
             return  # nothing to send before the end (or not yet known)
         self.drains.start(info.upload_id)
 
+    file_size_limit_name = "the Notion workspace's file upload limit"
+
     def max_file_size(self) -> int | None:
         return self.upload_limit
 

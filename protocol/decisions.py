@@ -51,6 +51,9 @@ ALL_EXTENSIONS = ("creation", "creation-with-upload", "creation-defer-length", "
 class ProtocolSettings:
     base_path: str = "/files/"
     max_size: int | None = None  # None: no limit, and no Tus-Max-Size header
+    # Who set ``max_size`` when it is not the gateway's own --max-size (a sink's remote, such
+    # as a Notion workspace's file upload limit): named in the 413, so the client knows why.
+    max_size_by: str | None = None
     max_metadata_bytes: int = 4096
     expire_after_s: float | None = 86400.0  # None: uploads never expire
     max_concat_parts: int = 1000
@@ -182,7 +185,10 @@ def _has_extension(settings: ProtocolSettings, name: str) -> bool:
 
 def _check_size(length: int, settings: ProtocolSettings) -> None:
     if settings.max_size is not None and length > settings.max_size:
-        raise errors.TooLarge(f"{length} bytes is above the maximum of {settings.max_size}")
+        by = f" ({settings.max_size_by})" if settings.max_size_by else ""
+        raise errors.TooLarge(f"{length} bytes is above the maximum of {settings.max_size}{by}",
+                              data={"max_size": settings.max_size,
+                                    "limited_by": settings.max_size_by})
 
 
 def _body_checksum(headers: Headers, settings: ProtocolSettings) -> Checksum | None:

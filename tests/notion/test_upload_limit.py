@@ -38,7 +38,9 @@ async def test_a_free_workspace_limit_is_announced_and_enforced(
     r = await client.post("/files/", headers={**TUS, "Upload-Length": str(5 * MiB + 1),
                                               "Upload-Metadata": metadata(filename="a.bin")})
     assert r.status == 413, await r.text()
-    assert str(5 * MiB) in await r.text()
+    text = await r.text()
+    # The refusal names the limit and whose it is, so the client knows why.
+    assert str(5 * MiB) in text and "Notion workspace's file upload limit" in text, text
     r = await client.post("/files/", headers={**TUS, "Upload-Length": str(5 * MiB),
                                               "Upload-Metadata": metadata(filename="a.bin")})
     assert r.status == 201
