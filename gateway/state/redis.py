@@ -70,12 +70,15 @@ log = logging.getLogger(__name__)
 # Out of memory (maxmemory with noeviction) is a full disk for Redis: writes fail until an
 # operator makes room, and reads go on. Uploads created until the memory ran out must get a
 # 503 with Retry-After, not a 500.
-_UNAVAILABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError,
-                redis_errors.ReadOnlyError, redis_errors.TryAgainError,
-                redis_errors.OutOfMemoryError, OSError,
-                # A Redis Cluster failing over, resharding, or out of reach altogether.
-                redis_errors.ClusterError, redis_errors.SlotNotCoveredError,
-                redis_errors.RedisClusterUnreachableError)
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ReadOnlyError,
+    redis_errors.TryAgainError, redis_errors.OutOfMemoryError, OSError,
+    # A Redis Cluster failing over, resharding, or out of reach altogether (looked up by
+    # name: the oldest redis-py this runs on may lack one).
+    *(getattr(redis_errors, name) for name in (
+        "ClusterError", "SlotNotCoveredError", "RedisClusterUnreachableError")
+      if hasattr(redis_errors, name)))
+_MAPPED: tuple[type[BaseException], ...] = (*_UNAVAILABLE, redis_errors.ResponseError)
 # Likewise a Redis that refuses writes because it cannot save to its own disk.
 _REFUSING_WRITES = ("MISCONF",)
 
@@ -92,7 +95,7 @@ def mapped_errors() -> Iterator[None]:
     """Redis out of reach (down, restarting, loading, a replica) is a 503, never a 500."""
     try:
         yield
-    except (*_UNAVAILABLE, redis_errors.ResponseError) as exc:
+    except _MAPPED as exc:
         if isinstance(exc, redis_errors.ResponseError) and not isinstance(
                 exc, _UNAVAILABLE) and not str(exc).startswith(_REFUSING_WRITES):
             raise
