@@ -160,6 +160,30 @@ class Uploader:
             await asyncio.sleep(0.01)
 
 
+async def until_mid_upload(uploads: list[Uploader], tasks: list[asyncio.Task[None]]) -> None:
+    """Wait until every upload has bytes acknowledged and more to send."""
+    while not all(u.acked for u in uploads):
+        await asyncio.sleep(0.02)
+        for task in tasks:
+            if task.done():
+                task.result()
+    assert all(u.acked < len(u.data) for u in uploads)
+
+
+async def assert_exact(http: aiohttp.ClientSession, uploads: list[Uploader]) -> None:
+    """After the failover: there were 503s, no offset went back (``Uploader.saw``) and every
+    file downloads byte for byte."""
+    assert sum(u.unavailable for u in uploads), "no 503 during the switch"
+    for upload in uploads:
+        async with http.head(upload.path, headers=TUS) as r:
+            assert r.status == 200
+            upload.saw(int(r.headers["Upload-Offset"]))
+        async with http.get(upload.path) as r:
+            assert r.status == 200
+            body = await r.read()
+        assert hashlib.sha256(body).digest() == hashlib.sha256(upload.data).digest()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_a_failover_mid_upload_costs_503s_and_loses_nothing(
@@ -174,13 +198,7 @@ async def test_a_failover_mid_upload_costs_503s_and_loses_nothing(
         async with session_for(gw.port) as http:
             uploads = [Uploader(http, payload(3 * MiB + 1000 * i, seed=i)) for i in range(3)]
             tasks = [asyncio.create_task(u.run(128 * KiB)) for u in uploads]
-            # Mid-upload: every upload has bytes acknowledged and more to send.
-            while not all(u.acked for u in uploads):
-                await asyncio.sleep(0.02)
-                for task in tasks:
-                    if task.done():
-                        task.result()
-            assert all(u.acked < len(u.data) for u in uploads)
+            await until_mid_upload(uploads, tasks)
             old.kill()
             new = await asyncio.to_thread(sentinels.wait_for_primary, old)
             assert not all(task.done() for task in tasks)
@@ -190,15 +208,7 @@ async def test_a_failover_mid_upload_costs_503s_and_loses_nothing(
             await asyncio.to_thread(old.start)
             async with asyncio.timeout(90):
                 await asyncio.gather(*tasks)
-            assert sum(u.unavailable for u in uploads), "no 503 during the switch"
-            for upload in uploads:
-                async with http.head(upload.path, headers=TUS) as r:
-                    assert r.status == 200
-                    upload.saw(int(r.headers["Upload-Offset"]))
-                async with http.get(upload.path) as r:
-                    assert r.status == 200
-                    body = await r.read()
-                assert hashlib.sha256(body).digest() == hashlib.sha256(upload.data).digest()
+            await assert_exact(http, uploads)
     finally:
         gw.kill()
         log = gw.log()
