@@ -80,3 +80,15 @@ async def run_to_completion(step: Coroutine[Any, Any, T] | asyncio.Future[T]) ->
     if cancelled:
         raise asyncio.CancelledError()
     return result
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """The event loop ``tus-gateway serve`` runs on: uvloop where it is installed (a
+    dependency on Linux: a large body costs fewer cycles per byte in its transport), else
+    asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop

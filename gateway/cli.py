@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import notion_commands
+from gateway.aio import new_loop
 from gateway.app import create_app
 from gateway.auth import mint_token, verify_token
 from gateway.config import (
@@ -233,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = logging.getLogger("gateway")
     try:
         web.run_app(
-            app, host=config.host, port=config.port,
+            app, host=config.host, port=config.port, loop=new_loop(),
             shutdown_timeout=config.shutdown_timeout_s,
             access_log=logging.getLogger(ACCESS_LOGGER) if config.access_log else None,
             access_log_class=AccessLogger,
