@@ -40,10 +40,18 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from blockbuster import BlockBuster, blockbuster_ctx
 
+from gateway.aio import new_loop
 from gateway.app import create_app
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import GatewayConfig
 from tests.redis_server import RedisServer
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config,
+                                  item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """Every test's loop is the one the gateway serves on: ``gateway.aio.new_loop``
+    (uvloop where it installs)."""
+    return {"loop": new_loop}
 
 ROOT = Path(__file__).resolve().parent.parent
 

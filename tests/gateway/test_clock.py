@@ -46,5 +46,6 @@ async def test_a_cancelled_manual_sleep_is_forgotten() -> None:
 async def test_the_system_clock_reads_the_machine() -> None:
     before = SYSTEM_CLOCK.monotonic()
     await SYSTEM_CLOCK.sleep(0.01)
-    assert SYSTEM_CLOCK.monotonic() - before >= 0.01
+    # uvloop's timers (libuv's) count whole milliseconds and may fire up to one early.
+    assert SYSTEM_CLOCK.monotonic() - before >= 0.009
     assert SYSTEM_CLOCK.now() > 1.7e9

@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -74,8 +74,8 @@ class RawPatch(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport; uvloop's does not subclass asyncio.Transport, so no isinstance.
+        self.transport = cast(asyncio.Transport, transport)
         # A second handle on the socket: asyncio drops what is still unread in the kernel
         # when a write fails (the server closed a request it stopped reading, so its kernel
         # answers our writes with RST), but the answer before the RST is still there to read.
