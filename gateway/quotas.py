@@ -32,6 +32,7 @@ is no quota of its own; the open uploads of a user without one are still bounded
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -47,6 +48,11 @@ log = logging.getLogger(__name__)
 # A refusal looks again at this many of the user's newest uploads at most.
 RECONCILE_MAX = 1000
 RECONCILE_PAGE = 100
+# A client refused again and again costs one such look per this long, not one per refusal
+# (each look reads up to RECONCILE_MAX records); the clients looked at lately are kept up
+# to RECONCILED_KEPT, the oldest forgotten first.
+RECONCILE_EVERY_S = 10.0
+RECONCILED_KEPT = 10_000
 RETRY_AFTER_S = 60
 # A creation holds its bytes and lists the upload before its record is written, so a listed
 # upload without a record may be one being made right now; only one listed longer ago than
@@ -89,6 +95,7 @@ class Quotas:
         self._owners = owners
         self._read = read
         self._now = now
+        self._reconciled: OrderedDict[str, float] = OrderedDict()
 
     async def hold(self, creator: Creator, upload_id: str, nbytes: int) -> None:
         """Count ``nbytes`` for the upload against the creator's byte quota, or raise
@@ -98,17 +105,29 @@ class Quotas:
                                              max_total=limit)
         if used is None:
             return
-        await self.reconcile(creator.client)
-        used = await self._owners.hold_bytes(creator.client, upload_id, nbytes,
-                                             max_total=limit)
-        if used is None:
-            return
+        if self._may_reconcile(creator.client):
+            await self.reconcile(creator.client)
+            used = await self._owners.hold_bytes(creator.client, upload_id, nbytes,
+                                                 max_total=limit)
+            if used is None:
+                return
         raise errors.QuotaExceeded(
             f"your uploads hold {used} bytes of your {limit}-byte quota, and this upload "
             f"needs {nbytes}; finish, deliver or delete uploads first",
             headers={"Retry-After": str(RETRY_AFTER_S)},
             data={"limit": "bytes", "used": used, "quota": limit, "requested": nbytes,
                   "retry_after": RETRY_AFTER_S})
+
+    def _may_reconcile(self, client: str) -> bool:
+        now = self._now()
+        last = self._reconciled.get(client)
+        if last is not None and now - last < RECONCILE_EVERY_S:
+            return False
+        self._reconciled[client] = now
+        self._reconciled.move_to_end(client)
+        while len(self._reconciled) > RECONCILED_KEPT:
+            self._reconciled.popitem(last=False)
+        return True
 
     async def reconcile(self, client: str) -> None:
         """Release the figures of the client's uploads that no longer hold bytes.

@@ -314,3 +314,24 @@ def test_the_bytes_held_survive_a_restart_of_the_disk_store(tmp_path: Path) -> N
                                                                 800)
     finally:
         gw.kill()
+
+
+async def test_a_client_refused_again_and_again_is_looked_at_once_in_a_while(
+        make_client: ClientFactory) -> None:
+    """A refusal first looks at the client's uploads again (up to 1,000 records read); a
+    client hammering the quota gets that look once per RECONCILE_EVERY_S, not per request."""
+    client = await make_client(quota_bytes=1000)
+    for _ in range(5):
+        await create(client, 150)
+    quotas = uploads_of(client).quotas
+    reads = 0
+    read = quotas._read
+
+    async def counted(upload_id: str) -> Any:
+        nonlocal reads
+        reads += 1
+        return await read(upload_id)
+    quotas._read = counted
+    for _ in range(20):
+        await refusal(await post(client, 300), "bytes", used=750, quota=1000, requested=300)
+    assert reads == 5, "one look at the five uploads, then none for the next refusals"
