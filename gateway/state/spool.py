@@ -126,6 +126,9 @@ class SpoolWriter:
     # --- worker-thread steps -----------------------------------------------------------------
     def _open(self) -> int:
         if self.fd is None:
+            # Fenced like a write: a holder paused past its lock may find the file gone (its
+            # successor finished the upload and the sink took the file), and must not open it.
+            self.fence()
             fd = os.open(self.path, os.O_WRONLY)
             try:
                 self.prepare(fd)
