@@ -166,9 +166,11 @@ async def test_uploads_spread_over_the_slots_and_instances_let_go_of_each_other(
                                        prefix, "--lock-ttl", "30"]) for _ in range(2)]
     for gw in gateways:
         gw.start()
+    sessions = [session_for(gw.port) for gw in gateways]
     try:
-        sessions = [session_for(gw.port) for gw in gateways]
-        uploads = [payload(MiB + 777 * i, seed=i) for i in range(9)]
+        # Random ids over three primaries: with 24 uploads, one primary left without any is
+        # a chance of 3 * (2/3)^24, about 1 in 20,000 (with 9 it was 1 in 13).
+        uploads = [payload(256 * KiB + 777 * i, seed=i) for i in range(24)]
 
         async def send(i: int, data: bytes) -> str:
             # Creation on one instance, the bytes through both in turn.
@@ -180,7 +182,7 @@ async def test_uploads_spread_over_the_slots_and_instances_let_go_of_each_other(
             offset, turn = 0, i
             while offset < len(data):
                 http = sessions[turn % 2]
-                async with http.patch(path, data=io.BytesIO(data[offset:offset + 256 * KiB]),
+                async with http.patch(path, data=io.BytesIO(data[offset:offset + 64 * KiB]),
                                       headers=patch_headers(offset)) as r:
                     assert r.status == 204, await r.text()
                     new = int(r.headers["Upload-Offset"])
@@ -229,9 +231,9 @@ async def test_uploads_spread_over_the_slots_and_instances_let_go_of_each_other(
                 assert r.status == 200
                 body = await r.read()
             assert hashlib.sha256(body).digest() == hashlib.sha256(data_sent).digest()
-        for http in sessions:
-            await http.close()
     finally:
+        for http in sessions:  # also after a failed assertion: no session left to the GC
+            await http.close()
         logs = []
         for gw in gateways:
             gw.kill()
