@@ -20,6 +20,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import logging
@@ -246,10 +247,77 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class LoopBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes the lines of one event-loop turn together.
+
+    Each line written on its own costs a system call, and on the loop thread a call that
+    lets the I/O threads take the interpreter lock, so the loop waits to get it back: with
+    several lines per request, that was the largest single cost of a small upload
+    (bench/RESULTS.md, "Small uploads: where the time goes"). Lines logged on the loop are
+    kept until the end of the current turn (one callback scheduled per batch), or until
+    ``MAX_PENDING`` characters wait. A line from any other thread, or with no loop running,
+    is written at once, after what waits, so the order of lines is kept. A process killed
+    outright loses at most the lines of the turn it was in; a normal stop flushes them."""
+
+    MAX_PENDING = 64 * 1024
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._size = 0
+        self._scheduled = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:  # a line that cannot be formatted must not stop the caller
+            self.handleError(record)
+            return
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        self._pending.append(line)
+        self._size += len(line)
+        if loop is None or self._size >= self.MAX_PENDING:
+            self._write_pending()
+        elif not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush_turn)
+
+    def _flush_turn(self) -> None:
+        self.acquire()
+        try:
+            self._scheduled = False
+            self._write_pending()
+        finally:
+            self.release()
+
+    def _write_pending(self) -> None:
+        if not self._pending:
+            return
+        text = "".join(self._pending)
+        self._pending.clear()
+        self._size = 0
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except Exception:  # as StreamHandler: a broken stream is reported, never raised
+            self.handleError(logging.makeLogRecord({"msg": "log write failed"}))
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            self._write_pending()
+            super().flush()
+        finally:
+            self.release()
+
+
 def setup_logging(level: str = "info", log_format: str = "json",
                   secrets: Iterable[str] = (), stream: TextIO | None = None) -> logging.Handler:
     """Route every logger through one handler with our format, level and secret filter."""
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler = LoopBatchingHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     handler.addFilter(RefusedRequestFilter(logging.getLevelName(level.upper())))
     handler.addFilter(SecretFilter(secrets))

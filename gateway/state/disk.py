@@ -388,7 +388,13 @@ class DiskStore:
             for suffix in (".bin", ".stage"):
                 self._path(upload_id, suffix).unlink(missing_ok=True)
         await self._pool.run(discard)
-        self._forget(upload_id)
+        entry = self._cache.get(upload_id)
+        if entry is not None and entry.info.data_removed:
+            # What a read of the record would find now (the record alone says the upload
+            # was whole): kept, so the HEAD that follows a finish costs no trip to a thread.
+            self._update(upload_id, size=entry.info.length or 0)
+        else:
+            self._forget(upload_id)
 
     async def upload_ids(self) -> list[str]:
         def scan() -> list[str]:

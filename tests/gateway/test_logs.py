@@ -208,3 +208,53 @@ def test_ordinary_text_is_left_alone() -> None:
     text = ("PATCH /files/0123456789abcdef0123456789abcdef 204 from http://127.0.0.1:1080/files/"
             " at 12:30:45, key tus:{abc}:info")
     assert SecretFilter(["abc"]).mask(text) == text  # too short to be treated as a secret
+
+
+class _Writes(io.StringIO):
+    """A stream that remembers each write it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+async def test_lines_of_one_loop_turn_are_written_together_and_in_order() -> None:
+    import asyncio
+
+    from gateway.logs import LoopBatchingHandler
+
+    stream = _Writes()
+    handler = LoopBatchingHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("tests.batching")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        for n in range(3):
+            logger.info("turn one %d", n)
+        assert stream.writes == []  # nothing yet: the turn is not over
+        await asyncio.sleep(0)
+        assert stream.writes == ["turn one 0\nturn one 1\nturn one 2\n"]
+        # A line from another thread is written at once, after what the loop logged first.
+        logger.info("loop line")
+        await asyncio.to_thread(logger.info, "thread line")
+        assert stream.writes[1:] == ["loop line\nthread line\n"]
+        # A stop writes what waits, without waiting for the turn to end.
+        logger.info("last words")
+        handler.flush()
+        assert stream.getvalue().endswith("thread line\nlast words\n")
+        await asyncio.sleep(0)
+        assert stream.getvalue().count("last words") == 1
+        # Many lines in one turn are written before they pile up.
+        for _ in range(2000):
+            logger.info("x" * 100)
+        assert len(stream.writes) > 3
+        assert sum(len(w) for w in stream.writes[3:]) > LoopBatchingHandler.MAX_PENDING
+    finally:
+        logger.removeHandler(handler)
+        handler.flush()

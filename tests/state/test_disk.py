@@ -87,3 +87,35 @@ async def test_orphaned_bytes_are_swept_when_old(tmp_path: Path, pool: IoPool) -
     assert await store.remove_orphans(time.time() + 1) == 1
     assert not orphan.exists()
     await store.close()
+
+
+async def test_a_finished_upload_whose_bytes_went_is_answered_from_memory(
+        tmp_path: Path, pool: IoPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The HEAD that follows a finish costs no thread: what a read would find is kept."""
+    store = await opened(tmp_path, pool)
+    info = UploadInfo(ID, 4, created_at=time.time())
+    await store.create(info)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"data"
+
+    await store.append(ID, 0, body(), max_bytes=None, checksum=None)
+    await store.save_info(info.replace(data_removed=True))
+    await store.discard_data(ID)
+    assert not (tmp_path / "uploads" / f"{ID}.bin").exists()
+    trips: list[object] = []
+    real_run = pool.run
+
+    async def counted(fn: object, *args: object) -> object:
+        trips.append(fn)
+        return await real_run(fn, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pool, "run", counted)
+    state = await store.get(ID)
+    assert (state.offset, state.info.data_removed) == (4, True)
+    assert trips == []
+    await store.close()
+    reopened = await opened(tmp_path, pool)  # and a read from disk agrees
+    again = await reopened.get(ID)
+    assert (again.offset, again.info.data_removed) == (state.offset, True)
+    await reopened.close()
