@@ -72,6 +72,7 @@ class _Entry:
     info: UploadInfo
     size: int  # durable bytes (synced, under the ack policy)
     mtime: float  # when bytes last arrived
+    data_gone: bool = False  # the spool's copy was removed with the record's last save
 
 
 class _DiskWriter(SpoolWriter):
@@ -314,7 +315,8 @@ class DiskStore:
         except FileNotFoundError:
             if info.data_removed:
                 # Delivered and its spool copy deleted: the record alone says it was whole.
-                return _Entry(info, info.length or 0, info_path.stat().st_mtime)
+                return _Entry(info, info.length or 0, info_path.stat().st_mtime,
+                              data_gone=True)
             if (self.tombstones / upload_id).exists():
                 raise errors.Gone() from None
             raise errors.NotFound() from None
@@ -340,13 +342,24 @@ class DiskStore:
                 # fact that recovery finds again, the cache is enough.
                 self._update(upload_id, info=self._keep_hook(info))
                 return
-            await self._pool.run(self._save_info_sync, upload_id, _encode(info))
-            self._update(upload_id, info=self._keep_hook(info))
+            # A record that says the sink holds the bytes lets the spool's copy go in the
+            # same trip to a thread, once the record is on disk (``discard_data`` then has
+            # nothing left to do): one trip fewer for every finished small upload.
+            gone = info.data_removed
+            await self._pool.run(self._save_info_sync, upload_id, _encode(info), gone)
+            self._update(upload_id, info=self._keep_hook(info),
+                         **({"size": info.length or 0, "data_gone": True} if gone else {}))
 
-    def _save_info_sync(self, upload_id: str, data: bytes) -> None:
+    def _save_info_sync(self, upload_id: str, data: bytes, discard: bool = False) -> None:
         path = self._path(upload_id, ".info")
         self._check_exists(upload_id)
         atomic_write(path, data, self._durable, self._file_mode)
+        if discard:
+            self._discard_sync(upload_id)
+
+    def _discard_sync(self, upload_id: str) -> None:
+        for suffix in (".bin", ".stage"):
+            self._path(upload_id, suffix).unlink(missing_ok=True)
 
     def _check_exists(self, upload_id: str) -> None:
         """Under the record lock: a removed upload is not written again (a writer that read
@@ -384,15 +397,15 @@ class DiskStore:
             path.unlink(missing_ok=True)
 
     async def discard_data(self, upload_id: str) -> None:
-        def discard() -> None:
-            for suffix in (".bin", ".stage"):
-                self._path(upload_id, suffix).unlink(missing_ok=True)
-        await self._pool.run(discard)
+        entry = self._cache.get(upload_id)
+        if entry is not None and entry.data_gone:
+            return  # removed with the record that allowed it (``save_info``)
+        await self._pool.run(self._discard_sync, upload_id)
         entry = self._cache.get(upload_id)
         if entry is not None and entry.info.data_removed:
             # What a read of the record would find now (the record alone says the upload
             # was whole): kept, so the HEAD that follows a finish costs no trip to a thread.
-            self._update(upload_id, size=entry.info.length or 0)
+            self._update(upload_id, size=entry.info.length or 0, data_gone=True)
         else:
             self._forget(upload_id)
 

@@ -89,9 +89,10 @@ async def test_orphaned_bytes_are_swept_when_old(tmp_path: Path, pool: IoPool) -
     await store.close()
 
 
-async def test_a_finished_upload_whose_bytes_went_is_answered_from_memory(
+async def test_a_finished_upload_costs_one_trip_to_a_thread_after_its_bytes(
         tmp_path: Path, pool: IoPool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The HEAD that follows a finish costs no thread: what a read would find is kept."""
+    """The record that says the sink holds the bytes takes the spool's copy with it, and
+    the HEAD that follows is answered from memory: one trip to a thread, not three."""
     store = await opened(tmp_path, pool)
     info = UploadInfo(ID, 4, created_at=time.time())
     await store.create(info)
@@ -100,9 +101,6 @@ async def test_a_finished_upload_whose_bytes_went_is_answered_from_memory(
         yield b"data"
 
     await store.append(ID, 0, body(), max_bytes=None, checksum=None)
-    await store.save_info(info.replace(data_removed=True))
-    await store.discard_data(ID)
-    assert not (tmp_path / "uploads" / f"{ID}.bin").exists()
     trips: list[object] = []
     real_run = pool.run
 
@@ -111,11 +109,17 @@ async def test_a_finished_upload_whose_bytes_went_is_answered_from_memory(
         return await real_run(fn, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(pool, "run", counted)
+    await store.save_info(info.replace(data_removed=True))
+    assert not (tmp_path / "uploads" / f"{ID}.bin").exists()  # gone with the record
+    await store.discard_data(ID)
     state = await store.get(ID)
     assert (state.offset, state.info.data_removed) == (4, True)
-    assert trips == []
+    assert len(trips) == 1
     await store.close()
     reopened = await opened(tmp_path, pool)  # and a read from disk agrees
+    trips.clear()
     again = await reopened.get(ID)
     assert (again.offset, again.info.data_removed) == (state.offset, True)
+    await reopened.discard_data(ID)
+    assert len(trips) == 1  # the read; the discard after it had nothing left to do
     await reopened.close()
