@@ -62,7 +62,11 @@ class BodyReader:
             try:
                 async with asyncio.timeout(self._stall_timeout_s) as timer:
                     self._timer = timer
-                    chunk = await content.readany()
+                    # One buffered piece at a time, as the transport delivered it:
+                    # ``readany`` joins every piece buffered into one new bytes object, a
+                    # copy of the body on the loop's thread whenever several wait (with
+                    # many uploads at once, most of the time).
+                    chunk, chunk_end = await content.readchunk()
             except TimeoutError:
                 if self._stop is not None:
                     continue  # the top of the loop hands out the rest and raises the reason
@@ -76,6 +80,8 @@ class BodyReader:
             finally:
                 self._timer = None
             if not chunk:
+                if chunk_end:
+                    continue  # the end of an HTTP chunk (chunked encoding), not of the body
                 return
             if self.skip:
                 dropped = min(self.skip, len(chunk))
