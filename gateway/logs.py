@@ -263,7 +263,9 @@ class LoopBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(stream)
         self._pending: list[str] = []
         self._size = 0
-        self._scheduled = False
+        # The loop a flush is scheduled on: a loop that stopped before running it (tests
+        # run one loop after another) must not keep the next loop's lines waiting.
+        self._scheduled_on: asyncio.AbstractEventLoop | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -279,14 +281,14 @@ class LoopBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._size += len(line)
         if loop is None or self._size >= self.MAX_PENDING:
             self._write_pending()
-        elif not self._scheduled:
-            self._scheduled = True
+        elif self._scheduled_on is not loop:
+            self._scheduled_on = loop
             loop.call_soon(self._flush_turn)
 
     def _flush_turn(self) -> None:
         self.acquire()
         try:
-            self._scheduled = False
+            self._scheduled_on = None
             self._write_pending()
         finally:
             self.release()

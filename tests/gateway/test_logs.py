@@ -258,3 +258,38 @@ async def test_lines_of_one_loop_turn_are_written_together_and_in_order() -> Non
     finally:
         logger.removeHandler(handler)
         handler.flush()
+
+
+def test_a_loop_that_stops_before_its_flush_does_not_hold_back_the_next_loops_lines() -> None:
+    import asyncio
+
+    from gateway.logs import LoopBatchingHandler
+
+    stream = _Writes()
+    handler = LoopBatchingHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("tests.batching.loops")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+    async def log_and_stop(text: str) -> None:
+        logger.info(text)
+        asyncio.get_running_loop().stop()  # the flush scheduled above never runs here
+
+    async def log_and_yield(text: str) -> None:
+        logger.info(text)
+        await asyncio.sleep(0)
+
+    try:
+        first = asyncio.new_event_loop()
+        task = first.create_task(log_and_stop("from the first loop"))
+        first.run_forever()
+        assert task.done()
+        first.close()
+        assert stream.writes == []
+        asyncio.run(log_and_yield("from the second loop"))
+        assert stream.getvalue() == "from the first loop\nfrom the second loop\n"
+    finally:
+        logger.removeHandler(handler)
+        handler.flush()
