@@ -16,6 +16,8 @@ TUSPYSERVER_PKGS=("tuspyserver==4.4.3" "fastapi" "uvicorn[standard]==0.54.0")
 # aiohttp-tus 1.1.0 (last release, 2022) declares aiohttp>=3.8.1,<4; the newest
 # 3.x works with it, so it gets its own venv to keep its pin apart from ours.
 AIOHTTP_TUS_PKGS=("aiohttp-tus==1.1.0" "aiohttp>=3.8.1,<4")
+# The sampling profiler bench/profile.py --py-spy runs (a binary wheel; its own venv).
+PY_SPY_PKGS=("py-spy==0.4.3")
 
 stamp_ok() {  # stamp_ok <stamp-file> <expected-content>
   [[ -f "$1" ]] && [[ "$(cat "$1")" == "$2" ]]
@@ -57,6 +59,7 @@ install_node() {
 install_node
 install_venv tuspyserver "${TUSPYSERVER_PKGS[@]}"
 install_venv aiohttp-tus "${AIOHTTP_TUS_PKGS[@]}"
+install_venv py-spy "${PY_SPY_PKGS[@]}"
 
 echo "setup: versions"
 node -e "for (const p of ['@tus/server','@tus/file-store']) { \
