@@ -250,8 +250,8 @@ class LoopBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     Each line written on its own costs a system call, and on the loop thread a call that
     lets the I/O threads take the interpreter lock, so the loop waits to get it back: with
-    several lines per request, that was the largest single cost of a small upload
-    (bench/RESULTS.md, "Small uploads: where the time goes"). Lines logged on the loop are
+    five lines per small upload, a visible share of its cost (bench/RESULTS.md, "Small
+    uploads: where the time goes"). Lines logged on the loop are
     kept until the end of the current turn (one callback scheduled per batch), or until
     ``MAX_PENDING`` characters wait. A line from any other thread, or with no loop running,
     is written at once, after what waits, so the order of lines is kept. A process killed
@@ -327,8 +327,8 @@ def setup_logging(level: str = "info", log_format: str = "json",
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Our formats show none of the caller's file, line, thread or process, and gathering
-    # them (a walk up the stack, a system call) cost more than formatting the line; the
-    # logging HOWTO's "Optimization" section names these switches.
+    # them (a walk up the stack, a system call) costs every record; the logging module
+    # offers these switches to skip it.
     logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
