@@ -131,6 +131,21 @@ async function sampleRows(page) {
 
 const listLoaded = async (page) => (await page.locator('#results').getAttribute('data-loaded')) !== null
 
+// The page draws a row again when its event stream ends, which can be just after the row
+// shows its final state; a click that lands on the link being replaced starts nothing. So a
+// click that starts no download within a few seconds is made again, on the link drawn since.
+async function clickForDownload(page, link) {
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      const [download] = await Promise.all([
+        page.waitForEvent('download', { timeout: 8000 }), link.click()])
+      return download
+    } catch (error) {
+      if (attempt >= 3) throw error
+    }
+  }
+}
+
 // Press each Download link and keep what the browser saved.
 async function downloadAll(page) {
   const links = page.locator('#results li a.download')
@@ -138,7 +153,7 @@ async function downloadAll(page) {
   for (let i = 0; i < total; i += 1) {
     const item = links.nth(i)
     const uploadId = await item.evaluate((a) => a.closest('li').dataset.uploadId)
-    const [download] = await Promise.all([page.waitForEvent('download'), item.click()])
+    const download = await clickForDownload(page, item)
     const saved = path.join(config.downloadDir, `${uploadId}.bin`)
     await download.saveAs(saved)
     report.downloads.push({ uploadId, path: saved, suggested: download.suggestedFilename() })
