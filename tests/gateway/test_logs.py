@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from gateway.logs import SecretFilter, log_event
+from gateway.logs import LoopBatchingHandler, SecretFilter, log_event
 from tests.conftest import GatewayProcess
 from tests.helpers import OCTETS, TUS, gateway_logging
 
@@ -222,18 +222,22 @@ class _Writes(io.StringIO):
         return super().write(text)
 
 
-async def test_lines_of_one_loop_turn_are_written_together_and_in_order() -> None:
-    import asyncio
-
-    from gateway.logs import LoopBatchingHandler
-
+def _batching(name: str) -> tuple[_Writes, LoopBatchingHandler, logging.Logger]:
+    """A logger of its own whose lines go, bare, through the handler ``serve`` installs."""
     stream = _Writes()
     handler = LoopBatchingHandler(stream)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger("tests.batching")
+    logger = logging.getLogger(name)
     logger.propagate = False
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    return stream, handler, logger
+
+
+async def test_lines_of_one_loop_turn_are_written_together_and_in_order() -> None:
+    import asyncio
+
+    stream, handler, logger = _batching("tests.batching")
     try:
         for n in range(3):
             logger.info("turn one %d", n)
@@ -263,15 +267,7 @@ async def test_lines_of_one_loop_turn_are_written_together_and_in_order() -> Non
 def test_a_loop_that_stops_before_its_flush_does_not_hold_back_the_next_loops_lines() -> None:
     import asyncio
 
-    from gateway.logs import LoopBatchingHandler
-
-    stream = _Writes()
-    handler = LoopBatchingHandler(stream)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger("tests.batching.loops")
-    logger.propagate = False
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    stream, handler, logger = _batching("tests.batching.loops")
 
     async def log_and_stop(text: str) -> None:
         logger.info(text)
