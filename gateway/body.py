@@ -16,12 +16,17 @@ covered by the fault tests).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import StreamReader
 from aiohttp.http_exceptions import HttpProcessingError
 
 from protocol import errors
+
+# Pieces of a body below this size are joined with what the transport has buffered behind
+# them (``BodyReader.chunks``).
+SMALL_PIECE = 64 * 1024
 
 
 class BodyReader:
@@ -83,6 +88,13 @@ class BodyReader:
                 if chunk_end:
                     continue  # the end of an HTTP chunk (chunked encoding), not of the body
                 return
+            if len(chunk) < SMALL_PIECE:
+                # Small pieces (a body sent in small HTTP chunks) are taken with what waits
+                # behind them, up to a bound: one piece at a time would cost a turn of this
+                # loop per chunk, and the copy of a few small pieces is cheap.
+                with contextlib.suppress(OSError, HttpProcessingError):
+                    # (a dropped connection: the next read says so, and takes what is left)
+                    chunk += content.read_nowait(SMALL_PIECE - len(chunk))
             if self.skip:
                 dropped = min(self.skip, len(chunk))
                 self.skip -= dropped

@@ -58,6 +58,10 @@ def is_disk_full(exc: BaseException) -> bool:
 # batch (two buffers); beyond it, the other uploads keep the disk busy and one buffer each
 # keeps memory flat.
 OVERLAP_UP_TO = 8
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+# Body pieces below this are gathered into one buffer: as objects of their own, a body sent
+# in one-byte chunks would cost some forty times its size in memory.
+SMALL_PIECE = 16 * 1024
 
 
 def pwrite_steps(fd: int, buffers: list[bytes], offset: int,
@@ -71,7 +75,8 @@ def pwrite_steps(fd: int, buffers: list[bytes], offset: int,
     while pending:
         if fence is not None:
             fence()
-        written = os.pwritev(fd, pending, offset + total)
+        # The kernel takes at most IOV_MAX buffers a call (EINVAL beyond).
+        written = os.pwritev(fd, pending[:IOV_MAX], offset + total)
         if written == 0:
             raise OSError(errno.EIO, "short write")
         total += written
@@ -320,6 +325,7 @@ async def _stream(writer: SpoolWriter, chunks: AsyncIterator[bytes], pool: IoPoo
                   on_settled: Callable[[bool], None] | None) -> int:
     state = _Pump(writer, pool, on_window)
     buffers: list[bytes] = []
+    small = bytearray()  # the small pieces since the last large one (``SMALL_PIECE``)
     buffered = 0
     keep = True
     try:
@@ -327,10 +333,19 @@ async def _stream(writer: SpoolWriter, chunks: AsyncIterator[bytes], pool: IoPoo
             if max_bytes is not None and writer.submitted + buffered + len(chunk) > max_bytes:
                 raise errors.SizeExceeded(
                     f"the body would pass the upload's length at {writer.offset + max_bytes}")
-            buffers.append(chunk)
             buffered += len(chunk)
+            if len(chunk) < SMALL_PIECE:
+                small += chunk
+            else:
+                if small:
+                    buffers.append(bytes(small))
+                    small.clear()
+                buffers.append(chunk)
             if buffered < buffer_bytes:
                 continue
+            if small:
+                buffers.append(bytes(small))
+                small.clear()
             if state.pending is not None:
                 # Shielded: cancelling the handler must not cancel a write in flight.
                 await asyncio.shield(state.pending)
@@ -346,6 +361,8 @@ async def _stream(writer: SpoolWriter, chunks: AsyncIterator[bytes], pool: IoPoo
         keep = writer.checksum is None and not isinstance(exc, errors.SizeExceeded)
         raise
     finally:
+        if small:
+            buffers.append(bytes(small))
         await run_to_completion(state.settle(buffers, keep, on_settled))
     return writer.size
 

@@ -97,6 +97,8 @@ class WireRequest:
     body: bytes = b""
     version: bytes = b"HTTP/1.1"
     chunked: bool = False
+    # With ``chunked``: the size of every HTTP chunk (None: the body in three).
+    chunk_size: int | None = None
     # Empty body and no Content-Length at all (a request without framing headers).
     no_length: bool = False
     label: str = ""
@@ -119,7 +121,7 @@ class WireRequest:
         payload = self.body
         if self.chunked:
             lines.append(b"Transfer-Encoding: chunked")
-            payload = _chunk(self.body)
+            payload = _chunk(self.body, self.chunk_size)
         elif not (self.no_length and not self.body):
             lines.append(b"Content-Length: " + str(len(self.body)).encode())
         lines.append(b"Connection: close")
@@ -139,10 +141,10 @@ class WireRequest:
         self.headers = [(k, v) for k, v in self.headers if k.lower() != name.lower()]
 
 
-def _chunk(body: bytes) -> bytes:
+def _chunk(body: bytes, size: int | None = None) -> bytes:
     out = bytearray()
     at = 0
-    step = max(1, len(body) // 3)
+    step = size or max(1, len(body) // 3)
     while at < len(body):
         piece = body[at:at + step]
         out += f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
@@ -426,7 +428,10 @@ class Fuzzer:
                 digest = hashlib.new(algorithm, piece).digest()
                 patch.append((b"Upload-Checksum", algorithm.encode() + b" " + b64(digest)))
             answer = yield WireRequest(b"PATCH", url.encode(), patch, piece,
-                                       chunked=rng.random() < 0.1, upload=upload_id,
+                                       chunked=rng.random() < 0.1,
+                                       # Many small chunks: a piece each, thousands a body.
+                                       chunk_size=rng.choice((None, None, 1, 7)),
+                                       upload=upload_id,
                                        label="valid tus PATCH", expect=(204,))
             new = _offset(answer, "PATCH")
             if new != offset + len(piece):
