@@ -238,7 +238,7 @@ VARIANTS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
 
 def _variant_argv(variant: str, flags: tuple[str, ...]) -> Callable[[int, Path], list[str]]:
     launcher = PEERS_DIR / "ours_variant.py"
-    switched = variant in ("no-metrics", "no-admission", "hooks", "notion")
+    switched = not flags  # a part with no setting of its own: the launcher switches it
 
     def argv(port: int, data: Path) -> list[str]:
         head = [str(OURS_PY), str(launcher), variant] if switched else [str(OURS_BIN)]
